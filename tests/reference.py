@@ -1,0 +1,85 @@
+"""Independent references for the tests: generic QP and NNLS solvers, naive algorithm transcriptions."""
+
+from __future__ import annotations
+
+import numpy as np
+import quadprog
+import scipy.optimize
+
+
+def reference_min_norm(G: np.ndarray) -> tuple[np.ndarray, float]:
+    """min αᵀGα on the simplex by two independent generic solvers; returns the better solution.
+
+    - quadprog (Goldfarb–Idnani dual active set) on G / max diag, with a tiny ridge since it needs a
+      positive-definite matrix;
+    - scipy's Lawson–Hanson NNLS on the equivalent problem min_{β≥0} ‖Aβ‖² + (1 − Σβ)² with
+      G = AᵀA, whose solution normalized to sum 1 is a min-norm point.
+    """
+    G = 0.5 * (G + G.T)
+    K = G.shape[0]
+    scale = float(np.max(np.diag(G)))
+    if scale <= 0:
+        return np.full(K, 1.0 / K), 0.0
+    Gn = G / scale
+    candidates = []
+    C = np.hstack([np.ones((K, 1)), np.eye(K)])
+    b = np.r_[1.0, np.zeros(K)]
+    for ridge in (1e-13, 1e-10):
+        try:
+            alpha = quadprog.solve_qp(Gn + ridge * np.eye(K), np.zeros(K), C, b, meq=1)[0]
+        except ValueError:
+            continue
+        candidates.append(alpha)
+    eigenvalues, vectors = np.linalg.eigh(Gn)
+    keep = eigenvalues > 1e-15
+    A = (vectors[:, keep] * np.sqrt(eigenvalues[keep])).T
+    beta = scipy.optimize.nnls(
+        np.vstack([A, np.ones((1, K))]), np.r_[np.zeros(A.shape[0]), 1.0], maxiter=100 * K
+    )[0]
+    if beta.sum() > 0:
+        candidates.append(beta)
+    best, best_f = None, np.inf
+    for alpha in candidates:
+        alpha = np.clip(alpha, 0.0, None)
+        alpha = alpha / alpha.sum()
+        f = float(alpha @ G @ alpha)
+        if f < best_f:
+            best, best_f = alpha, f
+    assert best is not None
+    return best, best_f
+
+
+def objective_tolerance(f_reference: float, G: np.ndarray, relative: float = 1e-6) -> float:
+    """Allowed excess objective: `relative` of the optimum, floored at 1e-12 of max_t ‖g_t‖².
+
+    The floor is for optima at rounding level (0 in the hull), where no solver is more precise.
+    """
+    return relative * max(f_reference, 0.0) + 1e-12 * float(np.max(np.diag(G)))
+
+
+def two_point_reference(aa: float, ab: float, bb: float) -> float:
+    """Weight on a of min ‖γa + (1−γ)b‖², γ ∈ [0, 1], by minimizing the 1-D quadratic directly."""
+    curvature = aa + bb - 2 * ab
+    if curvature <= 0:
+        return 1.0 if aa <= bb else 0.0
+    return float(np.clip((bb - ab) / curvature, 0.0, 1.0))
+
+
+def frank_wolfe_reference(G: np.ndarray, iterations: int) -> np.ndarray:
+    """Algorithm 2 of Sener & Koltun (2018), transcribed naively (full recomputation each step)."""
+    K = G.shape[0]
+    alpha = np.full(K, 1.0 / K)
+    for _ in range(iterations):
+        t = int(np.argmin(G @ alpha))
+        e = np.zeros(K)
+        e[t] = 1.0
+        # min over gamma of ‖(1−γ) Σα g + γ g_t‖²: a two-point problem with a = g_t, b = Σα g.
+        gamma = two_point_reference(float(G[t, t]), float(alpha @ G[:, t]), float(alpha @ G @ alpha))
+        alpha = (1 - gamma) * alpha + gamma * e
+    return alpha
+
+
+def random_jacobian(rng: np.random.Generator, K: int, n: int) -> np.ndarray:
+    """K gradients in R^n sharing a common component, with task scales spread over 10^±1."""
+    common = rng.standard_normal(n) * rng.uniform(0.0, 3.0)
+    return (common + rng.standard_normal((K, n))) * 10.0 ** rng.uniform(-1, 1, size=(K, 1))
