@@ -2,12 +2,30 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .backward import BackwardResult, backward
 from .errors import NonFiniteError
+from .gradients import feature_jacobian, gramian, jacobian
 from .min_norm import MinNormResult, min_norm
+from .weighting import EW, MGDA, FixedWeights, Weighting, WeightingOutput
 
 try:
     __version__ = version("mtlopt")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
     __version__ = "0+unknown"
 
-__all__ = ["MinNormResult", "NonFiniteError", "__version__", "min_norm"]
+__all__ = [
+    "EW",
+    "MGDA",
+    "BackwardResult",
+    "FixedWeights",
+    "MinNormResult",
+    "NonFiniteError",
+    "Weighting",
+    "WeightingOutput",
+    "__version__",
+    "backward",
+    "feature_jacobian",
+    "gramian",
+    "jacobian",
+    "min_norm",
+]

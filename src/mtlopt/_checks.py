@@ -1,0 +1,83 @@
+"""Validation of user input shared by the public functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import NonFiniteError
+
+LossesLike = Sequence[Tensor] | Mapping[str, Tensor] | Tensor
+
+
+def as_loss_vector(losses: LossesLike) -> tuple[list[str], list[Tensor], Tensor]:
+    """Task names, the K scalar losses and their stacked (K,) vector, after checking each loss.
+
+    The individual tensors are kept because differentiating ``vector[t]`` would send zeros back
+    through every other task's branch of the graph.
+
+    Accepts a sequence of scalar tensors, a mapping from task name to scalar tensor, or a 1-D tensor
+    of K losses. Names default to the task indices ``"0"``, ``"1"``, ...
+    """
+    if isinstance(losses, Tensor):
+        if losses.ndim != 1:
+            raise ValueError(
+                f"a tensor of losses must be 1-D with one entry per task, got shape {tuple(losses.shape)}"
+            )
+        names = [str(i) for i in range(losses.shape[0])]
+        items = list(losses.unbind())
+        vector = losses
+    else:
+        if isinstance(losses, Mapping):
+            names = [str(name) for name in losses]
+            items = list(losses.values())
+        elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+            names = [str(i) for i in range(len(losses))]
+            items = list(losses)
+        else:
+            raise TypeError(
+                f"losses must be a sequence or mapping of scalar tensors, got {type(losses).__name__}"
+            )
+        for name, loss in zip(names, items):
+            if not isinstance(loss, Tensor):
+                raise TypeError(f"loss of task {name!r} is a {type(loss).__name__}, expected a torch.Tensor")
+            if loss.ndim != 0:
+                raise ValueError(
+                    f"loss of task {name!r} has shape {tuple(loss.shape)}, expected a scalar "
+                    "(reduce it over the batch, e.g. with .mean())"
+                )
+        vector = None
+    if not items:
+        raise ValueError("no losses given: expected one scalar loss per task")
+    for name, loss in zip(names, items):
+        if not loss.requires_grad:
+            raise ValueError(
+                f"loss of task {name!r} does not require grad: it does not depend on any trainable tensor"
+            )
+    if vector is None:
+        dtype = items[0].dtype
+        for loss in items[1:]:
+            dtype = torch.promote_types(dtype, loss.dtype)
+        vector = torch.stack([loss.to(dtype) for loss in items])
+    return names, items, vector
+
+
+def check_num_tasks(names: Sequence[str], expected: int | None, minimum: int, who: str) -> None:
+    """Raise a ValueError when the number of losses does not fit what ``who`` needs."""
+    K = len(names)
+    if expected is not None and K != expected:
+        raise ValueError(f"{who} was set up for {expected} tasks but got {K} losses ({', '.join(names)})")
+    if K < minimum:
+        raise ValueError(f"{who} needs at least {minimum} tasks, got {K}")
+
+
+def check_finite_losses(names: Sequence[str], loss_vector: Tensor) -> None:
+    """Raise NonFiniteError naming every task whose loss is NaN or infinite (one host sync)."""
+    finite = torch.isfinite(loss_vector.detach())
+    if bool(finite.all()):
+        return
+    values = loss_vector.detach().cpu().tolist()
+    bad = [f"{name!r} ({value})" for name, value, ok in zip(names, values, finite.cpu().tolist()) if not ok]
+    raise NonFiniteError(f"non-finite loss for task {', '.join(bad)}")

@@ -1,0 +1,302 @@
+r"""One multi-task backward pass: per-task gradients → weights → ``.grad``.
+
+:func:`backward` replaces ``loss.backward()`` in a training loop. It accumulates into ``.grad``
+
+- of the shared parameters: :math:`\sum_t w_t \nabla_{\theta_{sh}} L_t`, with the weights
+  :math:`w` chosen by the weighting;
+- of every other parameter the losses reach (task heads): :math:`\sum_t c_t \nabla L_t` with
+  :math:`c = w` or :math:`c = 1`, as the weighting's ``head_weighting`` says.
+
+Three paths, by what the weighting needs:
+
+``weighting.needs_gramian`` is False (EW, fixed weights)
+    One ordinary backward pass of :math:`\sum_t w_t L_t`.
+``shared_params=...`` (e.g. exact MGDA)
+    The K×P Jacobian w.r.t. the shared parameters (batched or looped autograd), its Gramian, the
+    weights, then :math:`\sum_t w_t g_t` written per parameter and one backward through the heads only.
+``features=z`` (e.g. MGDA-UB)
+    The per-task gradients w.r.t. the representation Z (K backward passes through the heads only), its
+    Gramian, the weights, then one backward pass in which the gradient reaching Z is replaced by
+    :math:`\sum_t w_t \nabla_Z L_t`. The encoder runs forward once and backward once, so BatchNorm
+    statistics and dropout masks are those of the user's single forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import LossesLike, as_loss_vector, check_finite_losses, check_num_tasks
+from .errors import NonFiniteError
+from .gradients import _SLOW_UNDER_VMAP, JacobianMethod, gramian, jacobian_blocks, walk_graph
+from .weighting._base import Weighting
+
+__all__ = ["BackwardResult", "backward"]
+
+
+@dataclass(frozen=True)
+class BackwardResult:
+    """What one :func:`backward` call did.
+
+    Attributes:
+        task_names: names of the K tasks (``"0"``, ``"1"``, ... for a sequence of losses).
+        losses: the K loss values, detached.
+        weights: the K weights applied to the shared gradients (float64, CPU).
+        gramian: the K×K Gramian the weights were computed from (float64, CPU), or None.
+        diagnostics: the weighting's diagnostics (e.g. solver iterations, KKT residual).
+    """
+
+    task_names: list[str]
+    losses: Tensor
+    weights: Tensor
+    gramian: Tensor | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def weights_by_task(self) -> dict[str, float]:
+        """The weights as a ``{task name: weight}`` dict (for logging)."""
+        return {name: float(w) for name, w in zip(self.task_names, self.weights)}
+
+
+def backward(
+    losses: LossesLike,
+    weighting: Weighting,
+    *,
+    shared_params: Iterable[Tensor] | nn.Module | None = None,
+    features: Tensor | None = None,
+    head_params: Iterable[Tensor] | None = None,
+    method: JacobianMethod = "auto",
+    check_finite: bool = True,
+    retain_graph: bool = False,
+) -> BackwardResult:
+    """Accumulate the multi-task update of ``weighting`` into ``.grad``.
+
+    Args:
+        losses: K scalar losses (sequence, ``{name: loss}`` mapping, or a 1-D tensor).
+        weighting: e.g. :class:`mtlopt.EW` or :class:`mtlopt.MGDA`.
+        shared_params: the shared parameters (a module or an iterable of tensors): per-task gradients
+            are taken w.r.t. them (exact MGDA). Frozen parameters of a module are skipped.
+        features: the shared representation Z: per-task gradients are taken w.r.t. it (MGDA-UB).
+            Give exactly one of ``shared_params`` and ``features`` when the weighting needs the Gramian.
+        head_params: the task-specific parameters, used with ``shared_params``; by default every
+            other tensor requiring grad that the losses reach (found by walking the autograd graph).
+        method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
+        check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
+            or a gradient is NaN or infinite (costs one host synchronization).
+        retain_graph: keep the graph after the call.
+
+    Returns:
+        The weights, losses, Gramian and diagnostics of this step.
+    """
+    names, items, loss_vector = as_loss_vector(losses)
+    check_num_tasks(names, weighting.num_tasks, weighting.min_tasks, type(weighting).__name__)
+    if check_finite:
+        check_finite_losses(names, loss_vector)
+    detached = loss_vector.detach()
+    shared, shared_names = _shared_parameters(shared_params)
+
+    if not weighting.needs_gramian:
+        output = weighting.compute(None, detached)
+        weights = output.weights.to(loss_vector.device, loss_vector.dtype)
+        leaves = shared if shared else _scan(items, ())[0]
+        torch.autograd.backward((weights * loss_vector).sum(), retain_graph=retain_graph)
+        if check_finite:
+            _check_finite_grads(leaves, shared_names if shared else None)
+        return _result(names, detached, output.weights, None, output.diagnostics)
+
+    if (shared_params is None) == (features is None):
+        raise ValueError(
+            f"{type(weighting).__name__} needs per-task gradients: pass exactly one of "
+            "shared_params=... (gradients w.r.t. the shared parameters, e.g. exact MGDA) or "
+            "features=... (gradients w.r.t. the shared representation, e.g. MGDA-UB)"
+        )
+    if features is not None:
+        return _features_backward(
+            names, items, loss_vector, weighting, features, method, check_finite, retain_graph
+        )
+    return _shared_backward(
+        names,
+        items,
+        loss_vector,
+        weighting,
+        shared,
+        shared_names,
+        head_params,
+        method,
+        check_finite,
+        retain_graph,
+    )
+
+
+def _shared_backward(
+    names: list[str],
+    items: list[Tensor],
+    loss_vector: Tensor,
+    weighting: Weighting,
+    shared: list[Tensor],
+    shared_names: list[str],
+    head_params: Iterable[Tensor] | None,
+    method: JacobianMethod,
+    check_finite: bool,
+    retain_graph: bool,
+) -> BackwardResult:
+    if not shared:
+        raise ValueError("shared_params is empty: no parameter requires grad")
+    shared_ids = {id(p) for p in shared}
+    leaves, has_slow_ops = _scan(items, ())
+    if method == "auto":
+        method = "loop" if has_slow_ops or len(names) == 1 else "batched"
+    reached = {id(leaf) for leaf in leaves}
+    unreached = [name for p, name in zip(shared, shared_names) if id(p) not in reached]
+    blocks = jacobian_blocks(items, shared, method=method, retain_graph=True)
+    G = _gramian_cpu(gramian(blocks), names, check_finite, "the shared parameters", items, shared)
+    output = weighting.compute(G, loss_vector.detach())
+    w = output.weights.to(blocks[0].device, blocks[0].dtype)
+    for p, block in zip(shared, blocks):
+        if p.grad is None and id(p) in reached:
+            p.grad = torch.tensordot(w, block, dims=1).to(p.dtype)
+        elif id(p) in reached:
+            p.grad.add_(torch.tensordot(w, block, dims=1).to(p.dtype))
+    heads = [p for p in leaves if id(p) not in shared_ids] if head_params is None else list(head_params)
+    if heads:
+        coefficients = _head_coefficients(weighting, output.weights, loss_vector)
+        torch.autograd.backward((coefficients * loss_vector).sum(), inputs=heads, retain_graph=retain_graph)
+        if check_finite:
+            _check_finite_grads(heads, None, what="task-specific parameter")
+    diagnostics = dict(output.diagnostics)
+    if unreached:
+        diagnostics["unreached_shared_params"] = unreached
+    return _result(names, loss_vector.detach(), output.weights, G, diagnostics)
+
+
+def _features_backward(
+    names: list[str],
+    items: list[Tensor],
+    loss_vector: Tensor,
+    weighting: Weighting,
+    features: Tensor,
+    method: JacobianMethod,
+    check_finite: bool,
+    retain_graph: bool,
+) -> BackwardResult:
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if not features.requires_grad:
+        raise ValueError(
+            f"features (shape {tuple(features.shape)}) does not require grad: pass the encoder's "
+            "output before any .detach()"
+        )
+    if method == "auto":
+        stops = {features.grad_fn} if features.grad_fn is not None else set()
+        method = "loop" if len(names) == 1 or _scan(items, stops)[1] else "batched"
+    (block,) = jacobian_blocks(items, [features], method=method, retain_graph=True)
+    if weighting.feature_batch == "sum":
+        if features.ndim < 2:
+            raise ValueError(
+                f"feature_batch='sum' needs features of shape (batch, ...), got shape {tuple(features.shape)}"
+            )
+        per_task = block.sum(dim=1)
+    else:
+        per_task = block
+    G = _gramian_cpu(gramian(per_task), names, check_finite, "the features", items, [features])
+    output = weighting.compute(G, loss_vector.detach())
+    w = output.weights.to(block.device, block.dtype)
+    feature_grad = torch.tensordot(w, block, dims=1).to(features.dtype)
+    coefficients = _head_coefficients(weighting, output.weights, loss_vector)
+    handle = features.register_hook(lambda _grad: feature_grad)
+    try:
+        torch.autograd.backward((coefficients * loss_vector).sum(), retain_graph=retain_graph)
+    finally:
+        handle.remove()
+    return _result(names, loss_vector.detach(), output.weights, G, dict(output.diagnostics))
+
+
+def _head_coefficients(weighting: Weighting, weights: Tensor, loss_vector: Tensor) -> Tensor:
+    if weighting.head_weighting == "unweighted":
+        return torch.ones_like(loss_vector)
+    return weights.to(loss_vector.device, loss_vector.dtype)
+
+
+def _gramian_cpu(
+    G: Tensor, names: list[str], check_finite: bool, what: str, items: list[Tensor], inputs: list[Tensor]
+) -> Tensor:
+    G64 = G.detach().to("cpu", torch.float64)
+    if check_finite and not bool(torch.isfinite(G64).all()):
+        # Error path: recompute task by task, since a batched backward can spread one task's NaN to
+        # every row (vmap sends all rows through every node, and 0 · inf = NaN).
+        bad = []
+        for name, loss in zip(names, items):
+            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+            if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+                bad.append(name)
+        detail = f"task(s) {', '.join(map(repr, bad))}" if bad else "the tasks (combined)"
+        raise NonFiniteError(f"the gradient of {detail} w.r.t. {what} contains NaN or inf")
+    return G64
+
+
+def _shared_parameters(
+    shared_params: Iterable[Tensor] | nn.Module | None,
+) -> tuple[list[Tensor], list[str]]:
+    if shared_params is None:
+        return [], []
+    if isinstance(shared_params, nn.Module):
+        named = [(n, p) for n, p in shared_params.named_parameters() if p.requires_grad]
+        return [p for _, p in named], [n for n, _ in named]
+    if isinstance(shared_params, Tensor):
+        shared_params = [shared_params]
+    params = list(shared_params)
+    names = []
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"shared_params[{i}] is a {type(p).__name__}, expected a torch.Tensor")
+        if not p.requires_grad:
+            raise ValueError(
+                f"shared_params[{i}] (shape {tuple(p.shape)}) does not require grad; pass only "
+                "trainable shared parameters (or the shared module, whose frozen parameters are skipped)"
+            )
+        names.append(f"shared_params[{i}]")
+    return params, names
+
+
+def _scan(items: list[Tensor], stops: Iterable[object]) -> tuple[list[Tensor], bool]:
+    """Leaf tensors the losses reach, and whether the graph has ops slow under vmap (one walk)."""
+    leaves: list[Tensor] = []
+    slow = False
+    for node in walk_graph([loss.grad_fn for loss in items], set(stops)):
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            leaves.append(variable)
+        elif not slow:
+            name = type(node).__name__
+            slow = any(marker in name for marker in _SLOW_UNDER_VMAP)
+    return leaves, slow
+
+
+def _check_finite_grads(
+    params: Sequence[Tensor], names: Sequence[str] | None, what: str = "parameter"
+) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    finite = torch.stack([torch.isfinite(g).all() for g in grads])
+    if bool(finite.all()):
+        return
+    labels = list(names) if names is not None else [f"{what} of shape {tuple(p.shape)}" for p in params]
+    with_grad = [label for p, label in zip(params, labels) if p.grad is not None]
+    bad = [label for label, ok in zip(with_grad, finite.tolist()) if not ok]
+    raise NonFiniteError(f"the gradient of {', '.join(bad)} contains NaN or inf (the losses were finite)")
+
+
+def _result(
+    names: list[str], losses: Tensor, weights: Tensor, G: Tensor | None, diagnostics: dict[str, Any]
+) -> BackwardResult:
+    return BackwardResult(
+        task_names=names,
+        losses=losses,
+        weights=weights.detach().to("cpu", torch.float64),
+        gramian=G,
+        diagnostics=diagnostics,
+    )

@@ -1,0 +1,182 @@
+r"""Per-task gradients: the Jacobian of K losses and its Gramian.
+
+For losses :math:`L_1, \dots, L_K` and inputs :math:`\theta` (shared parameters, or a shared
+representation :math:`Z`), the Jacobian stacks the task gradients as rows,
+:math:`J = [\nabla_\theta L_1; \dots; \nabla_\theta L_K] \in \mathbb{R}^{K \times P}`, and the Gramian is
+:math:`G = J J^\top \in \mathbb{R}^{K \times K}`.
+
+Two ways to compute J, with the same result:
+
+- ``"batched"``: one call of ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over the K
+  one-hot output gradients);
+- ``"loop"``: K calls of ``torch.autograd.grad``.
+
+``"auto"`` picks ``"loop"`` when the part of the graph being differentiated contains a convolution, and
+``"batched"`` otherwise: on the CPU, convolution backward under vmap measured 2.5–4× slower than the
+loop, while linear, normalization and activation layers measured faster batched at K ≥ 10
+(``benchmarks/mgda_speed.py`` records the comparison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ._checks import LossesLike, as_loss_vector
+
+__all__ = ["JacobianMethod", "feature_jacobian", "gramian", "jacobian"]
+
+JacobianMethod = Literal["auto", "batched", "loop"]
+_METHODS = ("auto", "batched", "loop")
+# Backward nodes for which vmap over the backward pass is slower than a loop of backward calls.
+_SLOW_UNDER_VMAP = ("Convolution", "Conv2D", "Conv3D", "SlowConv", "Cudnn", "Mkldnn")
+
+
+def jacobian(
+    losses: LossesLike,
+    params: Iterable[Tensor],
+    *,
+    method: JacobianMethod = "auto",
+    retain_graph: bool = True,
+) -> Tensor:
+    """The K×P Jacobian of K scalar losses w.r.t. ``params`` (flattened and concatenated in order).
+
+    Args:
+        losses: K scalar tensors (a sequence, or a mapping from task name to loss).
+        params: tensors that require grad (e.g. ``model.encoder.parameters()``).
+        method: ``"auto"``, ``"batched"`` or ``"loop"`` (see the module docstring).
+        retain_graph: keep the graph for a later backward (default True).
+
+    Returns:
+        Tensor of shape (K, P). A task whose loss does not depend on a parameter gets zeros there.
+    """
+    _, items, _ = as_loss_vector(losses)
+    inputs = _as_inputs(params, "params")
+    blocks = jacobian_blocks(items, inputs, method=method, retain_graph=retain_graph)
+    return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
+
+
+def feature_jacobian(
+    losses: LossesLike,
+    features: Tensor,
+    *,
+    method: JacobianMethod = "auto",
+    retain_graph: bool = True,
+) -> Tensor:
+    """Per-task gradients w.r.t. a shared representation Z (the MGDA-UB quantity).
+
+    Only the part of the graph between the losses and Z is differentiated (the task heads); the
+    encoder that produced Z is neither run again nor differentiated.
+
+    Returns:
+        Tensor of shape (K, *features.shape): row t is :math:`\\partial L_t / \\partial Z`.
+    """
+    _, items, _ = as_loss_vector(losses)
+    (feature,) = _as_inputs([features], "features")
+    return jacobian_blocks(items, [feature], method=method, retain_graph=retain_graph)[0]
+
+
+def gramian(jacobian: Tensor | Sequence[Tensor]) -> Tensor:
+    """The K×K Gramian :math:`J J^\\top`.
+
+    Args:
+        jacobian: a (K, ...) tensor, or a sequence of blocks of shape (K, ...) (e.g. one per
+            parameter) whose Gramians are summed; no concatenated copy is made.
+    """
+    blocks = [jacobian] if isinstance(jacobian, Tensor) else list(jacobian)
+    if not blocks:
+        raise ValueError("gramian() needs at least one Jacobian block")
+    K = blocks[0].shape[0]
+    total: Tensor | None = None
+    for block in blocks:
+        if block.shape[0] != K:
+            raise ValueError(f"Jacobian blocks disagree on the number of tasks: {block.shape[0]} vs {K}")
+        flat = block.reshape(K, -1)
+        product = flat @ flat.T
+        total = product if total is None else total + product
+    assert total is not None
+    return total
+
+
+def jacobian_blocks(
+    losses: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    *,
+    method: JacobianMethod = "auto",
+    retain_graph: bool = True,
+) -> list[Tensor]:
+    """Per-input Jacobian blocks of shape (K, *input.shape) for K scalar losses."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown Jacobian method {method!r}; expected one of {', '.join(_METHODS)}")
+    K = len(losses)
+    if method == "auto":
+        method = "loop" if K == 1 or graph_has_slow_vmap_ops(losses, inputs) else "batched"
+    if method == "batched":
+        loss_vector = torch.stack(list(losses))
+        identity = torch.eye(K, dtype=loss_vector.dtype, device=loss_vector.device)
+        grads = torch.autograd.grad(
+            loss_vector,
+            inputs,
+            grad_outputs=identity,
+            is_grads_batched=True,
+            retain_graph=retain_graph,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return list(grads)
+    rows = [
+        torch.autograd.grad(
+            loss,
+            inputs,
+            retain_graph=retain_graph or t < K - 1,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        for t, loss in enumerate(losses)
+    ]
+    return [torch.stack([row[i] for row in rows]) for i in range(len(inputs))]
+
+
+def graph_has_slow_vmap_ops(losses: Tensor | Sequence[Tensor], inputs: Sequence[Tensor]) -> bool:
+    """Whether the graph from the losses down to ``inputs`` contains a convolution backward node."""
+    stops = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    roots = [losses] if isinstance(losses, Tensor) else list(losses)
+    for node in walk_graph([r.grad_fn for r in roots], stops):
+        name = type(node).__name__
+        if any(marker in name for marker in _SLOW_UNDER_VMAP):
+            return True
+    return False
+
+
+def walk_graph(roots: Sequence[object], stops: set[object] | None = None) -> Iterable[object]:
+    """Depth-first walk over autograd nodes from ``roots``, not entering nodes in ``stops``."""
+    stops = stops or set()
+    seen: set[object] = set()  # the nodes themselves: keeps them alive, so identity is stable
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(child for child, _ in getattr(node, "next_functions", ()))
+
+
+def _as_inputs(tensors: Iterable[Tensor], what: str) -> list[Tensor]:
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    inputs = list(tensors)
+    if not inputs:
+        raise ValueError(f"{what} is empty: nothing to differentiate with respect to")
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{what}[{i}] is a {type(tensor).__name__}, expected a torch.Tensor")
+        if not tensor.requires_grad:
+            raise ValueError(
+                f"{what}[{i}] (shape {tuple(tensor.shape)}) does not require grad; "
+                "pass only tensors that are part of the graph"
+            )
+    return inputs

@@ -1,0 +1,75 @@
+"""The interface shared by every weighting: task weights from the Gramian and the losses."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor
+
+HeadWeighting = Literal["weighted", "unweighted"]
+FeatureBatch = Literal["flatten", "sum"]
+
+
+@dataclass(frozen=True)
+class WeightingOutput:
+    """Task weights and what the weighting wants logged.
+
+    Attributes:
+        weights: shape (K,); the shared update is :math:`\\sum_t w_t \\nabla L_t`.
+        diagnostics: scalars worth logging (e.g. a solver's iterations and residual).
+    """
+
+    weights: Tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class Weighting(ABC):
+    """Maps the Gramian of the task gradients (and the task losses) to task weights.
+
+    Subclasses set:
+
+    - ``needs_gramian``: False for weightings computed from the losses alone (then
+      :func:`mtlopt.backward` does a single ordinary backward pass of :math:`\\sum_t w_t L_t`);
+    - ``min_tasks``: the fewest tasks the method accepts;
+    - ``head_weighting``: whether task-specific parameters receive :math:`w_t \\nabla L_t`
+      (``"weighted"``) or :math:`\\nabla L_t` (``"unweighted"``);
+    - ``feature_batch``: how gradients w.r.t. a representation Z of shape (B, ...) enter the Gramian:
+      ``"flatten"`` (one vector of B·D entries per task) or ``"sum"`` (per-sample gradients summed
+      over the batch first).
+
+    Stateless weightings are pure functions of their input; stateful ones override :meth:`reset`,
+    :meth:`state_dict` and :meth:`load_state_dict`.
+    """
+
+    needs_gramian: ClassVar[bool] = True
+    min_tasks: ClassVar[int] = 1
+    head_weighting: HeadWeighting = "weighted"
+    feature_batch: FeatureBatch = "flatten"
+    num_tasks: int | None = None
+
+    @abstractmethod
+    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
+        """Weights for one step.
+
+        Args:
+            gramian: K×K float64 Gramian on the CPU (None when ``needs_gramian`` is False).
+            losses: the K detached loss values.
+        """
+
+    def __call__(self, gramian: Tensor | None, losses: Tensor) -> Tensor:
+        """The weights alone (see :meth:`compute`)."""
+        return self.compute(gramian, losses).weights
+
+    def reset(self) -> None:
+        """Forget any state accumulated over steps (no-op for stateless weightings)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (empty for stateless weightings)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
