@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Create .venv and install mtlopt with its extras. Safe to re-run: it skips what is already done.
+#
+# torch is installed first, pinned: on a machine without an NVIDIA GPU the CPU build (torch==X+cpu),
+# found either on the configured package indexes or on the PyTorch CPU index; never the multi-GB
+# CUDA build that a plain `pip install torch` pulls on Linux. Override with TORCH_SPEC=... if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+EXTRAS="${1:-bench,dev}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
+
+installed_torch="$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
+if [ -z "$installed_torch" ]; then
+    if [ -n "${TORCH_SPEC:-}" ]; then
+        echo "[setup] installing $TORCH_SPEC"
+        "${PIP[@]}" install "$TORCH_SPEC" numpy
+    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "[setup] NVIDIA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+        "${PIP[@]}" install "torch==$TORCH_VERSION" numpy
+    else
+        echo "[setup] no GPU: installing the CPU build torch==$TORCH_VERSION+cpu"
+        "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" numpy 2>/dev/null \
+            || "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" numpy \
+                --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+else
+    echo "[setup] torch $installed_torch already installed"
+fi
+
+stamp="$VENV/.mtlopt-installed-$EXTRAS"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "[setup] installing mtlopt[$EXTRAS] (editable)"
+    "${PIP[@]}" install -e ".[$EXTRAS]"
+    touch "$stamp"
+fi
+"$VENV/bin/python" -c 'import mtlopt, torch; print(f"[setup] mtlopt {mtlopt.__version__}, torch {torch.__version__}")'
