@@ -8,7 +8,7 @@ from torch import nn
 
 from models import make_problem
 from mtlopt import feature_jacobian, gramian, jacobian
-from mtlopt.gradients import graph_has_slow_vmap_ops, jacobian_blocks
+from mtlopt.gradients import choose_method, graph_has_slow_vmap_ops, jacobian_blocks
 
 
 def per_task_gradients(losses, params):
@@ -80,6 +80,22 @@ def test_auto_method_uses_the_loop_for_convolutions_only() -> None:
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     out = mlp(torch.randn(5, 4))
     assert not graph_has_slow_vmap_ops(out.pow(2).mean(0), list(mlp.parameters()))
+
+
+def test_auto_method_follows_the_graph_structure() -> None:
+    model, x, y = make_problem()
+    z = model.encoder(x)
+    separate_heads = model.losses(z, y)
+    assert choose_method(separate_heads, list(model.encoder.parameters())) == "loop"  # convolution
+    assert choose_method(separate_heads, [z]) == "loop"  # disjoint heads: K² head passes if batched
+    shared_head = nn.Linear(12, 3).double()
+    out = shared_head(z)
+    one_head = [out[:, t].pow(2).mean() for t in range(3)]  # every task runs through the same head
+    assert choose_method(one_head, [z]) == "batched"
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    hidden = mlp(torch.randn(5, 4))
+    assert choose_method([hidden[:, 0].mean(), hidden[:, 1].mean()], list(mlp.parameters())) == "batched"
+    assert choose_method(separate_heads[:1], [z]) == "loop"  # one task: nothing to batch
 
 
 def test_inputs_that_do_not_require_grad_are_named() -> None:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ._checks import LossesLike, as_loss_vector, check_finite_losses, check_num_tasks
 from .errors import NonFiniteError
-from .gradients import _SLOW_UNDER_VMAP, JacobianMethod, gramian, jacobian_blocks, walk_graph
+from .gradients import JacobianMethod, choose_method, gramian, jacobian_blocks, walk_graph
 from .weighting._base import Weighting
 
 __all__ = ["BackwardResult", "backward"]
@@ -101,7 +101,7 @@ def backward(
     if not weighting.needs_gramian:
         output = weighting.compute(None, detached)
         weights = output.weights.to(loss_vector.device, loss_vector.dtype)
-        leaves = shared if shared else _scan(items, ())[0]
+        leaves = shared if shared else _leaves(items)
         torch.autograd.backward((weights * loss_vector).sum(), retain_graph=retain_graph)
         if check_finite:
             _check_finite_grads(leaves, shared_names if shared else None)
@@ -146,9 +146,9 @@ def _shared_backward(
     if not shared:
         raise ValueError("shared_params is empty: no parameter requires grad")
     shared_ids = {id(p) for p in shared}
-    leaves, has_slow_ops = _scan(items, ())
+    leaves = _leaves(items)
     if method == "auto":
-        method = "loop" if has_slow_ops or len(names) == 1 else "batched"
+        method = choose_method(items, shared)
     reached = {id(leaf) for leaf in leaves}
     unreached = [name for p, name in zip(shared, shared_names) if id(p) not in reached]
     blocks = jacobian_blocks(items, shared, method=method, retain_graph=True)
@@ -189,9 +189,6 @@ def _features_backward(
             f"features (shape {tuple(features.shape)}) does not require grad: pass the encoder's "
             "output before any .detach()"
         )
-    if method == "auto":
-        stops = {features.grad_fn} if features.grad_fn is not None else set()
-        method = "loop" if len(names) == 1 or _scan(items, stops)[1] else "batched"
     (block,) = jacobian_blocks(items, [features], method=method, retain_graph=True)
     if weighting.feature_batch == "sum":
         if features.ndim < 2:
@@ -261,18 +258,14 @@ def _shared_parameters(
     return params, names
 
 
-def _scan(items: list[Tensor], stops: Iterable[object]) -> tuple[list[Tensor], bool]:
-    """Leaf tensors the losses reach, and whether the graph has ops slow under vmap (one walk)."""
-    leaves: list[Tensor] = []
-    slow = False
-    for node in walk_graph([loss.grad_fn for loss in items], set(stops)):
+def _leaves(items: list[Tensor]) -> list[Tensor]:
+    """Leaf tensors requiring grad that the losses reach (one walk of the graph)."""
+    leaves = []
+    for node in walk_graph([loss.grad_fn for loss in items]):
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             leaves.append(variable)
-        elif not slow:
-            name = type(node).__name__
-            slow = any(marker in name for marker in _SLOW_UNDER_VMAP)
-    return leaves, slow
+    return leaves
 
 
 def _check_finite_grads(
@@ -281,7 +274,8 @@ def _check_finite_grads(
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    finite = torch.stack([torch.isfinite(g).all() for g in grads])
+    # A float64 sum is non-finite exactly when an element is (it cannot overflow): one kernel each.
+    finite = torch.isfinite(torch.stack([g.sum(dtype=torch.float64) for g in grads]))
     if bool(finite.all()):
         return
     labels = list(names) if names is not None else [f"{what} of shape {tuple(p.shape)}" for p in params]
