@@ -320,6 +320,7 @@ def test_check_finite_false_skips_the_checks():
             "loss of task '1' does not require grad",
         ),
         (lambda m, z, L: mtlopt.backward([], mtlopt.EW()), ValueError, "no losses given"),
+        (lambda m, z, L: mtlopt.backward(L, mtlopt.MGDA(), features=[z]), TypeError, "features must be one"),
         (lambda m, z, L: mtlopt.backward([L[0], 3.0], mtlopt.EW()), TypeError, "loss of task '1' is a float"),
     ],
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -81,3 +81,22 @@ def check_finite_losses(names: Sequence[str], loss_vector: Tensor) -> None:
     values = loss_vector.detach().cpu().tolist()
     bad = [f"{name!r} ({value})" for name, value, ok in zip(names, values, finite.cpu().tolist()) if not ok]
     raise NonFiniteError(f"non-finite loss for task {', '.join(bad)}")
+
+
+def as_tensors(
+    tensors: Iterable[Tensor] | Tensor,
+    what: str,
+    hint: str = "pass only tensors that are part of the graph",
+) -> list[Tensor]:
+    """The tensors as a non-empty list, each a Tensor that requires grad (errors name the bad one)."""
+    single = isinstance(tensors, Tensor)
+    items = [tensors] if single else list(tensors)
+    if not items:
+        raise ValueError(f"{what} is empty: nothing to differentiate with respect to")
+    for i, tensor in enumerate(items):
+        label = what if single else f"{what}[{i}]"
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{label} is a {type(tensor).__name__}, expected a torch.Tensor")
+        if not tensor.requires_grad:
+            raise ValueError(f"{label} (shape {tuple(tensor.shape)}) does not require grad; {hint}")
+    return items

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import LossesLike, as_loss_vector, check_finite_losses, check_num_tasks
+from ._checks import LossesLike, as_loss_vector, as_tensors, check_finite_losses, check_num_tasks
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, choose_method, gramian, jacobian_blocks, walk_graph
 from .weighting._base import Weighting
@@ -183,12 +183,10 @@ def _features_backward(
     retain_graph: bool,
 ) -> BackwardResult:
     if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if not features.requires_grad:
-        raise ValueError(
-            f"features (shape {tuple(features.shape)}) does not require grad: pass the encoder's "
-            "output before any .detach()"
+        raise TypeError(
+            f"features must be one torch.Tensor (the shared representation), got {type(features).__name__}"
         )
+    as_tensors(features, "features", hint="pass the encoder's output before any .detach()")
     (block,) = jacobian_blocks(items, [features], method=method, retain_graph=True)
     if weighting.feature_batch == "sum":
         if features.ndim < 2:
@@ -242,20 +240,12 @@ def _shared_parameters(
     if isinstance(shared_params, nn.Module):
         named = [(n, p) for n, p in shared_params.named_parameters() if p.requires_grad]
         return [p for _, p in named], [n for n, _ in named]
-    if isinstance(shared_params, Tensor):
-        shared_params = [shared_params]
-    params = list(shared_params)
-    names = []
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"shared_params[{i}] is a {type(p).__name__}, expected a torch.Tensor")
-        if not p.requires_grad:
-            raise ValueError(
-                f"shared_params[{i}] (shape {tuple(p.shape)}) does not require grad; pass only "
-                "trainable shared parameters (or the shared module, whose frozen parameters are skipped)"
-            )
-        names.append(f"shared_params[{i}]")
-    return params, names
+    params = as_tensors(
+        shared_params,
+        "shared_params",
+        hint="pass only trainable shared parameters (or the shared module: its frozen ones are skipped)",
+    )
+    return params, [f"shared_params[{i}]" for i in range(len(params))]
 
 
 def _leaves(items: list[Tensor]) -> list[Tensor]:

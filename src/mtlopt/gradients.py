@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._checks import LossesLike, as_loss_vector
+from ._checks import LossesLike, as_loss_vector, as_tensors
 
 __all__ = ["JacobianMethod", "feature_jacobian", "gramian", "jacobian"]
 
@@ -59,7 +59,7 @@ def jacobian(
         Tensor of shape (K, P). A task whose loss does not depend on a parameter gets zeros there.
     """
     _, items, _ = as_loss_vector(losses)
-    inputs = _as_inputs(params, "params")
+    inputs = as_tensors(params, "params")
     blocks = jacobian_blocks(items, inputs, method=method, retain_graph=retain_graph)
     return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
 
@@ -80,7 +80,7 @@ def feature_jacobian(
         Tensor of shape (K, *features.shape): row t is :math:`\\partial L_t / \\partial Z`.
     """
     _, items, _ = as_loss_vector(losses)
-    (feature,) = _as_inputs([features], "features")
+    (feature,) = as_tensors(features, "features")
     return jacobian_blocks(items, [feature], method=method, retain_graph=retain_graph)[0]
 
 
@@ -189,20 +189,3 @@ def walk_graph(roots: Sequence[object], stops: set[object] | None = None) -> Ite
         seen.add(node)
         yield node
         stack.extend(child for child, _ in getattr(node, "next_functions", ()))
-
-
-def _as_inputs(tensors: Iterable[Tensor], what: str) -> list[Tensor]:
-    if isinstance(tensors, Tensor):
-        tensors = [tensors]
-    inputs = list(tensors)
-    if not inputs:
-        raise ValueError(f"{what} is empty: nothing to differentiate with respect to")
-    for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"{what}[{i}] is a {type(tensor).__name__}, expected a torch.Tensor")
-        if not tensor.requires_grad:
-            raise ValueError(
-                f"{what}[{i}] (shape {tuple(tensor.shape)}) does not require grad; "
-                "pass only tensors that are part of the graph"
-            )
-    return inputs
