@@ -36,6 +36,15 @@ else
     echo "[setup] torch $installed_torch already installed"
 fi
 
+# Fashion-MNIST for the MultiFashion benchmark: Debian's package when we can install it (root with
+# apt-get); otherwise mtlopt reads --data-root or downloads it (checksummed) when online.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's dataset-fashion-mnist"
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+        || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+        || echo "[setup] could not install dataset-fashion-mnist; mtlopt will look for the data elsewhere"
+fi
+
 stamp="$VENV/.mtlopt-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "[setup] installing mtlopt[$EXTRAS] (editable)"
