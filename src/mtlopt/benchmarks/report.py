@@ -1,0 +1,283 @@
+"""Comparison reports: ``summary.md``, ``summary.csv`` and plots from a directory of result files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+SELECTIONS = {"final": "last epoch", "best_val": "best mean validation accuracy"}
+
+# Published numbers to print beside ours, by (benchmark, protocol).
+PUBLISHED = {
+    ("multimnist", "sener"): (
+        "Sener & Koltun (2018), full MultiMNIST, test accuracy % left / right: single task 97.23 / 95.90; "
+        "uniform scaling 96.46 / 94.99; uncertainty 96.47 / 95.29; GradNorm 96.27 / 94.84; "
+        "MGDA-UB 97.26 / 95.90 (100 epochs, lr chosen per method from a grid). Our MNIST source may be "
+        "the 5,000-digit subset: see the data line above."
+    ),
+}
+
+
+def load_runs(directory: Path) -> list[dict[str, Any]]:
+    """Every finished ``result.json`` below ``directory/runs``, with its label (method variant)."""
+    runs = []
+    for path in sorted((directory / "runs").glob("*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        result.setdefault("label", result["method"])
+        runs.append(result)
+    return runs
+
+
+def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[str, Any]:
+    """Write summary.md, summary.csv and the plots for the runs in ``directory``; returns the summary."""
+    directory = Path(directory)
+    runs = load_runs(directory)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs under {directory / 'runs'}")
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_label[run["label"]].append(run)
+    order = [label for label in (labels or []) if label in by_label] + sorted(
+        set(by_label) - set(labels or [])
+    )
+    tasks = runs[0]["tasks"]
+    metrics = runs[0]["metrics"]
+    table = {label: _aggregate(by_label[label], tasks, metrics) for label in order}
+    reference = next((label for label in order if by_label[label][0]["method"] == "stl"), None)
+    for label in order:
+        for selection in SELECTIONS:
+            table[label][selection]["delta_m"] = (
+                _delta_m(table[label][selection], table[reference][selection], tasks, metrics)
+                if reference
+                else None
+            )
+    ew_label = next((label for label in order if by_label[label][0]["method"] == "ew"), None)
+    _write_csv(directory / "summary.csv", table, order, by_label, tasks, metrics)
+    _write_markdown(directory / "summary.md", table, order, by_label, tasks, metrics, reference, ew_label)
+    _plot(directory, order, by_label, tasks)
+    return {"labels": order, "table": table, "reference": reference}
+
+
+def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for selection in SELECTIONS:
+        cells = {}
+        for task in tasks:
+            for metric in metrics:
+                values = [run[selection]["test"][task][metric] for run in runs]
+                cells[(task, metric)] = (statistics.fmean(values), _std(values), len(values))
+        out[selection] = {"cells": cells}
+    steps = [run["time_per_step_ms"]["median"] for run in runs]
+    out["time_ms"] = (statistics.fmean(steps), _std(steps))
+    out["seeds"] = sorted(run["seed"] for run in runs)
+    return out
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _delta_m(method: dict[str, Any], stl: dict[str, Any], tasks, metrics) -> float:
+    """Δm% vs STL: mean over (task, metric) of (−1)^h (M − M_STL) / M_STL × 100; lower is better."""
+    terms = []
+    for task in tasks:
+        for metric, direction in metrics.items():
+            m, s = method["cells"][(task, metric)][0], stl["cells"][(task, metric)][0]
+            sign = -1.0 if direction == "higher" else 1.0
+            terms.append(sign * (m - s) / s * 100.0)
+    return statistics.fmean(terms)
+
+
+def _write_csv(path: Path, table, order, by_label, tasks, metrics) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "method", "options", "selection", "task", "metric", "mean", "std", "seeds"])
+        for label in order:
+            run = by_label[label][0]
+            options = json.dumps(run["options"], sort_keys=True)
+            for selection in SELECTIONS:
+                for (task, metric), (mean, std, n) in table[label][selection]["cells"].items():
+                    writer.writerow(
+                        [
+                            label,
+                            run["method"],
+                            options,
+                            selection,
+                            task,
+                            metric,
+                            f"{mean:.6g}",
+                            f"{std:.6g}",
+                            n,
+                        ]
+                    )
+                delta = table[label][selection]["delta_m"]
+                if delta is not None:
+                    writer.writerow(
+                        [
+                            label,
+                            run["method"],
+                            options,
+                            selection,
+                            "all",
+                            "delta_m_vs_stl",
+                            f"{delta:.6g}",
+                            "",
+                            "",
+                        ]
+                    )
+            mean, std = table[label]["time_ms"]
+            writer.writerow(
+                [
+                    label,
+                    run["method"],
+                    options,
+                    "all",
+                    "all",
+                    "time_per_step_ms",
+                    f"{mean:.6g}",
+                    f"{std:.6g}",
+                    len(by_label[label]),
+                ]
+            )
+
+
+def _write_markdown(path: Path, table, order, by_label, tasks, metrics, reference, ew_label) -> None:
+    first = by_label[order[0]][0]
+    env, training, data = first["environment"], first["training"], first["data"]
+    sources = "; ".join(
+        f"{key}: {value['name']} from {value['origin']}" for key, value in data.get("sources", {}).items()
+    )
+    seeds = sorted({run["seed"] for runs in by_label.values() for run in runs})
+    lines = [
+        f"# {first['benchmark']} ({first['protocol']} protocol)",
+        "",
+        f"- data: {sources}; composites train/val/test {data.get('sizes')}; data seed {data.get('seed')}",
+        f"- construction: {data.get('construction', '')}",
+        f"- training: {training['epochs']} epochs, {training['optimizer']} lr {training['lr']} "
+        f"(momentum {training['momentum']}, halved every {training['lr_decay_every'] or '∞'} epochs), "
+        f"batch {training['batch_size']}; seeds {seeds}",
+        f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s)",
+        "- test metrics, mean ± std over seeds"
+        + (
+            f"; Δm% vs `{reference}` over accuracy and cross-entropy of both tasks (lower is better)"
+            if reference
+            else ""
+        ),
+        "",
+    ]
+    metric_names = list(metrics)
+    header = ["method"] + [
+        f"{task} {metric.replace('_', '-')} {'↑' if metrics[metric] == 'higher' else '↓'}"
+        for task in tasks
+        for metric in metric_names
+    ]
+    for selection, description in SELECTIONS.items():
+        lines += [f"## Epoch: {description}", ""]
+        cols = header + (["Δm% ↓"] if reference else []) + ["ms / step"] + (["× EW"] if ew_label else [])
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for label in order:
+            row = [f"`{label}`"]
+            for task in tasks:
+                for metric in metric_names:
+                    mean, std, _ = table[label][selection]["cells"][(task, metric)]
+                    digits = 2 if metric == "accuracy" else 4
+                    row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+            if reference:
+                row.append(f"{table[label][selection]['delta_m']:+.2f}")
+            mean_ms = table[label]["time_ms"][0]
+            row.append(f"{mean_ms:.1f}")
+            if ew_label:
+                row.append(f"{mean_ms / table[ew_label]['time_ms'][0]:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
+        "ms / step: median wall time of one training step (forward, backward, optimizer step) per run, "
+        "averaged over seeds; `stl` trains one model per task, so its step is K model steps.",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        f"![{tasks[0]} vs {tasks[1]} test accuracy](task_accuracy.png)" if len(tasks) >= 2 else "",
+        "",
+    ]
+    published = PUBLISHED.get((first["benchmark"], first["protocol"]))
+    if published:
+        lines += ["## Published numbers", "", published, ""]
+    path.write_text("\n".join(lines))
+
+
+def _plot(directory: Path, order, by_label, tasks) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.0 * len(tasks), 7.0), squeeze=False)
+    for i, label in enumerate(order):
+        runs = by_label[label]
+        epochs = [record["epoch"] for record in runs[0]["history"]]
+        for t, task in enumerate(tasks):
+            for row, (metric, name) in enumerate(
+                (("accuracy", "test accuracy (%)"), ("cross_entropy", "test cross-entropy"))
+            ):
+                curves = [[record["test"][task][metric] for record in run["history"]] for run in runs]
+                mean = [statistics.fmean(v) for v in zip(*curves)]
+                spread = [_std(list(v)) for v in zip(*curves)]
+                ax = axes[row][t]
+                color = colors[i % len(colors)]
+                ax.plot(
+                    epochs,
+                    mean,
+                    label=label,
+                    color=color,
+                    linestyle=("-", "--", ":", "-.")[(i // len(colors)) % 4],
+                )
+                ax.fill_between(
+                    epochs,
+                    [m - s for m, s in zip(mean, spread)],
+                    [m + s for m, s in zip(mean, spread)],
+                    color=color,
+                    alpha=0.15,
+                )
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_ylabel(name)
+                ax.set_title(f"task {task}")
+                ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{by_label[order[0]][0]['benchmark']}: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(directory / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+    if len(tasks) < 2:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    for i, label in enumerate(order):
+        runs = by_label[label]
+        xs = [run["final"]["test"][tasks[0]]["accuracy"] for run in runs]
+        ys = [run["final"]["test"][tasks[1]]["accuracy"] for run in runs]
+        color = colors[i % len(colors)]
+        ax.scatter(xs, ys, color=color, alpha=0.4, s=18)
+        ax.scatter(
+            [statistics.fmean(xs)],
+            [statistics.fmean(ys)],
+            color=color,
+            marker="*",
+            s=160,
+            edgecolor="black",
+            label=label,
+        )
+    ax.set_xlabel(f"task {tasks[0]}: test accuracy (%)")
+    ax.set_ylabel(f"task {tasks[1]}: test accuracy (%)")
+    ax.set_title("final epoch; small dots: seeds, stars: mean")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "task_accuracy.png", dpi=110)
+    plt.close(fig)

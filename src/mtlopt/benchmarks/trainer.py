@@ -1,0 +1,402 @@
+"""The lean benchmark trainer: one method, one benchmark, one seed → ``DIR/result.json``.
+
+- Deterministic on the CPU for a given seed and thread count: the models are initialized after
+  ``torch.manual_seed(seed)``, epoch e visits the training set in an order drawn from (seed, e), and
+  the global RNG state (dropout) is saved with every checkpoint.
+- After every epoch, ``DIR/checkpoint.pt`` is written atomically (temporary file, then rename). Running
+  the same command again resumes from it and continues exactly as an uninterrupted run would; a
+  finished run (``result.json`` present) is not run again.
+- Validation and test metrics (accuracy and cross-entropy per task) after every epoch; the reported
+  epochs are the last one and the one with the best mean validation accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mtlopt
+
+from .methods import OptimizerSettings, get_method
+from .suite import BenchmarkData, DataOptions, get_benchmark
+
+RESULT_FORMAT = 1
+
+
+class RunConflict(RuntimeError):
+    """The output directory holds a different run."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; ``None`` fields take the protocol's published default."""
+
+    benchmark: str
+    method: str
+    out: str
+    protocol: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    lr_decay_every: int | None = None
+    lr_decay: float | None = None
+    seed: int = 0
+    data: DataOptions = field(default_factory=DataOptions)
+    threads: int | None = None
+    device: str = "auto"
+    progress: bool = True
+    eval_batch_size: int = 1000
+    label: str | None = None  # how reports name this run (e.g. "grid[task-weights=0.3,0.7]")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults filled in and every value checked (ValueError naming the bad one)."""
+        benchmark = get_benchmark(self.benchmark)
+        get_method(self.method)
+        protocol = self.protocol or benchmark.default_protocol
+        if protocol not in benchmark.protocols:
+            raise ValueError(
+                f"unknown protocol {protocol!r} for {benchmark.name}; expected one of {', '.join(benchmark.protocols)}"
+            )
+        defaults = benchmark.defaults[protocol]
+        config = dataclasses.replace(
+            self,
+            protocol=protocol,
+            epochs=defaults.epochs if self.epochs is None else self.epochs,
+            lr=defaults.lr if self.lr is None else self.lr,
+            batch_size=defaults.batch_size if self.batch_size is None else self.batch_size,
+            optimizer=defaults.optimizer if self.optimizer is None else self.optimizer,
+            momentum=defaults.momentum if self.momentum is None else self.momentum,
+            lr_decay_every=defaults.lr_decay_every if self.lr_decay_every is None else self.lr_decay_every,
+            lr_decay=defaults.lr_decay if self.lr_decay is None else self.lr_decay,
+            threads=self.threads or torch.get_num_threads(),
+        )
+        checks = [
+            ("epochs", config.epochs, config.epochs >= 1, "an integer >= 1"),
+            ("lr", config.lr, math.isfinite(config.lr) and config.lr > 0, "a number > 0"),
+            ("batch-size", config.batch_size, config.batch_size >= 1, "an integer >= 1"),
+            ("momentum", config.momentum, 0 <= config.momentum < 1, "in [0, 1)"),
+            ("weight-decay", config.weight_decay, config.weight_decay >= 0, "a number >= 0"),
+            (
+                "lr-decay-every",
+                config.lr_decay_every,
+                config.lr_decay_every >= 0,
+                "an integer >= 0 (0: no decay)",
+            ),
+            ("lr-decay", config.lr_decay, 0 < config.lr_decay <= 1, "in (0, 1]"),
+            ("threads", config.threads, config.threads >= 1, "an integer >= 1"),
+            ("optimizer", config.optimizer, config.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
+        ]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"--{name} {value!r} is invalid: expected {expected}")
+        return config
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the numbers (what a resumed or skipped run must match)."""
+        data = dataclasses.asdict(self.data)
+        for key in ("cache_dir", "download"):
+            data.pop(key)
+        return {
+            "benchmark": self.benchmark,
+            "protocol": self.protocol,
+            "method": self.method,
+            "method_options": _jsonable(self.method_options),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "lr_decay_every": self.lr_decay_every,
+            "lr_decay": self.lr_decay,
+            "seed": self.seed,
+            "data": data,
+        }
+
+
+def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) one training run; returns the result dict."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    config = config.resolved()
+    out = Path(config.out)
+    result_path, checkpoint_path = out / "result.json", out / "checkpoint.pt"
+    identity = config.identity()
+    if result_path.is_file():
+        existing = json.loads(result_path.read_text())
+        _check_same_run(existing.get("identity"), identity, out)
+        log(f"{out}: already finished, skipping")
+        return existing
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    benchmark = get_benchmark(config.benchmark)
+    data = benchmark.load(config.protocol, config.data)
+    runner = get_method(config.method)(config.method_options, len(benchmark.task_names))
+    torch.manual_seed(config.seed)
+    optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
+    runner.build(lambda: benchmark.model(config.protocol).to(device), optimizer)
+
+    start_epoch, history, step_times = 0, [], []
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        _check_same_run(state["identity"], identity, out)
+        runner.load_state_dict(state["runner"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        start_epoch, history, step_times = state["epoch"], state["history"], state["step_times"]
+        log(f"{out}: resuming after epoch {start_epoch}")
+
+    train_split = data.splits["train"]
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        lr = config.lr * (
+            config.lr_decay ** (epoch // config.lr_decay_every) if config.lr_decay_every else 1.0
+        )
+        for opt in runner.optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        runner.on_epoch_start(epoch)
+        for module in runner.modules():
+            module.train()
+        order = torch.randperm(
+            len(train_split), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+        )
+        sums: dict[str, torch.Tensor] = {}
+        batches = range(0, len(order), config.batch_size)
+        epoch_began = time.perf_counter()
+        for start in _progress(
+            batches, config.progress, f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}"
+        ):
+            index = order[start : start + config.batch_size]
+            x = data.inputs(train_split.images[index].to(device, non_blocking=True))
+            y = train_split.labels[index].to(device, non_blocking=True)
+            began = time.perf_counter()
+            logged = runner.train_step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - began)
+            for key, value in logged.items():
+                value = value.detach().to("cpu", torch.float64)
+                sums[key] = sums[key] + value if key in sums else value
+        steps = len(batches)
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train": {key: [float(v) for v in (total / steps).reshape(-1)] for key, total in sums.items()},
+            "val": evaluate(runner, data, "val", benchmark.task_names, device, config.eval_batch_size),
+            "test": evaluate(runner, data, "test", benchmark.task_names, device, config.eval_batch_size),
+            "seconds": time.perf_counter() - epoch_began,
+        }
+        history.append(record)
+        _save_checkpoint(checkpoint_path, identity, epoch + 1, runner, history, step_times, device)
+        log(_epoch_line(config, record, benchmark.task_names))
+
+    result = _result(
+        config, identity, benchmark, data, runner, history, step_times, device, time.perf_counter() - started
+    )
+    write_json_atomic(result_path, result)
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    runner, data: BenchmarkData, split: str, task_names, device, batch_size: int
+) -> dict[str, dict[str, float]]:
+    """Accuracy (%) and mean cross-entropy of every task on a split."""
+    for module in runner.modules():
+        module.eval()
+    tensors = data.splits[split]
+    correct = torch.zeros(len(task_names), dtype=torch.float64, device=device)
+    total_loss = torch.zeros(len(task_names), dtype=torch.float64, device=device)
+    for start in range(0, len(tensors), batch_size):
+        x = data.inputs(tensors.images[start : start + batch_size].to(device))
+        y = tensors.labels[start : start + batch_size].to(device)
+        for t, output in enumerate(runner.predict(x)):
+            correct[t] += (output.argmax(dim=1) == y[:, t]).sum()
+            total_loss[t] += torch.nn.functional.cross_entropy(
+                output.float(), y[:, t], reduction="sum"
+            ).double()
+    n = len(tensors)
+    correct, total_loss = correct.cpu().tolist(), total_loss.cpu().tolist()
+    return {
+        name: {"accuracy": 100.0 * correct[t] / n, "cross_entropy": total_loss[t] / n}
+        for t, name in enumerate(task_names)
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def _save_checkpoint(path, identity, epoch, runner, history, step_times, device) -> None:
+    state = {
+        "format": RESULT_FORMAT,
+        "identity": identity,
+        "epoch": epoch,
+        "runner": runner.state_dict(),
+        "rng": {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+        "history": history,
+        "step_times": step_times,
+    }
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def _check_same_run(saved: dict[str, Any] | None, identity: dict[str, Any], out: Path) -> None:
+    if saved == identity:
+        return
+    saved = saved or {}
+    differing = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    raise RunConflict(
+        f"{out} holds a run with other settings ({', '.join(differing)} differ); "
+        "choose another --out or delete that directory"
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
+    test = record["test"]
+    accuracy = " ".join(f"{name} {test[name]['accuracy']:.2f}%" for name in task_names)
+    return f"{config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test accuracy {accuracy} ({record['seconds']:.1f} s)"
+
+
+def _result(
+    config, identity, benchmark, data, runner, history, step_times, device, seconds
+) -> dict[str, Any]:
+    best = max(history, key=lambda r: statistics.mean(r["val"][t]["accuracy"] for t in benchmark.task_names))
+    return {
+        "format": RESULT_FORMAT,
+        "status": "finished",
+        "identity": identity,
+        "label": config.label or config.method,
+        "benchmark": config.benchmark,
+        "protocol": config.protocol,
+        "data": data.meta,
+        **runner.describe(),
+        "seed": config.seed,
+        "tasks": list(benchmark.task_names),
+        "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in benchmark.metrics},
+        "training": {
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "optimizer": config.optimizer,
+            "momentum": config.momentum,
+            "weight_decay": config.weight_decay,
+            "lr_decay_every": config.lr_decay_every,
+            "lr_decay": config.lr_decay,
+        },
+        "environment": {
+            "mtlopt": mtlopt.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "device": str(device),
+            "threads": config.threads,
+            "git_commit": _git_commit(),
+        },
+        "history": history,
+        "final": {"epoch": history[-1]["epoch"], "val": history[-1]["val"], "test": history[-1]["test"]},
+        "best_val": {
+            "selection": "epoch with the best mean validation accuracy",
+            "epoch": best["epoch"],
+            "val": best["val"],
+            "test": best["test"],
+        },
+        "time_per_step_ms": {
+            "median": 1000 * statistics.median(step_times),
+            "mean": 1000 * statistics.fmean(step_times),
+            "steps": len(step_times),
+        },
+        "train_seconds": sum(r["seconds"] for r in history),
+        "wall_seconds_this_session": seconds,
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the mtlopt checkout that ran (suffixed "+dirty" with local changes), if any."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

