@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .alternating import AlternatingStepResult, AlternatingSteps
 from .backward import BackwardResult, backward
 from .errors import NonFiniteError
 from .gradients import feature_jacobian, gramian, jacobian
@@ -16,6 +17,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "EW",
     "MGDA",
+    "AlternatingStepResult",
+    "AlternatingSteps",
     "BackwardResult",
     "FixedWeights",
     "MinNormResult",
