@@ -6,6 +6,7 @@ from .alternating import AlternatingStepResult, AlternatingSteps
 from .backward import BackwardResult, backward
 from .errors import NonFiniteError
 from .gradients import feature_jacobian, gramian, jacobian
+from .mao import MAO
 from .min_norm import MinNormResult, min_norm
 from .weighting import EW, MGDA, FixedWeights, Weighting, WeightingOutput
 
@@ -16,6 +17,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "EW",
+    "MAO",
     "MGDA",
     "AlternatingStepResult",
     "AlternatingSteps",
