@@ -209,7 +209,9 @@ def test_bad_arguments_print_one_line_and_exit_2(tmp_path, args, message, capsys
 
 
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
-    completed = run_cli("train", "--benchmark", "multimnist", "--method", "ew", "--epochs", "0", "--out", str(tmp_path))
+    completed = run_cli(
+        "train", "--benchmark", "multimnist", "--method", "ew", "--epochs", "0", "--out", str(tmp_path)
+    )
     assert completed.returncode == 2
     assert completed.stderr.strip() == "mtlopt: error: --epochs 0 is invalid: expected an integer >= 1"
 
@@ -219,3 +221,61 @@ def test_list_names_every_benchmark_and_method(capsys):
     out = capsys.readouterr().out
     for name in ("multimnist", "multifashion", "multifashion+mnist", "ew", "mgda", "mgda-ub", "stl", "grid"):
         assert f"  {name} " in out
+
+
+def test_alternating_records_its_grouping_and_resumes(tmp_path):
+    out = tmp_path / "alt"
+    args = [
+        "train",
+        *SMALL,
+        "--method",
+        "alternating",
+        "--state",
+        "shared",
+        "--group-size",
+        "1",
+        "--regroup",
+        "epoch",
+        "--order",
+        "shuffled",
+        "--seed",
+        "4",
+    ]
+    assert main([*args, "--epochs", "3", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["options"] == {"state": "shared", "group-size": 1, "order": "shuffled", "regroup": "epoch"}
+    assert len(result["grouping"]) == 3 and all(
+        sorted(t for group in g for t in group) == [0, 1] for g in result["grouping"]
+    )
+    assert result["covered_distance"] > 0 and result["history"][0]["train"]["distance"][0] > 0
+    # The same grouping from the same seed; resuming a 3-epoch run to 5 epochs is refused (other settings).
+    again = tmp_path / "again"
+    assert main([*args, "--epochs", "3", "--out", str(again)]) == 0
+    assert json.loads((again / "result.json").read_text())["grouping"] == result["grouping"]
+
+
+def test_mao_logs_and_plots_the_per_layer_balance(tmp_path):
+    out = tmp_path / "mao"
+    args = [
+        "compare",
+        *SMALL,
+        "--methods",
+        "ew,mao",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    result = json.loads((out / "runs" / "mao" / "seed0" / "result.json").read_text())
+    assert result["balance_layers"] == ["encoder.0 (Conv2d)", "encoder.3 (Conv2d)", "encoder.8 (Linear)"]
+    shares = result["history"][-1]["train"]["balance"]
+    assert len(shares) == 3 * 2 and all(abs(shares[2 * j] + shares[2 * j + 1] - 1) < 1e-9 for j in range(3))
+    assert (out / "balance_mao.png").stat().st_size > 10_000
+    assert not (out / "balance_ew.png").exists()

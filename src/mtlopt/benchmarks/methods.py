@@ -54,9 +54,13 @@ class MethodRunner(ABC):
     description: ClassVar[str]
     options: ClassVar[tuple[Option, ...]] = ()
 
-    def __init__(self, options: dict[str, Any], num_tasks: int) -> None:
+    def __init__(self, options: dict[str, Any], num_tasks: int, seed: int = 0) -> None:
+        unknown = sorted(set(options) - {option.name for option in self.options})
+        if unknown:
+            raise ValueError(f"method {self.name} has no option {', '.join(unknown)}")
         self.config = {option.name: options.get(option.name, option.default) for option in self.options}
         self.num_tasks = num_tasks
+        self.seed = seed
 
     @abstractmethod
     def build(self, make_model: Callable[[], MultiTaskModel], optimizer: OptimizerSettings) -> None:
@@ -277,6 +281,150 @@ class STLRunner(MethodRunner):
 
     def optimizers(self):
         return list(self._optimizers)
+
+
+def _group_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+@register
+class AlternatingRunner(MethodRunner):
+    """``mtlopt.AlternatingSteps`` on the benchmark model: one optimizer step per task group per batch."""
+
+    name = "alternating"
+    description = "alternating task-group steps with per-group optimizer state (Pascal et al. 2021)"
+    options = (
+        Option(
+            "state",
+            "per-group",
+            "one optimizer per group (IO) or one shared optimizer (IUS)",
+            ("per-group", "shared"),
+        ),
+        Option("group-size", None, "tasks per random group (default: one group per task)", parse=_group_size),
+        Option("order", "fixed", "group order within a batch", ("fixed", "shuffled")),
+        Option("regroup", "never", "draw a new random grouping every epoch", ("never", "epoch")),
+    )
+
+    def build(self, make_model, optimizer) -> None:
+        self.model = make_model()
+        self.alternating = mtlopt.AlternatingSteps(
+            self.model.encoder,
+            self.model.heads,
+            optimizer.make,
+            state=self.config["state"],
+            group_size=self.config["group-size"],
+            order=self.config["order"],
+            regroup=self.config["regroup"],
+            seed=self.seed,
+        )
+
+    def train_step(self, x, targets):
+        task_losses: dict[int, Tensor] = {}
+
+        def closure(group: list[int]) -> list[Tensor]:
+            z = self.model.encoder(x)
+            losses = [nn.functional.cross_entropy(self.model.heads[t](z), targets[:, t]) for t in group]
+            task_losses.update((t, loss.detach()) for t, loss in zip(group, losses))
+            return losses
+
+        result = self.alternating.step(closure)
+        return {
+            "loss": torch.stack([task_losses[t] for t in range(self.num_tasks)]),
+            "distance": torch.tensor(result.distance),
+        }
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if epoch > 0:
+            self.alternating.new_epoch()
+
+    def predict(self, x):
+        return self.model(x)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return self.alternating.optimizers
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "alternating": self.alternating.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.alternating.load_state_dict(state["alternating"])
+
+    def describe(self):
+        return {
+            **super().describe(),
+            "grouping": self.alternating.grouping_history,
+            "covered_distance": self.alternating.covered_distance,
+        }
+
+
+@register
+class MAORunner(MethodRunner):
+    """``mtlopt.MAO`` on the benchmark model: per-task Adam moments for the shared encoder.
+
+    MAO replaces the optimizer: it takes ``--lr`` and ``--weight-decay``; ``--optimizer`` and
+    ``--momentum`` do not apply (compare it with ``--optimizer adam`` baselines).
+    """
+
+    name = "mao"
+    description = "MAO (Hervella et al. 2024): per-task adaptive (Adam) state for every shared parameter"
+    options = (
+        Option("reduction", "sum", "combine the task steps by sum or mean", ("sum", "mean")),
+        Option("rule", "adam", "the per-task adaptive rule", ("adam", "rmsprop", "adagrad")),
+        Option("amsgrad", "off", "AMSGrad maximum of the second moment", ("off", "on")),
+        Option("balance", "on", "track the per-layer balance diagnostic", ("on", "off")),
+    )
+
+    def build(self, make_model, optimizer) -> None:
+        self.model = make_model()
+        self.optimizer = mtlopt.MAO(
+            [
+                {"params": self.model.encoder.parameters(), "shared": True},
+                {"params": self.model.heads.parameters()},
+            ],
+            num_tasks=self.num_tasks,
+            lr=optimizer.lr,
+            weight_decay=optimizer.weight_decay,
+            reduction=self.config["reduction"],
+            rule=self.config["rule"],
+            amsgrad=self.config["amsgrad"] == "on",
+            balance_beta=0.99 if self.config["balance"] == "on" else None,
+        )
+        names = [name for name, _ in self.model.encoder.named_parameters(prefix="encoder")]
+        self.layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names))
+
+    def train_step(self, x, targets):
+        self.optimizer.zero_grad()
+        z = self.model.encoder(x)
+        losses = cross_entropy_losses([head(z) for head in self.model.heads], targets)
+        values = self.optimizer.backward(losses)
+        self.optimizer.step()
+        logged = {"loss": values}
+        if self.config["balance"] == "on":
+            shares = self.optimizer.balance(self.model.named_parameters())
+            missing = torch.full((self.num_tasks,), float("nan"), dtype=torch.float64)
+            logged["balance"] = torch.stack([shares.get(layer, missing) for layer in self.layers]).reshape(-1)
+        return logged
+
+    def predict(self, x):
+        return self.model(x)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [self.optimizer]
+
+    def describe(self):
+        modules = dict(self.model.named_modules())
+        layers = [f"{layer} ({type(modules[layer]).__name__})" for layer in self.layers]
+        return {**super().describe(), "balance_layers": layers if self.config["balance"] == "on" else []}
 
 
 def method_options(names: Sequence[str]) -> dict[str, Option]:

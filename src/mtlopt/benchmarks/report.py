@@ -255,6 +255,7 @@ def _plot(directory: Path, order, by_label, tasks) -> None:
     fig.savefig(directory / "learning_curves.png", dpi=110)
     plt.close(fig)
 
+    _plot_balance(directory, order, by_label, tasks, colors)
     if len(tasks) < 2:
         return
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
@@ -281,3 +282,48 @@ def _plot(directory: Path, order, by_label, tasks) -> None:
     fig.tight_layout()
     fig.savefig(directory / "task_accuracy.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_balance(directory: Path, order, by_label, tasks, colors) -> None:
+    """For methods that log it (MAO): each task's share of the squared update, per layer, per epoch."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    for label in order:
+        runs = [
+            run
+            for run in by_label[label]
+            if run.get("balance_layers") and "balance" in run["history"][0]["train"]
+        ]
+        if not runs:
+            continue
+        layers = runs[0]["balance_layers"]
+        epochs = [record["epoch"] for record in runs[0]["history"]]
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.6), squeeze=False, sharey=True)
+        for j, layer in enumerate(layers):
+            ax = axes[0][j]
+            for t, task in enumerate(tasks):
+                index = j * len(tasks) + t
+                curves = [[record["train"]["balance"][index] for record in run["history"]] for run in runs]
+                ax.plot(
+                    epochs,
+                    [statistics.fmean(v) for v in zip(*curves)],
+                    color=colors[t % len(colors)],
+                    label=f"task {task}",
+                )
+            ax.axhline(1.0 / len(tasks), color="gray", linewidth=0.8, linestyle=":")
+            ax.set_title(layer, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(0.0, 1.0)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("share of the squared update")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"{label}: per-layer balance across tasks (EMA, mean over seeds)")
+        fig.tight_layout()
+        fig.savefig(directory / f"balance_{_file_label(label)}.png", dpi=110)
+        plt.close(fig)
+
+
+def _file_label(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-+." else "_" for c in label).strip("_")

@@ -148,7 +148,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     device = resolve_device(config.device)
     benchmark = get_benchmark(config.benchmark)
     data = benchmark.load(config.protocol, config.data)
-    runner = get_method(config.method)(config.method_options, len(benchmark.task_names))
+    runner = get_method(config.method)(config.method_options, len(benchmark.task_names), config.seed)
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
     runner.build(lambda: benchmark.model(config.protocol).to(device), optimizer)
@@ -165,6 +165,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         log(f"{out}: resuming after epoch {start_epoch}")
 
     train_split = data.splits["train"]
+    commit = _git_commit()  # the code this session runs
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         lr = config.lr * (
@@ -212,6 +213,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     result = _result(
         config, identity, benchmark, data, runner, history, step_times, device, time.perf_counter() - started
     )
+    result["environment"]["git_commit"] = commit
     write_json_atomic(result_path, result)
     return result
 
@@ -316,7 +318,7 @@ def _progress(iterable, enabled: bool, description: str):
 def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
     test = record["test"]
     accuracy = " ".join(f"{name} {test[name]['accuracy']:.2f}%" for name in task_names)
-    return f"{config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test accuracy {accuracy} ({record['seconds']:.1f} s)"
+    return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test accuracy {accuracy} ({record['seconds']:.1f} s)"
 
 
 def _result(
@@ -352,7 +354,6 @@ def _result(
             "platform": platform.platform(),
             "device": str(device),
             "threads": config.threads,
-            "git_commit": _git_commit(),
         },
         "history": history,
         "final": {"epoch": history[-1]["epoch"], "val": history[-1]["val"], "test": history[-1]["test"]},
