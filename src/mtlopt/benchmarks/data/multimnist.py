@@ -44,7 +44,7 @@ PROTOCOLS = ("sener", "pmtl")
 SPLITS = ("train", "val", "test")
 NORMALIZATION = {"sener": (0.1307, 0.3081), "pmtl": (0.0, 1.0)}
 PMTL_SIZES = {"train": 108_000, "val": 12_000, "test": 20_000}
-_FORMAT_VERSION = 2  # bump when the construction changes, so that stale caches are not reused
+_FORMAT_VERSION = 3  # bump when the construction changes, so that stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -201,8 +201,11 @@ def _source_pools(family: ImageSet, config: CompositeConfig, stream: int) -> dic
         "train": np.sort(order[n_val:]),
         "test": np.arange(len(family.test_labels)),
     }
-    if config.max_sources is not None:
-        pools = {split: pool[: config.max_sources] for split, pool in pools.items()}
+    if config.max_sources is not None:  # a random subset (the arrays can be ordered by class)
+        subset = np.random.default_rng([config.seed, stream, 13])
+        pools = {
+            split: np.sort(subset.permutation(pool)[: config.max_sources]) for split, pool in pools.items()
+        }
     return pools
 
 
