@@ -6,8 +6,12 @@ from .alternating import AlternatingStepResult, AlternatingSteps
 from .backward import BackwardResult, backward
 from .errors import NonFiniteError
 from .gradients import feature_jacobian, gramian, jacobian
+from .hypervolume import hypervolume, non_dominated
 from .mao import MAO
 from .min_norm import MinNormResult, min_norm
+from .population import Population, PopulationStepResult, Transfer, transfer_matrix
+from .preferences import check_preferences, das_dennis, preference_vectors
+from .scalarization import IdealPoint
 from .weighting import EW, MGDA, FixedWeights, Weighting, WeightingOutput
 
 try:
@@ -23,14 +27,24 @@ __all__ = [
     "AlternatingSteps",
     "BackwardResult",
     "FixedWeights",
+    "IdealPoint",
     "MinNormResult",
     "NonFiniteError",
+    "Population",
+    "PopulationStepResult",
+    "Transfer",
     "Weighting",
     "WeightingOutput",
     "__version__",
     "backward",
+    "check_preferences",
+    "das_dennis",
     "feature_jacobian",
     "gramian",
+    "hypervolume",
     "jacobian",
     "min_norm",
+    "non_dominated",
+    "preference_vectors",
+    "transfer_matrix",
 ]

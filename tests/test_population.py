@@ -1,0 +1,337 @@
+"""Population training with transfer (MTGD), preference vectors, scalarizations and hypervolume."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+from mtlopt.hypervolume import hypervolume, non_dominated
+from mtlopt.population import Population, Transfer, transfer_matrix
+from mtlopt.preferences import check_preferences, das_dennis, preference_vectors
+from mtlopt.scalarization import IdealPoint, linear, tchebycheff
+
+
+class TwoTaskNet(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 8), nn.ReLU()
+        )
+        self.heads = nn.ModuleList(nn.Linear(8, 4) for _ in range(2))
+
+    def forward(self, x):
+        z = self.encoder(x)
+        return [head(z) for head in self.heads]
+
+
+def two_task_loss(outputs, y):
+    return torch.stack([F.cross_entropy(outputs[t], y[:, t]) for t in range(2)])
+
+
+def batches(steps: int):
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 4, (16, 2), generator=g))
+        for _ in range(steps)
+    ]
+
+
+def population(vectorize: str, transfer: Transfer | None, optimizer=None, K: int = 4, **kwargs) -> Population:
+    models = [TwoTaskNet(seed) for seed in range(K)]
+    optimizer = optimizer or functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+    return Population(
+        models, preference_vectors(2, K), optimizer, transfer=transfer, vectorize=vectorize, **kwargs
+    )
+
+
+def members(pop: Population):
+    return pop.member_state_dicts()
+
+
+# --- preferences and scalarizations -------------------------------------------------------------------
+
+
+def test_preference_vectors():
+    two = preference_vectors(2, 5)
+    assert two.tolist() == [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]
+    lattice = das_dennis(3, 4)
+    assert lattice.shape == (15, 3) and torch.allclose(lattice.sum(1), torch.ones(15, dtype=torch.float64))
+    assert len({tuple(row.tolist()) for row in lattice}) == 15
+    assert torch.equal(preference_vectors(3, 15), lattice)
+    with pytest.raises(ValueError, match="not a Das–Dennis lattice size"):
+        preference_vectors(3, 11)
+
+
+@pytest.mark.parametrize(
+    ("vectors", "message"),
+    [
+        ([[0.5, 0.5, 0.0]], "have 3 entries, expected 2"),
+        ([[1.2, -0.2]], r"vector 0 is \[1.2, -0.2\]: entries must be finite and >= 0"),
+        ([[0.5, 0.5], [0.5, 0.6]], "vector 1 .* sums to 1.1"),
+    ],
+)
+def test_bad_preference_vectors_are_named(vectors, message):
+    with pytest.raises(ValueError, match=message):
+        check_preferences(torch.tensor(vectors), 2)
+
+
+def test_scalarizations():
+    losses = torch.tensor([[1.0, 4.0], [3.0, 2.0]])
+    weights = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
+    assert linear(losses, weights).tolist() == [2.5, 2.25]
+    ideal = torch.tensor([0.5, 1.0])
+    assert tchebycheff(losses, weights, ideal).tolist() == [1.5, 0.75]
+    tracker = IdealPoint(2, margin=0.1)
+    tracker.update(losses)
+    tracker.update(torch.tensor([[2.0, 0.5]]))
+    assert tracker.value.tolist() == pytest.approx([0.9, 0.4])
+
+
+# --- the transfer matrix ------------------------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 12), st.floats(0.0, 1.0), st.integers(1, 5), st.sampled_from([2, 3]))
+def test_transfer_matrix_is_row_stochastic(K, strength, neighbours, objectives):
+    prefs = (
+        preference_vectors(objectives, K)
+        if objectives == 2
+        else torch.softmax(torch.randn(K, 3, dtype=torch.float64), 1)
+    )
+    M = transfer_matrix(prefs, strength, neighbours)
+    assert M.shape == (K, K) and bool((M >= 0).all())
+    torch.testing.assert_close(M.sum(1), torch.ones(K, dtype=torch.float64))
+    assert bool(
+        ((M - torch.diag(M.diagonal())) > 0).sum(1).le(neighbours).all()
+    )  # only the nearest neighbours
+    if strength == 0.0:
+        assert torch.equal(M, torch.eye(K, dtype=torch.float64))
+
+
+def test_transfer_matrix_mixes_with_the_nearest_preferences():
+    M = transfer_matrix(preference_vectors(2, 5), 0.2, neighbours=2)
+    assert M[0, 1] > 0 and M[0, 2] > 0 and M[0, 3] == 0 and M[0, 4] == 0
+    assert M[2, 1] == pytest.approx(M[2, 3]) and M[2, 2] == pytest.approx(0.8)
+
+
+def test_schedules_decay_to_zero():
+    for schedule in ("linear", "cosine"):
+        transfer = Transfer(strength=0.4, schedule=schedule)
+        assert transfer.strength_at(0, 100) == pytest.approx(0.4)
+        assert transfer.strength_at(100, 100) == pytest.approx(0.0, abs=1e-15)
+        assert 0.0 < transfer.strength_at(50, 100) < 0.4
+    with pytest.raises(ValueError, match="needs total_steps"):
+        Transfer(strength=0.4, schedule="linear").strength_at(3, None)
+
+
+# --- the population ------------------------------------------------------------------------------------
+
+
+def test_strength_zero_is_k_independent_trainings_bitwise():
+    data = batches(6)
+    pop = population("never", Transfer(strength=0.0))
+    for x, y in data:
+        pop.step(x, y, two_task_loss)
+    for k, prefs in enumerate(preference_vectors(2, 4)):  # each model alone, its own optimizer
+        model = TwoTaskNet(k)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for x, y in data:
+            optimizer.zero_grad()
+            linear(two_task_loss(model(x), y), prefs.float()).backward()
+            optimizer.step()
+        for name, value in model.state_dict().items():
+            assert torch.equal(pop.member_state_dicts()[k][name], value), name
+    sweep = population("always", None)
+    zero = population("always", Transfer(strength=0.0))
+    for x, y in data:
+        sweep.step(x, y, two_task_loss)
+        zero.step(x, y, two_task_loss)
+    for a, b in zip(members(sweep), members(zero)):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize(
+    "transfer",
+    [
+        None,
+        Transfer(strength=0.3, neighbours=2),
+        Transfer(strength=0.3, schedule="cosine", parameters="shared"),
+    ],
+)
+def test_vectorized_population_equals_the_loop(transfer):
+    data = batches(8)
+    shared = (
+        (lambda name: name.startswith("encoder.")) if transfer and transfer.parameters == "shared" else None
+    )
+    pops = [
+        population(
+            mode,
+            transfer,
+            optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+            shared=shared,
+            total_steps=8,
+        )
+        for mode in ("always", "never")
+    ]
+    assert pops[0].vectorized and not pops[1].vectorized
+    for x, y in data:
+        results = [pop.step(x, y, two_task_loss) for pop in pops]
+        torch.testing.assert_close(results[0].losses, results[1].losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(members(pops[0]), members(pops[1])):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    x, _ = data[0]
+    for out_a, out_b in zip(pops[0](x), pops[1](x)):
+        for a, b in zip(out_a, out_b):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mgd_form_with_sgd_equals_the_coupled_gradient_form():
+    """θ^k ← Σ_j M_kj θ^j − η ∇f_k(θ^k) is θ^k − η[∇f_k(θ^k) + (ρ/η) Σ_j W_kj (θ^k − θ^j)]."""
+    lr, strength = 0.05, 0.2
+    data = batches(5)
+    pop = population(
+        "always",
+        Transfer(strength=strength, neighbours=2),
+        optimizer=functools.partial(torch.optim.SGD, lr=lr),
+    )
+    models = [TwoTaskNet(seed) for seed in range(4)]
+    prefs = preference_vectors(2, 4)
+    W = (transfer_matrix(prefs, 1.0, 2)).float()  # ρ = 1 gives W itself
+    for x, y in data:
+        pop.step(x, y, two_task_loss)
+        grads = []
+        for model, pref in zip(models, prefs):
+            loss = linear(two_task_loss(model(x), y), pref.float())
+            grads.append(torch.autograd.grad(loss, list(model.parameters())))
+        with torch.no_grad():
+            old = [[p.detach().clone() for p in model.parameters()] for model in models]
+            for k, model in enumerate(models):
+                for i, p in enumerate(model.parameters()):
+                    coupling = sum(W[k, j] * (old[k][i] - old[j][i]) for j in range(4))
+                    p -= lr * (grads[k][i] + (strength / lr) * coupling)
+    for k, model in enumerate(models):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(pop.member_state_dicts()[k][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_transfer_of_shared_parameters_leaves_heads_independent():
+    data = batches(4)
+    shared = lambda name: name.startswith("encoder.")  # noqa: E731
+    mixed = population("always", Transfer(strength=0.5, parameters="shared"), shared=shared)
+    alone = population("always", None)
+    for x, y in data[:1]:
+        mixed.step(x, y, two_task_loss)
+        alone.step(x, y, two_task_loss)
+    for a, b in zip(members(mixed), members(alone)):
+        for name in a:
+            assert torch.equal(a[name], b[name]) == (not name.startswith("encoder.")), name
+
+
+def test_transfer_speeds_up_convergence_on_nearby_quadratics():
+    """The paper's theorem, checked empirically: K strongly convex quadratics with nearby minimizers,
+    each ill-conditioned in a different direction. Gradient descent with a small transfer reaches
+    max_k (f_k − f_k*) ≤ 1e-3 in fewer iterations than independent gradient descent."""
+    K, dim = 4, 4
+    g = torch.Generator().manual_seed(0)
+    curvature = torch.full((K, dim), 1.0, dtype=torch.float64)
+    for k in range(K):
+        curvature[k, k] = 0.01  # member k is slow along axis k only
+    minimizers = 1.0 + 0.01 * torch.randn(K, dim, generator=g, dtype=torch.float64)
+
+    class Point(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+
+        def forward(self, _):
+            return self.theta
+
+    def objectives(theta, _):  # f_j(θ) for every j: member k's preference e_k picks f_k
+        return 0.5 * (curvature * (theta - minimizers) ** 2).sum(1)
+
+    def iterations(transfer):
+        pop = Population(
+            [Point() for _ in range(K)],
+            torch.eye(K, dtype=torch.float64),
+            functools.partial(torch.optim.SGD, lr=1.0),
+            transfer=transfer,
+        )
+        for step in range(1, 2000):
+            pop.step(None, None, objectives)
+            thetas = torch.stack([m["theta"] for m in pop.member_state_dicts()])
+            gaps = 0.5 * (curvature * (thetas - minimizers) ** 2).sum(1)
+            if float(gaps.max()) <= 1e-3:
+                return step
+        return 2000
+
+    independent = iterations(None)
+    coupled = iterations(Transfer(strength=0.05, neighbours=K - 1))
+    assert coupled < 0.5 * independent, (coupled, independent)
+
+
+def test_state_dict_resumes_exactly():
+    data = batches(6)
+    pop = population(
+        "always", Transfer(strength=0.2, schedule="linear"), total_steps=6, scalarization="tchebycheff"
+    )
+    for x, y in data[:3]:
+        pop.step(x, y, two_task_loss)
+    saved = copy.deepcopy(pop.state_dict())
+    for x, y in data[3:]:
+        pop.step(x, y, two_task_loss)
+    resumed = population(
+        "always", Transfer(strength=0.2, schedule="linear"), total_steps=6, scalarization="tchebycheff"
+    )
+    resumed.load_state_dict(saved)
+    for x, y in data[3:]:
+        resumed.step(x, y, two_task_loss)
+    for a, b in zip(members(pop), members(resumed)):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_population_input_errors():
+    models = [TwoTaskNet(0), TwoTaskNet(1)]
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match="2 models but 3 preference vectors"):
+        Population(models, preference_vectors(2, 3), sgd)
+    with pytest.raises(ValueError, match="needs the `shared` predicate"):
+        Population(models, preference_vectors(2, 2), sgd, transfer=Transfer(parameters="shared"))
+    with pytest.raises(ValueError, match="transfer strength must be in"):
+        Transfer(strength=1.5)
+    with pytest.raises(ValueError, match="does not have the architecture"):
+        Population([TwoTaskNet(0), nn.Linear(2, 2)], preference_vectors(2, 2), sgd)
+
+
+# --- hypervolume ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 30), st.integers(2, 4), st.integers(0, 2**31 - 1))
+def test_hypervolume_agrees_with_pymoo(n, m, seed):
+    from pymoo.indicators.hv import HV
+
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0.0, 2.5, size=(n, m))
+    reference = np.full(m, 2.0)
+    inside = points[np.all(points <= reference, axis=1)]
+    expected = HV(ref_point=reference)(inside) if len(inside) else 0.0
+    assert hypervolume(points, reference) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_non_dominated_and_known_values():
+    points = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0], [2.5, 2.5], [1.0, 3.0]])
+    assert non_dominated(points).tolist() == [True, True, True, False, False]  # a duplicate counts once
+    assert hypervolume(points, [4.0, 4.0]) == pytest.approx(3 + 2 + 1)
+    assert hypervolume([[5.0, 5.0]], [4.0, 4.0]) == 0.0
+    with pytest.raises(ValueError, match="reference point has 3 entries"):
+        hypervolume(points, [4.0, 4.0, 4.0])
