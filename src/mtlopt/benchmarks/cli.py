@@ -60,6 +60,16 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_common(single)
     single.set_defaults(run=_train)
 
+    pareto = commands.add_parser(
+        "pareto", help="train a set of models (one per trade-off); writes OUT/result.json and plots"
+    )
+    pareto.add_argument(
+        "--method", required=True, help=f"one of {', '.join(n for n, r in METHODS.items() if r.produces_set)}"
+    )
+    pareto.add_argument("--seed", type=int, default=0)
+    _add_common(pareto)
+    pareto.set_defaults(run=_pareto)
+
     compare = commands.add_parser(
         "compare", help="run several methods over several seeds and write a summary"
     )
@@ -141,6 +151,29 @@ def _train(args: argparse.Namespace) -> int:
     config = _config(args, args.method, options, args.seed, Path(args.out))
     result = train(config)
     _print_final(result)
+    return 0
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    runner = get_method(args.method)
+    if not runner.produces_set:
+        sets = ", ".join(n for n, r in METHODS.items() if r.produces_set)
+        raise UsageError(
+            f"{args.method} trains one model; `mtlopt pareto` takes a set method ({sets}); use `mtlopt train`"
+        )
+    config = _config(args, args.method, _given_options(args, [runner]), args.seed, Path(args.out))
+    result = train(config)
+    from .report import hv_reference, plot_front, plot_hypervolume
+
+    runs = {result["label"]: [result]}
+    plot_hypervolume(Path(args.out), list(runs), runs)
+    plot_front(Path(args.out), list(runs), runs, result["tasks"])
+    best = result["best_val"]
+    print(
+        f"{result['label']} seed {result['seed']}: test hypervolume {best['test_hypervolume']:.4f} at epoch {best['epoch']} "
+        f"(best validation; reference {tuple(hv_reference(result))}, {len(best['test_members'])} points); "
+        f"plots: {Path(args.out) / 'front.png'}, {Path(args.out) / 'hypervolume.png'}"
+    )
     return 0
 
 
@@ -320,6 +353,11 @@ def _sizes(text: str) -> tuple[int, int, int]:
 
 
 def _print_final(result: dict[str, Any]) -> None:
+    if "test" not in result["final"]:
+        print(
+            f"{result['label']} seed {result['seed']} after {result['final']['epoch']} epochs: test hypervolume {result['final']['test_hypervolume']:.4f}"
+        )
+        return
     test = result["final"]["test"]
     cells = ", ".join(
         f"{task}: {values['accuracy']:.2f}% acc, {values['cross_entropy']:.4f} CE"

@@ -8,6 +8,7 @@ one-line description and the command-line options it accepts.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class MethodRunner(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     options: ClassVar[tuple[Option, ...]] = ()
+    produces_set: ClassVar[bool] = False  # True for methods that train one model per trade-off
 
     def __init__(self, options: dict[str, Any], num_tasks: int, seed: int = 0) -> None:
         unknown = sorted(set(options) - {option.name for option in self.options})
@@ -63,7 +65,9 @@ class MethodRunner(ABC):
         self.seed = seed
 
     @abstractmethod
-    def build(self, make_model: Callable[[], MultiTaskModel], optimizer: OptimizerSettings) -> None:
+    def build(
+        self, make_model: Callable[[], MultiTaskModel], optimizer: OptimizerSettings, total_steps: int
+    ) -> None:
         """Create the model(s) and optimizer(s); called once, after the seed is set."""
 
     @abstractmethod
@@ -73,6 +77,14 @@ class MethodRunner(ABC):
     @abstractmethod
     def predict(self, x: Tensor) -> list[Tensor]:
         """Every task's output for a batch (the trainer sets eval mode and no_grad)."""
+
+    def predict_members(self, x: Tensor) -> list[list[Tensor]]:
+        """Every member's task outputs: one member for single-model methods."""
+        return [self.predict(x)]
+
+    def set_training(self, mode: bool) -> None:
+        for module in self.modules():
+            module.train(mode)
 
     @abstractmethod
     def modules(self) -> list[nn.Module]:
@@ -123,6 +135,20 @@ def _float_pair(text: str) -> tuple[float, float]:
     return float(parts[0]), float(parts[1])
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(p) for p in text.replace(" ", "").split(",") if p)
@@ -133,7 +159,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 class SingleModelRunner(MethodRunner):
     """One multi-task model and one optimizer; the update comes from ``mtlopt.backward``."""
 
-    def build(self, make_model, optimizer) -> None:
+    def build(self, make_model, optimizer, total_steps) -> None:
         self.model = make_model()
         self.optimizer = optimizer.make(self.model.parameters())
 
@@ -258,7 +284,7 @@ class STLRunner(MethodRunner):
     name = "stl"
     description = "single-task learning: one model per task, each trained on its own loss"
 
-    def build(self, make_model, optimizer) -> None:
+    def build(self, make_model, optimizer, total_steps) -> None:
         self.models = nn.ModuleList(make_model() for _ in range(self.num_tasks))
         self._optimizers = [optimizer.make(model.parameters()) for model in self.models]
 
@@ -283,13 +309,6 @@ class STLRunner(MethodRunner):
         return list(self._optimizers)
 
 
-def _group_size(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 @register
 class AlternatingRunner(MethodRunner):
     """``mtlopt.AlternatingSteps`` on the benchmark model: one optimizer step per task group per batch."""
@@ -303,12 +322,14 @@ class AlternatingRunner(MethodRunner):
             "one optimizer per group (IO) or one shared optimizer (IUS)",
             ("per-group", "shared"),
         ),
-        Option("group-size", None, "tasks per random group (default: one group per task)", parse=_group_size),
+        Option(
+            "group-size", None, "tasks per random group (default: one group per task)", parse=_positive_int
+        ),
         Option("order", "fixed", "group order within a batch", ("fixed", "shuffled")),
         Option("regroup", "never", "draw a new random grouping every epoch", ("never", "epoch")),
     )
 
-    def build(self, make_model, optimizer) -> None:
+    def build(self, make_model, optimizer, total_steps) -> None:
         self.model = make_model()
         self.alternating = mtlopt.AlternatingSteps(
             self.model.encoder,
@@ -381,7 +402,7 @@ class MAORunner(MethodRunner):
         Option("balance", "on", "track the per-layer balance diagnostic", ("on", "off")),
     )
 
-    def build(self, make_model, optimizer) -> None:
+    def build(self, make_model, optimizer, total_steps) -> None:
         self.model = make_model()
         self.optimizer = mtlopt.MAO(
             [
@@ -425,6 +446,117 @@ class MAORunner(MethodRunner):
         modules = dict(self.model.named_modules())
         layers = [f"{layer} ({type(modules[layer]).__name__})" for layer in self.layers]
         return {**super().describe(), "balance_layers": layers if self.config["balance"] == "on" else []}
+
+
+_SET_OPTIONS = (
+    Option(
+        "num-models", 5, "models in the set, one per evenly spaced preference vector", parse=_positive_int
+    ),
+    Option("scalarization", "linear", "scalarization of each subproblem", ("linear", "tchebycheff")),
+)
+
+
+class PopulationRunner(MethodRunner):
+    """A set of models, one per preference vector, trained as one ``mtlopt.Population``."""
+
+    produces_set = True
+
+    def transfer(self) -> Any:
+        return None
+
+    def build(self, make_model, optimizer, total_steps) -> None:
+        count = self.config["num-models"]
+        models = [make_model() for _ in range(count)]
+        self.preferences = mtlopt.preference_vectors(self.num_tasks, count)
+        self.population = mtlopt.Population(
+            models,
+            self.preferences,
+            optimizer.make,
+            scalarization=self.config["scalarization"],
+            transfer=self.transfer(),
+            shared=lambda name: name.startswith("encoder."),
+            total_steps=total_steps,
+        )
+
+    def train_step(self, x, targets):
+        def task_losses(outputs, y):
+            return torch.stack(
+                [nn.functional.cross_entropy(output, y[:, t]) for t, output in enumerate(outputs)]
+            )
+
+        result = self.population.step(x, targets, task_losses)
+        return {"member_loss": result.losses.reshape(-1), "transfer_strength": torch.tensor(result.strength)}
+
+    def predict(self, x):
+        raise NotImplementedError("a set method predicts per member: use predict_members")
+
+    def predict_members(self, x):
+        return self.population.forward(x)
+
+    def set_training(self, mode: bool) -> None:
+        self.population.train(mode)
+
+    def modules(self):
+        return []
+
+    def optimizers(self):
+        return [self.population.optimizer]
+
+    def state_dict(self):
+        return {"population": self.population.state_dict()}
+
+    def load_state_dict(self, state):
+        self.population.load_state_dict(state["population"])
+
+    def describe(self):
+        return {
+            **super().describe(),
+            "preferences": self.preferences.tolist(),
+            "transfer": dataclasses.asdict(self.population.transfer),
+            "vectorized": self.population.vectorized,
+        }
+
+
+@register
+class LSSweepRunner(PopulationRunner):
+    name = "ls-sweep"
+    description = "linear-scalarization sweep: one independent model per preference vector (no transfer)"
+    options = _SET_OPTIONS
+
+
+@register
+class MTGDRunner(PopulationRunner):
+    name = "mtgd"
+    description = "MTL with multi-task optimization (Bai et al. 2024): one model per preference, trained jointly with parameter transfer"
+    options = (
+        *_SET_OPTIONS,
+        Option(
+            "transfer-strength",
+            0.01,
+            "rho: weight taken from the neighbours at each transfer",
+            parse=_fraction,
+        ),
+        Option(
+            "transfer-neighbours", 2, "most similar subproblems each model mixes with", parse=_positive_int
+        ),
+        Option("transfer-schedule", "constant", "rho over training", ("constant", "linear", "cosine")),
+        Option("transfer-every", 1, "steps between transfers", parse=_positive_int),
+        Option(
+            "transfer-params",
+            "shared",
+            "parameters transferred: the shared trunk (as the MGD code) or all",
+            ("shared", "all"),
+        ),
+    )
+
+    def transfer(self):
+        return mtlopt.Transfer(
+            strength=self.config["transfer-strength"],
+            neighbours=self.config["transfer-neighbours"],
+            schedule=self.config["transfer-schedule"],
+            every=self.config["transfer-every"],
+            parameters=self.config["transfer-params"],
+        )
 
 
 def method_options(names: Sequence[str]) -> dict[str, Option]:

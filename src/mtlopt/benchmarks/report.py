@@ -22,6 +22,43 @@ PUBLISHED = {
 }
 
 
+# Hypervolume of sets of models (test cross-entropy per task, reference (2, 2), epoch of the best
+# validation hypervolume, the public `pmtl` pickles, mean of 10 seeds; benchmarks.md §1).
+PUBLISHED_HV = {
+    "multimnist": "EPO 2.95, COSMOS 2.95, PHN-EPO 2.82, PHN-LS 2.79, MOO-SVGD 2.67; COSMOS-code rerun: single-task models 2.88, Pareto MTL 2.91",
+    "multifashion": "EPO 2.31, COSMOS 2.31, PHN-EPO 2.16, PHN-LS 2.14, MOO-SVGD 2.02; COSMOS-code rerun: single-task models 2.21, Pareto MTL 2.26",
+    "multifashion+mnist": "EPO 2.86, COSMOS 2.82, PHN-EPO 2.74, PHN-LS 2.67, MOO-SVGD 2.54; COSMOS-code rerun: single-task models 2.78, Pareto MTL 2.75",
+}
+
+
+def members_of(record: dict[str, Any], split: str) -> list[dict[str, dict[str, float]]]:
+    """The points of an epoch record: every member of a set method, or the single model."""
+    return record[f"{split}_members"] if f"{split}_members" in record else [record[split]]
+
+
+def is_set(run: dict[str, Any]) -> bool:
+    return "test_members" in run["history"][0]
+
+
+def hv_reference(run: dict[str, Any]) -> list[float] | None:
+    if run.get("hypervolume_reference"):
+        return run["hypervolume_reference"]
+    from .suite import BENCHMARKS
+
+    benchmark = BENCHMARKS.get(run["benchmark"])
+    return list(benchmark.hv_reference) if benchmark and benchmark.hv_reference else None
+
+
+def hypervolume_curve(run: dict[str, Any], split: str, reference: list[float]) -> list[float]:
+    from mtlopt.hypervolume import hypervolume
+
+    tasks = run["tasks"]
+    return [
+        hypervolume([[m[t]["cross_entropy"] for t in tasks] for m in members_of(record, split)], reference)
+        for record in run["history"]
+    ]
+
+
 def load_runs(directory: Path) -> list[dict[str, Any]]:
     """Every finished ``result.json`` below ``directory/runs``, with its label (method variant)."""
     runs = []
@@ -46,9 +83,10 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
     )
     tasks = runs[0]["tasks"]
     metrics = runs[0]["metrics"]
-    table = {label: _aggregate(by_label[label], tasks, metrics) for label in order}
-    reference = next((label for label in order if by_label[label][0]["method"] == "stl"), None)
-    for label in order:
+    singles = [label for label in order if not is_set(by_label[label][0])]
+    table = {label: _aggregate(by_label[label], tasks, metrics) for label in singles}
+    reference = next((label for label in singles if by_label[label][0]["method"] == "stl"), None)
+    for label in singles:
         for selection in SELECTIONS:
             table[label][selection]["delta_m"] = (
                 _delta_m(table[label][selection], table[reference][selection], tasks, metrics)
@@ -56,10 +94,43 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
                 else None
             )
     ew_label = next((label for label in order if by_label[label][0]["method"] == "ew"), None)
-    _write_csv(directory / "summary.csv", table, order, by_label, tasks, metrics)
-    _write_markdown(directory / "summary.md", table, order, by_label, tasks, metrics, reference, ew_label)
-    _plot(directory, order, by_label, tasks)
-    return {"labels": order, "table": table, "reference": reference}
+    hv = _hypervolume_table(order, by_label)
+    _write_csv(directory / "summary.csv", table, singles, by_label, tasks, metrics, hv)
+    _write_markdown(
+        directory / "summary.md", table, singles, by_label, tasks, metrics, reference, ew_label, hv, order
+    )
+    _plot(directory, singles, by_label, tasks)
+    if hv:
+        plot_hypervolume(directory, order, by_label)
+        plot_front(directory, order, by_label, tasks)
+    return {"labels": order, "table": table, "reference": reference, "hypervolume": hv}
+
+
+def _hypervolume_table(order, by_label) -> dict[str, dict[str, Any]]:
+    """Per label: test hypervolume at the best-validation-HV epoch and at the last epoch (mean, std)."""
+    out = {}
+    for label in order:
+        runs = by_label[label]
+        reference = hv_reference(runs[0])
+        if reference is None:
+            return {}
+        best, last, points = [], [], []
+        for run in runs:
+            val, test = hypervolume_curve(run, "val", reference), hypervolume_curve(run, "test", reference)
+            epoch = max(range(len(val)), key=val.__getitem__)
+            best.append(test[epoch])
+            last.append(test[-1])
+            points.append(len(members_of(run["history"][epoch], "test")))
+        steps = [run["time_per_step_ms"]["median"] for run in runs]
+        out[label] = {
+            "best": (statistics.fmean(best), _std(best)),
+            "last": (statistics.fmean(last), _std(last)),
+            "points": max(points),
+            "seeds": len(runs),
+            "reference": reference,
+            "time_ms": statistics.fmean(steps),
+        }
+    return out
 
 
 def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
@@ -92,7 +163,7 @@ def _delta_m(method: dict[str, Any], stl: dict[str, Any], tasks, metrics) -> flo
     return statistics.fmean(terms)
 
 
-def _write_csv(path: Path, table, order, by_label, tasks, metrics) -> None:
+def _write_csv(path: Path, table, order, by_label, tasks, metrics, hv) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "method", "options", "selection", "task", "metric", "mean", "std", "seeds"])
@@ -143,10 +214,18 @@ def _write_csv(path: Path, table, order, by_label, tasks, metrics) -> None:
                     len(by_label[label]),
                 ]
             )
+        for label, row in hv.items():
+            run = by_label[label][0]
+            options = json.dumps(run["options"], sort_keys=True)
+            for selection, key in (("best_val_hypervolume", "best"), ("final", "last")):
+                mean, std = row[key]
+                writer.writerow([label, run["method"], options, selection, "all", "test_hypervolume", f"{mean:.6g}", f"{std:.6g}", row["seeds"]])  # fmt: skip
 
 
-def _write_markdown(path: Path, table, order, by_label, tasks, metrics, reference, ew_label) -> None:
-    first = by_label[order[0]][0]
+def _write_markdown(
+    path: Path, table, order, by_label, tasks, metrics, reference, ew_label, hv, all_labels
+) -> None:
+    first = by_label[all_labels[0]][0]
     env, training, data = first["environment"], first["training"], first["data"]
     sources = "; ".join(
         f"{key}: {value['name']} from {value['origin']}" for key, value in data.get("sources", {}).items()
@@ -170,6 +249,10 @@ def _write_markdown(path: Path, table, order, by_label, tasks, metrics, referenc
         "",
     ]
     metric_names = list(metrics)
+    if not order:  # only set methods: no per-task tables
+        lines += _hypervolume_section(hv, first, by_label)
+        path.write_text("\n".join(lines))
+        return
     header = ["method"] + [
         f"{task} {metric.replace('_', '-')} {'↑' if metrics[metric] == 'higher' else '↓'}"
         for task in tasks
@@ -206,7 +289,40 @@ def _write_markdown(path: Path, table, order, by_label, tasks, metrics, referenc
     published = PUBLISHED.get((first["benchmark"], first["protocol"]))
     if published:
         lines += ["## Published numbers", "", published, ""]
+    lines += _hypervolume_section(hv, first, by_label)
     path.write_text("\n".join(lines))
+
+
+def _hypervolume_section(hv, first, by_label) -> list[str]:
+    if not hv:
+        return []
+    reference = next(iter(hv.values()))["reference"]
+    lines = [
+        "## Hypervolume",
+        "",
+        f"Test cross-entropy per task, reference point {tuple(reference)}, minimization; a single model is one "
+        "point (`stl`: each task from its own model). `best val` is the epoch with the best validation "
+        "hypervolume (the published protocol), per seed; mean ± std over seeds.",
+        "",
+        "| method | points | HV, best val epoch ↑ | HV, last epoch ↑ | ms / step |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in hv.items():
+        lines.append(
+            f"| `{label}` | {row['points']} | {row['best'][0]:.4f} ± {row['best'][1]:.4f} | "
+            f"{row['last'][0]:.4f} ± {row['last'][1]:.4f} | {row['time_ms']:.1f} |"
+        )
+    lines += ["", "![hypervolume per epoch](hypervolume.png)", "", "![fronts](front.png)", ""]
+    published = PUBLISHED_HV.get(first["benchmark"])
+    if published and first["protocol"] == "pmtl":
+        lines += [
+            "Published (public `pmtl` pickles, 10 seeds, 100+ epochs, validation split of the training "
+            f"composites): {published}. Differences here: composites built by mtlopt with the split by "
+            "source image, fewer epochs and seeds (see above); numbers are comparable in kind, not to the "
+            "last digit.",
+            "",
+        ]
+    return lines
 
 
 def _plot(directory: Path, order, by_label, tasks) -> None:
@@ -327,3 +443,103 @@ def _plot_balance(directory: Path, order, by_label, tasks, colors) -> None:
 
 def _file_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-+." else "_" for c in label).strip("_")
+
+
+def plot_hypervolume(directory: Path, order, by_label) -> None:
+    """Test hypervolume per epoch, mean ± std over seeds, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    reference = None
+    for i, label in enumerate(order):
+        runs = by_label[label]
+        reference = hv_reference(runs[0])
+        curves = [hypervolume_curve(run, "test", reference) for run in runs]
+        epochs = [record["epoch"] for record in runs[0]["history"]]
+        mean = [statistics.fmean(v) for v in zip(*curves)]
+        spread = [_std(list(v)) for v in zip(*curves)]
+        color = colors[i % len(colors)]
+        ax.plot(
+            epochs, mean, color=color, label=f"{label} ({len(members_of(runs[0]['history'][0], 'test'))} pts)"
+        )
+        ax.fill_between(
+            epochs,
+            [m - s for m, s in zip(mean, spread)],
+            [m + s for m, s in zip(mean, spread)],
+            color=color,
+            alpha=0.15,
+        )
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"test hypervolume (reference {tuple(reference or ())})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("hypervolume of each method's models, mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(directory / "hypervolume.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_front(directory: Path, order, by_label, tasks) -> None:
+    """Each method's models at the last epoch in objective space: test cross-entropy and accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(tasks) < 2:
+        return
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = {"stl": "*", "ew": "P"}
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.8))
+    for i, label in enumerate(order):
+        runs = by_label[label]
+        color = colors[i % len(colors)]
+        for ax, metric in zip(axes, ("cross_entropy", "accuracy")):
+            per_seed = [members_of(run["history"][-1], "test") for run in runs]
+            for members in per_seed:
+                ax.scatter(
+                    [m[tasks[0]][metric] for m in members],
+                    [m[tasks[1]][metric] for m in members],
+                    color=color,
+                    alpha=0.3,
+                    s=14,
+                )
+            mean_x = [
+                statistics.fmean(v)
+                for v in zip(*[[m[tasks[0]][metric] for m in members] for members in per_seed])
+            ]
+            mean_y = [
+                statistics.fmean(v)
+                for v in zip(*[[m[tasks[1]][metric] for m in members] for members in per_seed])
+            ]
+            marker = markers.get(runs[0]["method"], "o")
+            size = 160 if marker != "o" else 40
+            ax.plot(
+                mean_x,
+                mean_y,
+                color=color,
+                marker=marker,
+                markersize=size**0.5,
+                markeredgecolor="black",
+                linewidth=1,
+                label=label,
+            )
+    axes[0].set_xlabel(f"task {tasks[0]}: test cross-entropy ↓")
+    axes[0].set_ylabel(f"task {tasks[1]}: test cross-entropy ↓")
+    axes[1].set_xlabel(f"task {tasks[0]}: test accuracy (%) ↑")
+    axes[1].set_ylabel(f"task {tasks[1]}: test accuracy (%) ↑")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "models at the last epoch (faint: seeds; line: mean over seeds, members in preference order)"
+    )
+    fig.tight_layout()
+    fig.savefig(directory / "front.png", dpi=110)
+    plt.close(fig)

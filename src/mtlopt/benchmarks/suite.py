@@ -80,6 +80,9 @@ class Benchmark:
     load: Callable[[str, DataOptions], BenchmarkData]
     model: Callable[[str], MultiTaskModel]
     notes: str = ""
+    hv_reference: tuple[float, ...] | None = (
+        None  # hypervolume reference point, objectives = test CE per task
+    )
 
     @property
     def default_protocol(self) -> str:
@@ -142,6 +145,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         load=_load_composite(name),
         model=_composite_model,
         notes="protocols: sener (Sener & Koltun 2018, 28x28, Sener LeNet), pmtl (Pareto MTL 2019, 36x36, PMTL LeNet)",
+        hv_reference=(2.0, 2.0),  # the published protocol of the set-learning papers
     )
     for name in COMPOSITE_BENCHMARKS
 }

@@ -151,7 +151,10 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     runner = get_method(config.method)(config.method_options, len(benchmark.task_names), config.seed)
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
-    runner.build(lambda: benchmark.model(config.protocol).to(device), optimizer)
+    steps_per_epoch = math.ceil(len(data.splits["train"]) / config.batch_size)
+    runner.build(
+        lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs
+    )
 
     start_epoch, history, step_times = 0, [], []
     if checkpoint_path.is_file():
@@ -175,8 +178,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             for group in opt.param_groups:
                 group["lr"] = lr
         runner.on_epoch_start(epoch)
-        for module in runner.modules():
-            module.train()
+        runner.set_training(True)
         order = torch.randperm(
             len(train_split), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         )
@@ -202,10 +204,18 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             "epoch": epoch + 1,
             "lr": lr,
             "train": {key: [float(v) for v in (total / steps).reshape(-1)] for key, total in sums.items()},
-            "val": evaluate(runner, data, "val", benchmark.task_names, device, config.eval_batch_size),
-            "test": evaluate(runner, data, "test", benchmark.task_names, device, config.eval_batch_size),
-            "seconds": time.perf_counter() - epoch_began,
         }
+        for split in ("val", "test"):
+            members = evaluate(runner, data, split, benchmark.task_names, device, config.eval_batch_size)
+            if runner.produces_set:
+                record[f"{split}_members"] = members
+            else:
+                record[split] = members[0]
+            if benchmark.hv_reference is not None:
+                record[f"{split}_hypervolume"] = hypervolume_of(
+                    members, benchmark.task_names, benchmark.hv_reference
+                )
+        record["seconds"] = time.perf_counter() - epoch_began
         history.append(record)
         _save_checkpoint(checkpoint_path, identity, epoch + 1, runner, history, step_times, device)
         log(_epoch_line(config, record, benchmark.task_names))
@@ -221,27 +231,44 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
 @torch.no_grad()
 def evaluate(
     runner, data: BenchmarkData, split: str, task_names, device, batch_size: int
-) -> dict[str, dict[str, float]]:
-    """Accuracy (%) and mean cross-entropy of every task on a split."""
-    for module in runner.modules():
-        module.eval()
+) -> list[dict[str, dict[str, float]]]:
+    """Accuracy (%) and mean cross-entropy of every task on a split, for each member of the method."""
+    runner.set_training(False)
     tensors = data.splits[split]
-    correct = torch.zeros(len(task_names), dtype=torch.float64, device=device)
-    total_loss = torch.zeros(len(task_names), dtype=torch.float64, device=device)
+    correct: torch.Tensor | None = None
+    total_loss: torch.Tensor | None = None
     for start in range(0, len(tensors), batch_size):
         x = data.inputs(tensors.images[start : start + batch_size].to(device))
         y = tensors.labels[start : start + batch_size].to(device)
-        for t, output in enumerate(runner.predict(x)):
-            correct[t] += (output.argmax(dim=1) == y[:, t]).sum()
-            total_loss[t] += torch.nn.functional.cross_entropy(
-                output.float(), y[:, t], reduction="sum"
-            ).double()
+        members = runner.predict_members(x)
+        if correct is None:
+            correct = torch.zeros(len(members), len(task_names), dtype=torch.float64, device=device)
+            total_loss = torch.zeros_like(correct)
+        for k, outputs in enumerate(members):
+            for t, output in enumerate(outputs):
+                correct[k, t] += (output.argmax(dim=1) == y[:, t]).sum()
+                total_loss[k, t] += torch.nn.functional.cross_entropy(
+                    output.float(), y[:, t], reduction="sum"
+                ).double()
     n = len(tensors)
-    correct, total_loss = correct.cpu().tolist(), total_loss.cpu().tolist()
-    return {
-        name: {"accuracy": 100.0 * correct[t] / n, "cross_entropy": total_loss[t] / n}
-        for t, name in enumerate(task_names)
-    }
+    assert correct is not None and total_loss is not None
+    correct_list, loss_list = correct.cpu().tolist(), total_loss.cpu().tolist()
+    return [
+        {
+            name: {"accuracy": 100.0 * correct_list[k][t] / n, "cross_entropy": loss_list[k][t] / n}
+            for t, name in enumerate(task_names)
+        }
+        for k in range(len(correct_list))
+    ]
+
+
+def hypervolume_of(members: list[dict[str, dict[str, float]]], task_names, reference) -> float:
+    """Hypervolume of the members' points (cross-entropy per task), minimization."""
+    from mtlopt.hypervolume import hypervolume
+
+    return hypervolume(
+        [[member[task]["cross_entropy"] for task in task_names] for member in members], reference
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -316,6 +343,9 @@ def _progress(iterable, enabled: bool, description: str):
 
 
 def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
+    if "test" not in record:
+        hv = record.get("test_hypervolume")
+        return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test hypervolume {hv:.4f} ({record['seconds']:.1f} s)"
     test = record["test"]
     accuracy = " ".join(f"{name} {test[name]['accuracy']:.2f}%" for name in task_names)
     return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test accuracy {accuracy} ({record['seconds']:.1f} s)"
@@ -324,7 +354,15 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
 def _result(
     config, identity, benchmark, data, runner, history, step_times, device, seconds
 ) -> dict[str, Any]:
-    best = max(history, key=lambda r: statistics.mean(r["val"][t]["accuracy"] for t in benchmark.task_names))
+    if runner.produces_set:
+        best = max(history, key=lambda r: r["val_hypervolume"])
+        selection = "epoch with the best validation hypervolume"
+    else:
+        best = max(
+            history, key=lambda r: statistics.mean(r["val"][t]["accuracy"] for t in benchmark.task_names)
+        )
+        selection = "epoch with the best mean validation accuracy"
+    pick = ["val", "test", "val_members", "test_members", "val_hypervolume", "test_hypervolume"]
     return {
         "format": RESULT_FORMAT,
         "status": "finished",
@@ -356,12 +394,12 @@ def _result(
             "threads": config.threads,
         },
         "history": history,
-        "final": {"epoch": history[-1]["epoch"], "val": history[-1]["val"], "test": history[-1]["test"]},
+        "hypervolume_reference": list(benchmark.hv_reference) if benchmark.hv_reference else None,
+        "final": {"epoch": history[-1]["epoch"], **{k: history[-1][k] for k in pick if k in history[-1]}},
         "best_val": {
-            "selection": "epoch with the best mean validation accuracy",
+            "selection": selection,
             "epoch": best["epoch"],
-            "val": best["val"],
-            "test": best["test"],
+            **{k: best[k] for k in pick if k in best},
         },
         "time_per_step_ms": {
             "median": 1000 * statistics.median(step_times),
