@@ -122,7 +122,7 @@ def test_compare_writes_tables_and_plots_and_skips_finished_runs(tmp_path, capsy
     rows = (out / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("label,method,options,selection,task,metric,mean,std,seeds")
     assert any(row.startswith("stl,stl,{},final,all,delta_m_vs_stl,0,") for row in rows)
-    for plot in ("learning_curves.png", "task_accuracy.png"):
+    for plot in ("learning_curves.png", "task_pair.png"):
         assert (out / plot).stat().st_size > 10_000
     results = sorted((out / "runs").glob("*/seed*/result.json"))
     assert len(results) == 6

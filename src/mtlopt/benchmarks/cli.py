@@ -194,7 +194,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     summary = summarize(out, [label for label, _, _ in variants])
     print(
-        f"summary: {out / 'summary.md'} (table), {out / 'summary.csv'}, plots: {out / 'learning_curves.png'}, {out / 'task_accuracy.png'}"
+        f"summary: {out / 'summary.md'} (table), {out / 'summary.csv'}; plots: "
+        + ", ".join(str(p) for p in sorted(out.glob("*.png")))
     )
     return 0 if summary else 1
 

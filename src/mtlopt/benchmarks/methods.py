@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import mtlopt
 
-from .models import MultiTaskModel, cross_entropy_losses
+from .models import MultiTaskModel
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ def _float_list(text: str) -> tuple[float, ...]:
 class SingleModelRunner(MethodRunner):
     """One multi-task model and one optimizer; the update comes from ``mtlopt.backward``."""
 
-    def build(self, make_model, optimizer, total_steps) -> None:
+    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        self.tasks = tasks
         self.model = make_model()
         self.optimizer = optimizer.make(self.model.parameters())
 
@@ -174,7 +175,7 @@ class SingleModelRunner(MethodRunner):
             self._weighting = self.weighting()
         self.optimizer.zero_grad(set_to_none=True)
         z = self.model.encoder(x)
-        losses = cross_entropy_losses([head(z) for head in self.model.heads], targets)
+        losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
         result = mtlopt.backward(losses, self._weighting, **self.backward_kwargs(z))
         self.optimizer.step()
         return {"loss": result.losses, "weights": result.weights}
@@ -284,7 +285,8 @@ class STLRunner(MethodRunner):
     name = "stl"
     description = "single-task learning: one model per task, each trained on its own loss"
 
-    def build(self, make_model, optimizer, total_steps) -> None:
+    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        self.tasks = tasks
         self.models = nn.ModuleList(make_model() for _ in range(self.num_tasks))
         self._optimizers = [optimizer.make(model.parameters()) for model in self.models]
 
@@ -292,8 +294,7 @@ class STLRunner(MethodRunner):
         losses = []
         for t, (model, optimizer) in enumerate(zip(self.models, self._optimizers)):
             optimizer.zero_grad(set_to_none=True)
-            output = model.heads[t](model.encoder(x))
-            loss = nn.functional.cross_entropy(output, targets[:, t])
+            loss = self.tasks.task_loss(t, model.heads[t](model.encoder(x)), targets)
             mtlopt.backward([loss], mtlopt.EW())
             optimizer.step()
             losses.append(loss.detach())
@@ -329,7 +330,8 @@ class AlternatingRunner(MethodRunner):
         Option("regroup", "never", "draw a new random grouping every epoch", ("never", "epoch")),
     )
 
-    def build(self, make_model, optimizer, total_steps) -> None:
+    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        self.tasks = tasks
         self.model = make_model()
         self.alternating = mtlopt.AlternatingSteps(
             self.model.encoder,
@@ -347,7 +349,7 @@ class AlternatingRunner(MethodRunner):
 
         def closure(group: list[int]) -> list[Tensor]:
             z = self.model.encoder(x)
-            losses = [nn.functional.cross_entropy(self.model.heads[t](z), targets[:, t]) for t in group]
+            losses = [self.tasks.task_loss(t, self.model.heads[t](z), targets) for t in group]
             task_losses.update((t, loss.detach()) for t, loss in zip(group, losses))
             return losses
 
@@ -402,7 +404,8 @@ class MAORunner(MethodRunner):
         Option("balance", "on", "track the per-layer balance diagnostic", ("on", "off")),
     )
 
-    def build(self, make_model, optimizer, total_steps) -> None:
+    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        self.tasks = tasks
         self.model = make_model()
         self.optimizer = mtlopt.MAO(
             [
@@ -423,7 +426,7 @@ class MAORunner(MethodRunner):
     def train_step(self, x, targets):
         self.optimizer.zero_grad()
         z = self.model.encoder(x)
-        losses = cross_entropy_losses([head(z) for head in self.model.heads], targets)
+        losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
         values = self.optimizer.backward(losses)
         self.optimizer.step()
         logged = {"loss": values}
@@ -464,7 +467,8 @@ class PopulationRunner(MethodRunner):
     def transfer(self) -> Any:
         return None
 
-    def build(self, make_model, optimizer, total_steps) -> None:
+    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        self.tasks = tasks
         count = self.config["num-models"]
         models = [make_model() for _ in range(count)]
         self.preferences = mtlopt.preference_vectors(self.num_tasks, count)
@@ -480,9 +484,7 @@ class PopulationRunner(MethodRunner):
 
     def train_step(self, x, targets):
         def task_losses(outputs, y):
-            return torch.stack(
-                [nn.functional.cross_entropy(output, y[:, t]) for t, output in enumerate(outputs)]
-            )
+            return torch.stack(self.tasks.losses(outputs, y))
 
         result = self.population.step(x, targets, task_losses)
         return {"member_loss": result.losses.reshape(-1), "transfer_strength": torch.tensor(result.strength)}

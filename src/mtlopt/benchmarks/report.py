@@ -1,4 +1,10 @@
-"""Comparison reports: ``summary.md``, ``summary.csv`` and plots from a directory of result files."""
+"""Comparison reports: ``summary.md``, ``summary.csv`` and plots from a directory of result files.
+
+Per-task tables for single-model methods, with three epoch selections (the last epoch, the epoch of the
+best validation score, the mean of the last 10 epochs), Δm% vs ``stl`` (Nash-MTL/FAMO convention, lower
+is better) and Δp% vs ``ew`` (LibMTL convention, higher is better). Every method also gets a hypervolume
+when the benchmark defines a reference point (a single model is one point).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-SELECTIONS = {"final": "last epoch", "best_val": "best mean validation accuracy"}
+SELECTIONS = {
+    "final": "last epoch",
+    "best_val": "best validation epoch",
+    "last10": "mean of the last 10 epochs",
+}
 
 # Published numbers to print beside ours, by (benchmark, protocol).
 PUBLISHED = {
@@ -19,8 +29,17 @@ PUBLISHED = {
         "MGDA-UB 97.26 / 95.90 (100 epochs, lr chosen per method from a grid). Our MNIST source may be "
         "the 5,000-digit subset: see the data line above."
     ),
+    ("qm9", "cpu"): (
+        "Published QM9 results (full data, 300 epochs, MPNN dim 64 on complete graphs with RDKit features, "
+        "Nash-MTL/FAMO tables): Δm% vs STL, lower is better: LS 177.6, MGDA 120.5, Nash-MTL 62.0, "
+        "FAMO 58.5. This CPU subset protocol is far smaller (see the data line); compare directions, not "
+        "values."
+    ),
+    ("qm9", "published"): (
+        "Published QM9 results (Nash-MTL/FAMO tables), Δm% vs STL, lower is better: LS 177.6, MGDA 120.5, "
+        "Nash-MTL 62.0, FAMO 58.5."
+    ),
 }
-
 
 # Hypervolume of sets of models (test cross-entropy per task, reference (2, 2), epoch of the best
 # validation hypervolume, the public `pmtl` pickles, mean of 10 seeds; benchmarks.md §1).
@@ -29,6 +48,19 @@ PUBLISHED_HV = {
     "multifashion": "EPO 2.31, COSMOS 2.31, PHN-EPO 2.16, PHN-LS 2.14, MOO-SVGD 2.02; COSMOS-code rerun: single-task models 2.21, Pareto MTL 2.26",
     "multifashion+mnist": "EPO 2.86, COSMOS 2.82, PHN-EPO 2.74, PHN-LS 2.67, MOO-SVGD 2.54; COSMOS-code rerun: single-task models 2.78, Pareto MTL 2.75",
 }
+
+
+# --- reading results ----------------------------------------------------------------------------------
+
+
+def load_runs(directory: Path) -> list[dict[str, Any]]:
+    """Every finished ``result.json`` below ``directory/runs``."""
+    runs = []
+    for path in sorted((directory / "runs").glob("*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        result.setdefault("label", result["method"])
+        runs.append(result)
+    return runs
 
 
 def members_of(record: dict[str, Any], split: str) -> list[dict[str, dict[str, float]]]:
@@ -49,24 +81,34 @@ def hv_reference(run: dict[str, Any]) -> list[float] | None:
     return list(benchmark.hv_reference) if benchmark and benchmark.hv_reference else None
 
 
+def hv_objective(run: dict[str, Any]) -> str:
+    return "cross_entropy" if "cross_entropy" in run["metrics"] else next(iter(run["metrics"]))
+
+
 def hypervolume_curve(run: dict[str, Any], split: str, reference: list[float]) -> list[float]:
     from mtlopt.hypervolume import hypervolume
 
-    tasks = run["tasks"]
+    tasks, objective = run["tasks"], hv_objective(run)
     return [
-        hypervolume([[m[t]["cross_entropy"] for t in tasks] for m in members_of(record, split)], reference)
+        hypervolume([[m[t][objective] for t in tasks] for m in members_of(record, split)], reference)
         for record in run["history"]
     ]
 
 
-def load_runs(directory: Path) -> list[dict[str, Any]]:
-    """Every finished ``result.json`` below ``directory/runs``, with its label (method variant)."""
-    runs = []
-    for path in sorted((directory / "runs").glob("*/seed*/result.json")):
-        result = json.loads(path.read_text())
-        result.setdefault("label", result["method"])
-        runs.append(result)
-    return runs
+def selected_test(run: dict[str, Any], selection: str) -> dict[str, dict[str, float]]:
+    """A single-model run's test metrics under an epoch selection."""
+    if selection in ("final", "best_val"):
+        return run[selection]["test"]
+    records = run["history"][-10:]
+    return {
+        task: {
+            metric: statistics.fmean(r["test"][task][metric] for r in records) for metric in run["metrics"]
+        }
+        for task in run["tasks"]
+    }
+
+
+# --- the summary --------------------------------------------------------------------------------------
 
 
 def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[str, Any]:
@@ -81,29 +123,75 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
     order = [label for label in (labels or []) if label in by_label] + sorted(
         set(by_label) - set(labels or [])
     )
-    tasks = runs[0]["tasks"]
-    metrics = runs[0]["metrics"]
+    tasks, metrics = runs[0]["tasks"], runs[0]["metrics"]
     singles = [label for label in order if not is_set(by_label[label][0])]
     table = {label: _aggregate(by_label[label], tasks, metrics) for label in singles}
-    reference = next((label for label in singles if by_label[label][0]["method"] == "stl"), None)
+    stl = next((label for label in singles if by_label[label][0]["method"] == "stl"), None)
+    ew = next((label for label in singles if by_label[label][0]["method"] == "ew"), None)
     for label in singles:
         for selection in SELECTIONS:
+            cells = table[label][selection]["cells"]
             table[label][selection]["delta_m"] = (
-                _delta_m(table[label][selection], table[reference][selection], tasks, metrics)
-                if reference
-                else None
+                _delta_m(cells, table[stl][selection]["cells"], tasks, metrics) if stl else None
             )
-    ew_label = next((label for label in order if by_label[label][0]["method"] == "ew"), None)
+            table[label][selection]["delta_p"] = (
+                _delta_p(cells, table[ew][selection]["cells"], tasks, metrics) if ew else None
+            )
     hv = _hypervolume_table(order, by_label)
-    _write_csv(directory / "summary.csv", table, singles, by_label, tasks, metrics, hv)
-    _write_markdown(
-        directory / "summary.md", table, singles, by_label, tasks, metrics, reference, ew_label, hv, order
-    )
-    _plot(directory, singles, by_label, tasks)
+    _write_csv(directory / "summary.csv", table, singles, by_label, hv)
+    _write_markdown(directory / "summary.md", table, singles, by_label, tasks, metrics, stl, ew, hv, order)
+    if singles:
+        _plot_learning_curves(directory, singles, by_label, tasks, metrics)
+        if len(tasks) == 2:
+            _plot_task_pair(directory, singles, by_label, tasks, metrics)
+    _plot_balance(directory, order, by_label, tasks)
     if hv:
         plot_hypervolume(directory, order, by_label)
         plot_front(directory, order, by_label, tasks)
-    return {"labels": order, "table": table, "reference": reference, "hypervolume": hv}
+    return {"labels": order, "table": table, "stl": stl, "ew": ew, "hypervolume": hv}
+
+
+def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for selection in SELECTIONS:
+        chosen = [selected_test(run, selection) for run in runs]
+        cells = {}
+        for task in tasks:
+            for metric in metrics:
+                values = [c[task][metric] for c in chosen]
+                cells[(task, metric)] = (statistics.fmean(values), _std(values), len(values))
+        out[selection] = {"cells": cells}
+    steps = [run["time_per_step_ms"]["median"] for run in runs]
+    out["time_ms"] = (statistics.fmean(steps), _std(steps))
+    out["seeds"] = sorted(run["seed"] for run in runs)
+    return out
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _delta_m(method, stl, tasks, metrics) -> float:
+    """Δm% vs STL: mean over (task, metric) of (−1)^h (M − M_STL) / M_STL × 100; lower is better."""
+    terms = []
+    for task in tasks:
+        for metric, direction in metrics.items():
+            m, s = method[(task, metric)][0], stl[(task, metric)][0]
+            terms.append((-1.0 if direction == "higher" else 1.0) * (m - s) / s * 100.0)
+    return statistics.fmean(terms)
+
+
+def _delta_p(method, baseline, tasks, metrics) -> float:
+    """Δp% vs a baseline (LibMTL): per task the mean over its metrics of (−1)^(1−h) (M − B) / B × 100,
+    then the mean over tasks; higher is better."""
+    per_task = []
+    for task in tasks:
+        terms = []
+        for metric, direction in metrics.items():
+            m, b = method[(task, metric)][0], baseline[(task, metric)][0]
+            terms.append((1.0 if direction == "higher" else -1.0) * (m - b) / b * 100.0)
+        per_task.append(statistics.fmean(terms))
+    return statistics.fmean(per_task)
 
 
 def _hypervolume_table(order, by_label) -> dict[str, dict[str, Any]]:
@@ -121,53 +209,22 @@ def _hypervolume_table(order, by_label) -> dict[str, dict[str, Any]]:
             best.append(test[epoch])
             last.append(test[-1])
             points.append(len(members_of(run["history"][epoch], "test")))
-        steps = [run["time_per_step_ms"]["median"] for run in runs]
         out[label] = {
             "best": (statistics.fmean(best), _std(best)),
             "last": (statistics.fmean(last), _std(last)),
             "points": max(points),
             "seeds": len(runs),
             "reference": reference,
-            "time_ms": statistics.fmean(steps),
+            "time_ms": statistics.fmean(run["time_per_step_ms"]["median"] for run in runs),
         }
     return out
 
 
-def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for selection in SELECTIONS:
-        cells = {}
-        for task in tasks:
-            for metric in metrics:
-                values = [run[selection]["test"][task][metric] for run in runs]
-                cells[(task, metric)] = (statistics.fmean(values), _std(values), len(values))
-        out[selection] = {"cells": cells}
-    steps = [run["time_per_step_ms"]["median"] for run in runs]
-    out["time_ms"] = (statistics.fmean(steps), _std(steps))
-    out["seeds"] = sorted(run["seed"] for run in runs)
-    return out
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _delta_m(method: dict[str, Any], stl: dict[str, Any], tasks, metrics) -> float:
-    """Δm% vs STL: mean over (task, metric) of (−1)^h (M − M_STL) / M_STL × 100; lower is better."""
-    terms = []
-    for task in tasks:
-        for metric, direction in metrics.items():
-            m, s = method["cells"][(task, metric)][0], stl["cells"][(task, metric)][0]
-            sign = -1.0 if direction == "higher" else 1.0
-            terms.append(sign * (m - s) / s * 100.0)
-    return statistics.fmean(terms)
-
-
-def _write_csv(path: Path, table, order, by_label, tasks, metrics, hv) -> None:
+def _write_csv(path: Path, table, singles, by_label, hv) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "method", "options", "selection", "task", "metric", "mean", "std", "seeds"])
-        for label in order:
+        for label in singles:
             run = by_label[label][0]
             options = json.dumps(run["options"], sort_keys=True)
             for selection in SELECTIONS:
@@ -185,21 +242,12 @@ def _write_csv(path: Path, table, order, by_label, tasks, metrics, hv) -> None:
                             n,
                         ]
                     )
-                delta = table[label][selection]["delta_m"]
-                if delta is not None:
-                    writer.writerow(
-                        [
-                            label,
-                            run["method"],
-                            options,
-                            selection,
-                            "all",
-                            "delta_m_vs_stl",
-                            f"{delta:.6g}",
-                            "",
-                            "",
-                        ]
-                    )
+                for key, name in (("delta_m", "delta_m_vs_stl"), ("delta_p", "delta_p_vs_ew")):
+                    value = table[label][selection][key]
+                    if value is not None:
+                        writer.writerow(
+                            [label, run["method"], options, selection, "all", name, f"{value:.6g}", "", ""]
+                        )
             mean, std = table[label]["time_ms"]
             writer.writerow(
                 [
@@ -219,90 +267,120 @@ def _write_csv(path: Path, table, order, by_label, tasks, metrics, hv) -> None:
             options = json.dumps(run["options"], sort_keys=True)
             for selection, key in (("best_val_hypervolume", "best"), ("final", "last")):
                 mean, std = row[key]
-                writer.writerow([label, run["method"], options, selection, "all", "test_hypervolume", f"{mean:.6g}", f"{std:.6g}", row["seeds"]])  # fmt: skip
+                writer.writerow(
+                    [
+                        label,
+                        run["method"],
+                        options,
+                        selection,
+                        "all",
+                        "test_hypervolume",
+                        f"{mean:.6g}",
+                        f"{std:.6g}",
+                        row["seeds"],
+                    ]
+                )
 
 
-def _write_markdown(
-    path: Path, table, order, by_label, tasks, metrics, reference, ew_label, hv, all_labels
-) -> None:
-    first = by_label[all_labels[0]][0]
+def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, ew, hv, order) -> None:
+    first = by_label[order[0]][0]
     env, training, data = first["environment"], first["training"], first["data"]
     sources = "; ".join(
         f"{key}: {value['name']} from {value['origin']}" for key, value in data.get("sources", {}).items()
     )
     seeds = sorted({run["seed"] for runs in by_label.values() for run in runs})
+    deltas = []
+    if stl:
+        deltas.append(f"Δm% vs `{stl}` over every task and metric (lower is better)")
+    if ew:
+        deltas.append(f"Δp% vs `{ew}`, per task then over tasks (higher is better)")
+    selection_note = next(
+        (run["best_val"]["selection"] for runs in by_label.values() for run in runs if not is_set(run)), ""
+    )
     lines = [
         f"# {first['benchmark']} ({first['protocol']} protocol)",
         "",
-        f"- data: {sources}; composites train/val/test {data.get('sizes')}; data seed {data.get('seed')}",
+        f"- data: {sources}; sizes train/val/test {data.get('sizes')}; data seed {data.get('seed')}",
         f"- construction: {data.get('construction', '')}",
-        f"- training: {training['epochs']} epochs, {training['optimizer']} lr {training['lr']} "
-        f"(momentum {training['momentum']}, halved every {training['lr_decay_every'] or '∞'} epochs), "
-        f"batch {training['batch_size']}; seeds {seeds}",
-        f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s)",
-        "- test metrics, mean ± std over seeds"
+        f"- training: {training['epochs']} epochs, {training['optimizer']} lr {training['lr']}"
+        + (f" (momentum {training['momentum']})" if training["optimizer"] == "sgd" else "")
         + (
-            f"; Δm% vs `{reference}` over accuracy and cross-entropy of both tasks (lower is better)"
-            if reference
+            f", lr × {training['lr_decay']} every {training['lr_decay_every']} epochs"
+            if training["lr_decay_every"]
             else ""
-        ),
+        )
+        + f", batch {training['batch_size']}; seeds {seeds}",
+        f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s) per run",
+        "- test metrics, mean ± std over seeds" + ("; " + "; ".join(deltas) if deltas else ""),
+        f"- best validation epoch: the {selection_note.removeprefix('epoch with the ')}"
+        if selection_note
+        else "",
         "",
     ]
-    metric_names = list(metrics)
-    if not order:  # only set methods: no per-task tables
-        lines += _hypervolume_section(hv, first, by_label)
-        path.write_text("\n".join(lines))
-        return
-    header = ["method"] + [
-        f"{task} {metric.replace('_', '-')} {'↑' if metrics[metric] == 'higher' else '↓'}"
-        for task in tasks
-        for metric in metric_names
-    ]
-    for selection, description in SELECTIONS.items():
-        lines += [f"## Epoch: {description}", ""]
-        cols = header + (["Δm% ↓"] if reference else []) + ["ms / step"] + (["× EW"] if ew_label else [])
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for label in order:
-            row = [f"`{label}`"]
-            for task in tasks:
-                for metric in metric_names:
-                    mean, std, _ = table[label][selection]["cells"][(task, metric)]
-                    digits = 2 if metric == "accuracy" else 4
-                    row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
-            if reference:
-                row.append(f"{table[label][selection]['delta_m']:+.2f}")
-            mean_ms = table[label]["time_ms"][0]
-            row.append(f"{mean_ms:.1f}")
-            if ew_label:
-                row.append(f"{mean_ms / table[ew_label]['time_ms'][0]:.2f}")
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    lines += [
-        "ms / step: median wall time of one training step (forward, backward, optimizer step) per run, "
-        "averaged over seeds; `stl` trains one model per task, so its step is K model steps.",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        f"![{tasks[0]} vs {tasks[1]} test accuracy](task_accuracy.png)" if len(tasks) >= 2 else "",
-        "",
-    ]
+    if singles:
+        header = ["method"] + [
+            f"{task} {metric.replace('_', '-')} {'↑' if metrics[metric] == 'higher' else '↓'}"
+            for task in tasks
+            for metric in metrics
+        ]
+        for selection, description in SELECTIONS.items():
+            lines += [f"## Epoch: {description}", ""]
+            cols = (
+                header
+                + (["Δm% ↓"] if stl else [])
+                + (["Δp% ↑"] if ew else [])
+                + ["ms / step"]
+                + (["× EW"] if ew else [])
+            )
+            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            for label in singles:
+                row = [f"`{label}`"]
+                for task in tasks:
+                    for metric in metrics:
+                        mean, std, _ = table[label][selection]["cells"][(task, metric)]
+                        digits = 2 if metric == "accuracy" else 4
+                        row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+                if stl:
+                    row.append(f"{table[label][selection]['delta_m']:+.2f}")
+                if ew:
+                    row.append(f"{table[label][selection]['delta_p']:+.2f}")
+                mean_ms = table[label]["time_ms"][0]
+                row.append(f"{mean_ms:.1f}")
+                if ew:
+                    row.append(f"{mean_ms / table[ew]['time_ms'][0]:.2f}")
+                lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
+        lines += [
+            "ms / step: median wall time of one training step (forward, backward, optimizer step) per run, averaged "
+            "over seeds; runs are timed as they train, possibly beside another job, so ratios are indicative "
+            "(the controlled, interleaved measurements are in docs/benchmarks/). `stl` trains one model per "
+            "task, so its step is K model steps.",
+            "",
+            "![learning curves](learning_curves.png)",
+            "",
+        ]
+        if len(tasks) == 2:
+            lines += [f"![{tasks[0]} vs {tasks[1]}](task_pair.png)", ""]
     published = PUBLISHED.get((first["benchmark"], first["protocol"]))
     if published:
         lines += ["## Published numbers", "", published, ""]
-    lines += _hypervolume_section(hv, first, by_label)
-    path.write_text("\n".join(lines))
+    lines += _hypervolume_section(hv, first)
+    for label in order:
+        if (path.parent / f"balance_{_file_label(label)}.png").exists():
+            lines += [f"![balance of {label}](balance_{_file_label(label)}.png)", ""]
+    path.write_text("\n".join(line for line in lines if line is not None))
 
 
-def _hypervolume_section(hv, first, by_label) -> list[str]:
+def _hypervolume_section(hv, first) -> list[str]:
     if not hv:
         return []
     reference = next(iter(hv.values()))["reference"]
     lines = [
         "## Hypervolume",
         "",
-        f"Test cross-entropy per task, reference point {tuple(reference)}, minimization; a single model is one "
-        "point (`stl`: each task from its own model). `best val` is the epoch with the best validation "
-        "hypervolume (the published protocol), per seed; mean ± std over seeds.",
+        f"Test {hv_objective(first).replace('_', '-')} per task, reference point {tuple(reference)}, minimization; a single "
+        "model is one point (`stl`: each task from its own model). `best val` is the epoch with the best "
+        "validation hypervolume (the published protocol), per seed; mean ± std over seeds.",
         "",
         "| method | points | HV, best val epoch ↑ | HV, last epoch ↑ | ms / step |",
         "|---|---|---|---|---|",
@@ -325,34 +403,38 @@ def _hypervolume_section(hv, first, by_label) -> list[str]:
     return lines
 
 
-def _plot(directory: Path, order, by_label, tasks) -> None:
+# --- plots --------------------------------------------------------------------------------------------
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> None:
+    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2, len(tasks), figsize=(5.0 * len(tasks), 7.0), squeeze=False)
+    names = list(metrics)
+    columns = min(len(tasks), 4) if len(names) == 1 else len(tasks)
+    rows = len(names) if len(names) > 1 else -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
     for i, label in enumerate(order):
         runs = by_label[label]
         epochs = [record["epoch"] for record in runs[0]["history"]]
+        color, style = colors[i % len(colors)], ("-", "--", ":", "-.")[(i // len(colors)) % 4]
         for t, task in enumerate(tasks):
-            for row, (metric, name) in enumerate(
-                (("accuracy", "test accuracy (%)"), ("cross_entropy", "test cross-entropy"))
-            ):
+            for j, metric in enumerate(names):
+                ax = axes[j][t] if len(names) > 1 else axes[t // columns][t % columns]
                 curves = [[record["test"][task][metric] for record in run["history"]] for run in runs]
                 mean = [statistics.fmean(v) for v in zip(*curves)]
                 spread = [_std(list(v)) for v in zip(*curves)]
-                ax = axes[row][t]
-                color = colors[i % len(colors)]
-                ax.plot(
-                    epochs,
-                    mean,
-                    label=label,
-                    color=color,
-                    linestyle=("-", "--", ":", "-.")[(i // len(colors)) % 4],
-                )
+                ax.plot(epochs, mean, label=label, color=color, linestyle=style)
                 ax.fill_between(
                     epochs,
                     [m - s for m, s in zip(mean, spread)],
@@ -362,23 +444,27 @@ def _plot(directory: Path, order, by_label, tasks) -> None:
                 )
                 ax.set_xlabel("epoch")
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_ylabel(name)
+                ax.set_ylabel(f"test {metric.replace('_', '-')}" + (" (%)" if metric == "accuracy" else ""))
                 ax.set_title(f"task {task}")
                 ax.grid(alpha=0.3)
+    for ax in axes.flat[len(tasks) * len(names) if len(names) > 1 else len(tasks) :]:
+        ax.set_visible(False)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{by_label[order[0]][0]['benchmark']}: mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(directory / "learning_curves.png", dpi=110)
     plt.close(fig)
 
-    _plot_balance(directory, order, by_label, tasks, colors)
-    if len(tasks) < 2:
-        return
+
+def _plot_task_pair(directory: Path, order, by_label, tasks, metrics) -> None:
+    plt = _pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    metric = next(iter(metrics))
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     for i, label in enumerate(order):
         runs = by_label[label]
-        xs = [run["final"]["test"][tasks[0]]["accuracy"] for run in runs]
-        ys = [run["final"]["test"][tasks[1]]["accuracy"] for run in runs]
+        xs = [run["final"]["test"][tasks[0]][metric] for run in runs]
+        ys = [run["final"]["test"][tasks[1]][metric] for run in runs]
         color = colors[i % len(colors)]
         ax.scatter(xs, ys, color=color, alpha=0.4, s=18)
         ax.scatter(
@@ -390,21 +476,19 @@ def _plot(directory: Path, order, by_label, tasks) -> None:
             edgecolor="black",
             label=label,
         )
-    ax.set_xlabel(f"task {tasks[0]}: test accuracy (%)")
-    ax.set_ylabel(f"task {tasks[1]}: test accuracy (%)")
-    ax.set_title("final epoch; small dots: seeds, stars: mean")
+    unit = " (%)" if metric == "accuracy" else ""
+    ax.set_xlabel(f"task {tasks[0]}: test {metric.replace('_', '-')}{unit}")
+    ax.set_ylabel(f"task {tasks[1]}: test {metric.replace('_', '-')}{unit}")
+    ax.set_title("last epoch; small dots: seeds, stars: mean")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(directory / "task_accuracy.png", dpi=110)
+    fig.savefig(directory / "task_pair.png", dpi=110)
     plt.close(fig)
 
 
-def _plot_balance(directory: Path, order, by_label, tasks, colors) -> None:
+def _plot_balance(directory: Path, order, by_label, tasks) -> None:
     """For methods that log it (MAO): each task's share of the squared update, per layer, per epoch."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     for label in order:
         runs = [
             run
@@ -413,6 +497,10 @@ def _plot_balance(directory: Path, order, by_label, tasks, colors) -> None:
         ]
         if not runs:
             continue
+        plt = _pyplot()
+        from matplotlib.ticker import MaxNLocator
+
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         layers = runs[0]["balance_layers"]
         epochs = [record["epoch"] for record in runs[0]["history"]]
         fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.6), squeeze=False, sharey=True)
@@ -447,10 +535,7 @@ def _file_label(label: str) -> str:
 
 def plot_hypervolume(directory: Path, order, by_label) -> None:
     """Test hypervolume per epoch, mean ± std over seeds, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -486,21 +571,18 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
 
 
 def plot_front(directory: Path, order, by_label, tasks) -> None:
-    """Each method's models at the last epoch in objective space: test cross-entropy and accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if len(tasks) < 2:
+    """Each method's models at the last epoch in objective space, for every metric (two tasks)."""
+    if len(tasks) != 2:
         return
+    plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = {"stl": "*", "ew": "P"}
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.8))
+    metrics = list(by_label[order[0]][0]["metrics"].items())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.8), squeeze=False)
     for i, label in enumerate(order):
         runs = by_label[label]
         color = colors[i % len(colors)]
-        for ax, metric in zip(axes, ("cross_entropy", "accuracy")):
+        for ax, (metric, _) in zip(axes[0], metrics):
             per_seed = [members_of(run["history"][-1], "test") for run in runs]
             for members in per_seed:
                 ax.scatter(
@@ -530,13 +612,13 @@ def plot_front(directory: Path, order, by_label, tasks) -> None:
                 linewidth=1,
                 label=label,
             )
-    axes[0].set_xlabel(f"task {tasks[0]}: test cross-entropy ↓")
-    axes[0].set_ylabel(f"task {tasks[1]}: test cross-entropy ↓")
-    axes[1].set_xlabel(f"task {tasks[0]}: test accuracy (%) ↑")
-    axes[1].set_ylabel(f"task {tasks[1]}: test accuracy (%) ↑")
-    for ax in axes:
+    for ax, (metric, direction) in zip(axes[0], metrics):
+        arrow = "↑" if direction == "higher" else "↓"
+        unit = " (%)" if metric == "accuracy" else ""
+        ax.set_xlabel(f"task {tasks[0]}: test {metric.replace('_', '-')}{unit} {arrow}")
+        ax.set_ylabel(f"task {tasks[1]}: test {metric.replace('_', '-')}{unit} {arrow}")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.suptitle(
         "models at the last epoch (faint: seeds; line: mean over seeds, members in preference order)"
     )

@@ -151,9 +151,9 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     runner = get_method(config.method)(config.method_options, len(benchmark.task_names), config.seed)
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
-    steps_per_epoch = math.ceil(len(data.splits["train"]) / config.batch_size)
+    steps_per_epoch = math.ceil(data.size("train") / config.batch_size)
     runner.build(
-        lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs
+        lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs, data
     )
 
     start_epoch, history, step_times = 0, [], []
@@ -167,7 +167,6 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         start_epoch, history, step_times = state["epoch"], state["history"], state["step_times"]
         log(f"{out}: resuming after epoch {start_epoch}")
 
-    train_split = data.splits["train"]
     commit = _git_commit()  # the code this session runs
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -180,7 +179,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         runner.on_epoch_start(epoch)
         runner.set_training(True)
         order = torch.randperm(
-            len(train_split), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+            data.size("train"), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         )
         sums: dict[str, torch.Tensor] = {}
         batches = range(0, len(order), config.batch_size)
@@ -189,8 +188,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             batches, config.progress, f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}"
         ):
             index = order[start : start + config.batch_size]
-            x = data.inputs(train_split.images[index].to(device, non_blocking=True))
-            y = train_split.labels[index].to(device, non_blocking=True)
+            x, y = data.batch("train", index, device)
             began = time.perf_counter()
             logged = runner.train_step(x, y)
             if device.type == "cuda":
@@ -211,9 +209,9 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 record[f"{split}_members"] = members
             else:
                 record[split] = members[0]
-            if benchmark.hv_reference is not None:
+            if benchmark.hv_reference is not None and data.hv_objective is not None:
                 record[f"{split}_hypervolume"] = hypervolume_of(
-                    members, benchmark.task_names, benchmark.hv_reference
+                    members, benchmark.task_names, benchmark.hv_reference, data.hv_objective
                 )
         record["seconds"] = time.perf_counter() - epoch_began
         history.append(record)
@@ -232,43 +230,25 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
 def evaluate(
     runner, data: BenchmarkData, split: str, task_names, device, batch_size: int
 ) -> list[dict[str, dict[str, float]]]:
-    """Accuracy (%) and mean cross-entropy of every task on a split, for each member of the method."""
+    """Every task's metrics on a split, for each member of the method (one for single-model methods)."""
     runner.set_training(False)
-    tensors = data.splits[split]
-    correct: torch.Tensor | None = None
-    total_loss: torch.Tensor | None = None
-    for start in range(0, len(tensors), batch_size):
-        x = data.inputs(tensors.images[start : start + batch_size].to(device))
-        y = tensors.labels[start : start + batch_size].to(device)
-        members = runner.predict_members(x)
-        if correct is None:
-            correct = torch.zeros(len(members), len(task_names), dtype=torch.float64, device=device)
-            total_loss = torch.zeros_like(correct)
-        for k, outputs in enumerate(members):
-            for t, output in enumerate(outputs):
-                correct[k, t] += (output.argmax(dim=1) == y[:, t]).sum()
-                total_loss[k, t] += torch.nn.functional.cross_entropy(
-                    output.float(), y[:, t], reduction="sum"
-                ).double()
-    n = len(tensors)
-    assert correct is not None and total_loss is not None
-    correct_list, loss_list = correct.cpu().tolist(), total_loss.cpu().tolist()
-    return [
-        {
-            name: {"accuracy": 100.0 * correct_list[k][t] / n, "cross_entropy": loss_list[k][t] / n}
-            for t, name in enumerate(task_names)
-        }
-        for k in range(len(correct_list))
-    ]
+    count = data.size(split)
+    sums: list[torch.Tensor] | None = None
+    for start in range(0, count, batch_size):
+        x, y = data.batch(split, torch.arange(start, min(start + batch_size, count)), device)
+        batch_sums = [data.metric_sums(outputs, y) for outputs in runner.predict_members(x)]
+        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
+    assert sums is not None
+    return [data.metric_values(total.cpu(), count) for total in sums]
 
 
-def hypervolume_of(members: list[dict[str, dict[str, float]]], task_names, reference) -> float:
-    """Hypervolume of the members' points (cross-entropy per task), minimization."""
+def hypervolume_of(
+    members: list[dict[str, dict[str, float]]], task_names, reference, objective: str
+) -> float:
+    """Hypervolume of the members' points (``objective`` per task), minimization."""
     from mtlopt.hypervolume import hypervolume
 
-    return hypervolume(
-        [[member[task]["cross_entropy"] for task in task_names] for member in members], reference
-    )
+    return hypervolume([[member[task][objective] for task in task_names] for member in members], reference)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -347,21 +327,28 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
         hv = record.get("test_hypervolume")
         return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test hypervolume {hv:.4f} ({record['seconds']:.1f} s)"
     test = record["test"]
-    accuracy = " ".join(f"{name} {test[name]['accuracy']:.2f}%" for name in task_names)
-    return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test accuracy {accuracy} ({record['seconds']:.1f} s)"
+    metric = next(iter(test[task_names[0]]))
+    if len(task_names) <= 3:
+        shown = " ".join(f"{name} {test[name][metric]:.4g}" for name in task_names)
+    else:
+        shown = f"mean over {len(task_names)} tasks {statistics.fmean(test[name][metric] for name in task_names):.4g}"
+    return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test {metric} {shown} ({record['seconds']:.1f} s)"
 
 
 def _result(
     config, identity, benchmark, data, runner, history, step_times, device, seconds
 ) -> dict[str, Any]:
-    if runner.produces_set:
+    if runner.produces_set and "val_hypervolume" in history[0]:
         best = max(history, key=lambda r: r["val_hypervolume"])
         selection = "epoch with the best validation hypervolume"
-    else:
+    else:  # the first metric, averaged over tasks (accuracy for classification, MAE for QM9)
+        primary = benchmark.metrics[0]
+        sign = 1.0 if primary.higher_is_better else -1.0
         best = max(
-            history, key=lambda r: statistics.mean(r["val"][t]["accuracy"] for t in benchmark.task_names)
+            history,
+            key=lambda r: sign * statistics.mean(r["val"][t][primary.name] for t in benchmark.task_names),
         )
-        selection = "epoch with the best mean validation accuracy"
+        selection = f"epoch with the best mean validation {primary.name}"
     pick = ["val", "test", "val_members", "test_members", "val_hypervolume", "test_hypervolume"]
     return {
         "format": RESULT_FORMAT,
