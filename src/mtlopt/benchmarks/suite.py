@@ -58,31 +58,40 @@ class DataOptions:
 
 
 class BenchmarkData(ABC):
-    """What the trainer needs of a benchmark's data."""
+    """What the trainer needs of a benchmark's data.
+
+    Evaluation goes through :meth:`evaluator`, an accumulator with ``update(outputs, targets)`` and
+    ``compute() -> {task: {metric: value}}``; the default sums :meth:`metric_sums` over the split.
+    ``task_metrics`` maps each task to its metrics (all tasks share ``metrics`` unless overridden).
+    """
 
     task_names: tuple[str, ...]
     metrics: tuple[Metric, ...]
     meta: dict[str, Any]
     hv_objective: str | None = None  # the per-task metric used as an objective for hypervolumes
 
+    @property
+    def task_metrics(self) -> dict[str, tuple[Metric, ...]]:
+        return {task: self.metrics for task in self.task_names}
+
     @abstractmethod
     def size(self, split: str) -> int:
         """Examples in a split (``"train"``, ``"val"``, ``"test"``)."""
 
     @abstractmethod
-    def batch(self, split: str, index: Tensor, device: torch.device) -> tuple[Any, Tensor]:
+    def batch(self, split: str, index: Tensor, device: torch.device) -> tuple[Any, Any]:
         """(inputs, targets) of the given examples, on ``device``."""
 
     @abstractmethod
-    def task_loss(self, task: int, output: Tensor, targets: Tensor) -> Tensor:
+    def task_loss(self, task: int, output: Tensor, targets: Any) -> Tensor:
         """The training loss of one task (a scalar)."""
 
-    def losses(self, outputs: Sequence[Tensor], targets: Tensor) -> list[Tensor]:
+    def losses(self, outputs: Sequence[Tensor], targets: Any) -> list[Tensor]:
         return [self.task_loss(t, output, targets) for t, output in enumerate(outputs)]
 
-    @abstractmethod
-    def metric_sums(self, outputs: Sequence[Tensor], targets: Tensor) -> Tensor:
-        """(tasks, metrics) float64 sums over the batch; divided by the split size at the end."""
+    def metric_sums(self, outputs: Sequence[Tensor], targets: Any) -> Tensor:
+        """(tasks, metrics) float64 sums over the batch, for the default evaluator."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither metric_sums nor evaluator")
 
     def metric_values(self, sums: Tensor, count: int) -> dict[str, dict[str, float]]:
         values = (sums / count).tolist()
@@ -90,6 +99,25 @@ class BenchmarkData(ABC):
             task: {m.name: values[t][j] for j, m in enumerate(self.metrics)}
             for t, task in enumerate(self.task_names)
         }
+
+    def evaluator(self) -> Any:
+        """A fresh accumulator of the task metrics over a split."""
+        return _SumEvaluator(self)
+
+
+class _SumEvaluator:
+    def __init__(self, data: BenchmarkData) -> None:
+        self.data, self.sums, self.count = data, None, 0
+
+    def update(self, outputs: Sequence[Tensor], targets: Any) -> None:
+        sums = self.data.metric_sums(outputs, targets)
+        self.sums = sums if self.sums is None else self.sums + sums
+        first = targets if isinstance(targets, Tensor) else next(iter(targets.values()))
+        self.count += len(first)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        assert self.sums is not None, "no batch was evaluated"
+        return self.data.metric_values(self.sums.cpu(), self.count)
 
 
 class ImageClassificationData(BenchmarkData):
@@ -305,6 +333,97 @@ BENCHMARKS["qm9"] = Benchmark(
     model=_qm9_model,
     notes="data from the qm9pack package files; MAE per target in its unit",
 )
+
+
+# --- CelebA, NYUv2, Cityscapes (user-supplied data) ---------------------------------------------------
+
+
+def _require_root(name: str, options: DataOptions, layout: str) -> str:
+    from .data.sources import DataUnavailable
+
+    if options.data_root is None:
+        raise DataUnavailable(f"{name} is not obtainable automatically: pass --data-root DIR with {layout}")
+    return options.data_root
+
+
+@functools.lru_cache(maxsize=2)
+def _load_celeba(protocol: str, options: DataOptions) -> BenchmarkData:
+    from .vision_data import CelebAData
+
+    root = _require_root(
+        "CelebA", options, "img_align_celeba/, list_attr_celeba.txt and list_eval_partition.txt"
+    )
+    return CelebAData(root, loss="ce" if protocol == "sener" else "bce", sizes=options.sizes)
+
+
+def _celeba_model(protocol: str) -> MultiTaskModel:
+    from .vision_models import ResNet18MultiTask, VGGMultiTask
+
+    return (
+        ResNet18MultiTask(num_tasks=40, num_classes=2) if protocol == "sener" else VGGMultiTask(num_tasks=40)
+    )
+
+
+def _dense(name: str) -> tuple[Callable[[str, DataOptions], BenchmarkData], Callable[[str], MultiTaskModel]]:
+    @functools.lru_cache(maxsize=2)
+    def load(protocol: str, options: DataOptions) -> BenchmarkData:
+        from .vision_data import DenseData
+
+        root = _require_root(
+            name,
+            options,
+            "train/ and val/ folders of MTAN's preprocessed .npy files (image/, label/, depth/, ...)",
+        )
+        return DenseData(name, root, options.data_seed, sizes=options.sizes, size=None)
+
+    def model(protocol: str) -> MultiTaskModel:
+        from .vision_models import DENSE_TASKS, SegNetMTAN, SegNetSplit
+
+        tasks, classes = (DENSE_TASKS, 13) if name == "nyuv2" else (DENSE_TASKS[:2], 7)
+        return (SegNetSplit if protocol == "segnet" else SegNetMTAN)(tasks=tasks, classes=classes)
+
+    return load, model
+
+
+BENCHMARKS["celeba"] = Benchmark(
+    name="celeba",
+    description="CelebA, 40 binary attributes (user-supplied files); protocols sener (ResNet-18) and pascal (VGG-like CNN)",
+    task_names=(),
+    metrics=(Metric("error", False), Metric("f_score", True)),
+    protocols=("sener", "pascal"),
+    defaults={
+        # Sener & Koltun: 64x64, SGD with momentum, batch 256, 100 epochs, lr halved every 30 epochs.
+        "sener": TrainDefaults(epochs=100, lr=0.01, batch_size=256, lr_decay_every=30, lr_decay=0.5),
+        # Pascal et al.: Adam 1e-3, batch 256, 15 epochs.
+        "pascal": TrainDefaults(epochs=15, lr=1e-3, batch_size=256, optimizer="adam"),
+    },
+    load=_load_celeba,
+    model=_celeba_model,
+)
+for _name, _tasks, _batch, _text in (
+    (
+        "nyuv2",
+        ("segmentation", "depth", "normal"),
+        2,
+        "NYUv2: 13-class segmentation, depth, surface normals (288x384)",
+    ),
+    ("cityscapes", ("segmentation", "depth"), 8, "Cityscapes: 7-class segmentation and depth (128x256)"),
+):
+    _load, _model = _dense(_name)
+    BENCHMARKS[_name] = Benchmark(
+        name=_name,
+        description=f"{_text}; MTAN's .npy files (user-supplied); protocols segnet (split) and mtan",
+        task_names=_tasks,
+        metrics=(),
+        protocols=("segnet", "mtan"),
+        # MTAN / Nash-MTL: Adam 1e-4, halved every 100 epochs, 200 epochs; report the mean of the last 10.
+        defaults={
+            p: TrainDefaults(epochs=200, lr=1e-4, batch_size=_batch, optimizer="adam", lr_decay_every=100)
+            for p in ("segnet", "mtan")
+        },
+        load=_load,
+        model=_model,
+    )
 
 
 def get_benchmark(name: str) -> Benchmark:

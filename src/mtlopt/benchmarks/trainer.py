@@ -148,10 +148,12 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     device = resolve_device(config.device)
     benchmark = get_benchmark(config.benchmark)
     data = benchmark.load(config.protocol, config.data)
-    runner = get_method(config.method)(config.method_options, len(benchmark.task_names), config.seed)
+    runner = get_method(config.method)(config.method_options, len(data.task_names), config.seed)
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
-    steps_per_epoch = math.ceil(data.size("train") / config.batch_size)
+    steps_per_epoch = math.ceil(data.size("train") / config.batch_size) - (
+        data.size("train") % config.batch_size == 1
+    )
     runner.build(
         lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs, data
     )
@@ -182,7 +184,9 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             data.size("train"), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         )
         sums: dict[str, torch.Tensor] = {}
-        batches = range(0, len(order), config.batch_size)
+        # A trailing batch of one example is skipped: BatchNorm cannot train on a single example.
+        last = len(order) - 1 if len(order) % config.batch_size == 1 and len(order) > 1 else len(order)
+        batches = range(0, last, config.batch_size)
         epoch_began = time.perf_counter()
         for start in _progress(
             batches, config.progress, f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}"
@@ -204,19 +208,19 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             "train": {key: [float(v) for v in (total / steps).reshape(-1)] for key, total in sums.items()},
         }
         for split in ("val", "test"):
-            members = evaluate(runner, data, split, benchmark.task_names, device, config.eval_batch_size)
+            members = evaluate(runner, data, split, data.task_names, device, config.eval_batch_size)
             if runner.produces_set:
                 record[f"{split}_members"] = members
             else:
                 record[split] = members[0]
             if benchmark.hv_reference is not None and data.hv_objective is not None:
                 record[f"{split}_hypervolume"] = hypervolume_of(
-                    members, benchmark.task_names, benchmark.hv_reference, data.hv_objective
+                    members, data.task_names, benchmark.hv_reference, data.hv_objective
                 )
         record["seconds"] = time.perf_counter() - epoch_began
         history.append(record)
         _save_checkpoint(checkpoint_path, identity, epoch + 1, runner, history, step_times, device)
-        log(_epoch_line(config, record, benchmark.task_names))
+        log(_epoch_line(config, record, data.task_names))
 
     result = _result(
         config, identity, benchmark, data, runner, history, step_times, device, time.perf_counter() - started
@@ -233,13 +237,16 @@ def evaluate(
     """Every task's metrics on a split, for each member of the method (one for single-model methods)."""
     runner.set_training(False)
     count = data.size(split)
-    sums: list[torch.Tensor] | None = None
+    evaluators: list[Any] | None = None
     for start in range(0, count, batch_size):
         x, y = data.batch(split, torch.arange(start, min(start + batch_size, count)), device)
-        batch_sums = [data.metric_sums(outputs, y) for outputs in runner.predict_members(x)]
-        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
-    assert sums is not None
-    return [data.metric_values(total.cpu(), count) for total in sums]
+        members = runner.predict_members(x)
+        if evaluators is None:
+            evaluators = [data.evaluator() for _ in members]
+        for evaluator, outputs in zip(evaluators, members):
+            evaluator.update(outputs, y)
+    assert evaluators is not None
+    return [evaluator.compute() for evaluator in evaluators]
 
 
 def hypervolume_of(
@@ -327,11 +334,15 @@ def _epoch_line(config: TrainConfig, record: dict[str, Any], task_names) -> str:
         hv = record.get("test_hypervolume")
         return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test hypervolume {hv:.4f} ({record['seconds']:.1f} s)"
     test = record["test"]
-    metric = next(iter(test[task_names[0]]))
+    first = {name: next(iter(test[name])) for name in task_names}
+    metric = first[task_names[0]] if len(set(first.values())) == 1 else "metrics"
     if len(task_names) <= 3:
-        shown = " ".join(f"{name} {test[name][metric]:.4g}" for name in task_names)
+        shown = " ".join(
+            f"{name} {'' if metric != 'metrics' else first[name] + ' '}{test[name][first[name]]:.4g}"
+            for name in task_names
+        )
     else:
-        shown = f"mean over {len(task_names)} tasks {statistics.fmean(test[name][metric] for name in task_names):.4g}"
+        shown = f"mean over {len(task_names)} tasks {statistics.fmean(test[name][first[name]] for name in task_names):.4g}"
     return f"{config.label or config.method} seed {config.seed} epoch {record['epoch']}/{config.epochs}: test {metric} {shown} ({record['seconds']:.1f} s)"
 
 
@@ -341,14 +352,17 @@ def _result(
     if runner.produces_set and "val_hypervolume" in history[0]:
         best = max(history, key=lambda r: r["val_hypervolume"])
         selection = "epoch with the best validation hypervolume"
-    else:  # the first metric, averaged over tasks (accuracy for classification, MAE for QM9)
-        primary = benchmark.metrics[0]
-        sign = 1.0 if primary.higher_is_better else -1.0
-        best = max(
-            history,
-            key=lambda r: sign * statistics.mean(r["val"][t][primary.name] for t in benchmark.task_names),
-        )
-        selection = f"epoch with the best mean validation {primary.name}"
+    else:  # each task's first metric, signed so that higher is better, averaged over tasks
+        primary = {task: metrics[0] for task, metrics in data.task_metrics.items()}
+
+        def score(record: dict[str, Any]) -> float:
+            return statistics.mean(
+                (1.0 if m.higher_is_better else -1.0) * record["val"][t][m.name] for t, m in primary.items()
+            )
+
+        best = max(history, key=score)
+        names = "/".join(dict.fromkeys(m.name for m in primary.values()))
+        selection = f"epoch with the best mean validation {names}"
     pick = ["val", "test", "val_members", "test_members", "val_hypervolume", "test_hypervolume"]
     return {
         "format": RESULT_FORMAT,
@@ -360,8 +374,16 @@ def _result(
         "data": data.meta,
         **runner.describe(),
         "seed": config.seed,
-        "tasks": list(benchmark.task_names),
-        "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in benchmark.metrics},
+        "tasks": list(data.task_names),
+        "metrics": {
+            m.name: ("higher" if m.higher_is_better else "lower")
+            for ms in data.task_metrics.values()
+            for m in ms
+        },
+        "task_metrics": {
+            task: {m.name: ("higher" if m.higher_is_better else "lower") for m in ms}
+            for task, ms in data.task_metrics.items()
+        },
         "training": {
             "epochs": config.epochs,
             "lr": config.lr,
