@@ -99,10 +99,10 @@ def backward(
     shared, shared_names = _shared_parameters(shared_params)
 
     if not weighting.needs_gramian:
+        weighting.prepare(items)
         output = weighting.compute(None, detached)
-        weights = output.weights.to(loss_vector.device, loss_vector.dtype)
         leaves = shared if shared else _leaves(items)
-        torch.autograd.backward((weights * loss_vector).sum(), retain_graph=retain_graph)
+        torch.autograd.backward(weighting.objective(loss_vector, output), retain_graph=retain_graph)
         if check_finite:
             _check_finite_grads(leaves, shared_names if shared else None)
         return _result(names, detached, output.weights, None, output.diagnostics)

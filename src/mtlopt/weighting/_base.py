@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -41,6 +42,11 @@ class Weighting(ABC):
 
     Stateless weightings are pure functions of their input; stateful ones override :meth:`reset`,
     :meth:`state_dict` and :meth:`load_state_dict`.
+
+    Weightings with ``needs_gramian = False`` may also override two hooks of :func:`mtlopt.backward`:
+    :meth:`prepare`, called first with the graph-attached losses (e.g. GradNorm measures per-task
+    gradient norms there), and :meth:`objective`, the differentiable scalar that is backpropagated
+    (by default :math:`\\sum_t w_t L_t`; uncertainty weighting adds its learned terms).
     """
 
     needs_gramian: ClassVar[bool] = True
@@ -57,6 +63,13 @@ class Weighting(ABC):
             gramian: K×K float64 Gramian on the CPU (None when ``needs_gramian`` is False).
             losses: the K detached loss values.
         """
+
+    def prepare(self, losses: Sequence[Tensor]) -> None:
+        """Hook called by :func:`mtlopt.backward` with the graph-attached task losses (no-op)."""
+
+    def objective(self, losses: Tensor, output: WeightingOutput) -> Tensor:
+        r"""The scalar backpropagated when ``needs_gramian`` is False: :math:`\sum_t w_t L_t`."""
+        return (output.weights.to(losses.device, losses.dtype) * losses).sum()
 
     def __call__(self, gramian: Tensor | None, losses: Tensor) -> Tensor:
         """The weights alone (see :meth:`compute`)."""
