@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 
 __all__ = ["AlternatingStepResult", "AlternatingSteps"]
@@ -79,6 +80,10 @@ class AlternatingSteps:
         order: ``"fixed"`` or ``"shuffled"`` (a new group order for every batch).
         seed: seeds the partition and the order (reproducible; saved in :meth:`state_dict`).
         track_distance: accumulate the covered distance of the shared parameters.
+        sync: average each sub-step's gradients across processes (see :mod:`mtlopt.distributed`);
+            every rank draws the same groups and order from ``seed``.
+        scaler: a ``torch.amp.GradScaler``: each sub-step scales its loss, steps through the scaler
+            (skipped on overflow) and updates the scale.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class AlternatingSteps:
         order: Order = "fixed",
         seed: int = 0,
         track_distance: bool = True,
+        sync: Any = "auto",
+        scaler: Any | None = None,
     ) -> None:
         _check_choice("state", state, ("per-group", "shared"))
         _check_choice("regroup", regroup, ("never", "epoch"))
@@ -116,6 +123,8 @@ class AlternatingSteps:
         self.order: Order = order
         self.seed = seed
         self.track_distance = track_distance
+        self.group = resolve_group(sync)
+        self.scaler = scaler
         self._make_optimizer = optimizer
         self._generator = torch.Generator().manual_seed(seed)
         self.groups = self._draw_groups()
@@ -147,10 +156,15 @@ class AlternatingSteps:
             group = self.groups[k]
             self._zero_grad()
             loss = _group_loss(closure(list(group)), group)
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            all_reduce_mean_(grads_of(self._group_parameters(group)), self.group)
             before = [p.detach().clone() for p in self.shared] if self.track_distance else None
             optimizer = self._optimizers[k] if self.state_mode == "per-group" else self._optimizers[0]
-            optimizer.step()
+            if self.scaler is None:
+                optimizer.step()
+            else:
+                self.scaler.step(optimizer)
+                self.scaler.update()
             if before is not None:
                 distance += _distance(self.shared, before)
             losses.append(float(loss.detach()))

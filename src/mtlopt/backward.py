@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import LossesLike, as_loss_vector, as_tensors, check_finite_losses, check_num_tasks
+from .distributed import all_reduce_mean_, all_reduce_sum_, grads_of, resolve_group, world_size
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, choose_method, gramian, jacobian_blocks, walk_graph
 from .weighting._base import Weighting
@@ -71,6 +72,8 @@ def backward(
     method: JacobianMethod = "auto",
     check_finite: bool = True,
     retain_graph: bool = False,
+    sync: Any = "auto",
+    scaler: Any | None = None,
 ) -> BackwardResult:
     """Accumulate the multi-task update of ``weighting`` into ``.grad``.
 
@@ -85,8 +88,17 @@ def backward(
             other tensor requiring grad that the losses reach (found by walking the autograd graph).
         method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
-            or a gradient is NaN or infinite (costs one host synchronization).
+            or a gradient is NaN or infinite (costs one host synchronization). With a ``scaler``,
+            non-finite gradients are left to the scaler, which skips the step.
         retain_graph: keep the graph after the call.
+        sync: synchronize across processes (see :mod:`mtlopt.distributed`): ``"auto"`` (when
+            ``torch.distributed`` runs more than one process), ``False``, or a process group. Every
+            rank then writes the gradient one process would compute on the concatenated batches. Do
+            not also wrap the model in ``DistributedDataParallel``.
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision. The losses are scaled before
+            differentiation and the Gramian unscaled before the weighting sees it; ``.grad`` is left
+            scaled for ``scaler.step(optimizer)``. On overflow ``.grad`` is set to NaN, so that the
+            scaler skips the step and lowers its scale.
 
     Returns:
         The weights, losses, Gramian and diagnostics of this step.
@@ -95,16 +107,21 @@ def backward(
     check_num_tasks(names, weighting.num_tasks, weighting.min_tasks, type(weighting).__name__)
     if check_finite:
         check_finite_losses(names, loss_vector)
-    detached = loss_vector.detach()
+    group = resolve_group(sync)
+    scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+    check_grads = check_finite and scale == 1.0
+    detached = loss_vector.detach().clone()
+    all_reduce_mean_([detached], group)  # weightings see the global batch's losses
     shared, shared_names = _shared_parameters(shared_params)
 
     if not weighting.needs_gramian:
         weighting.prepare(items)
         output = weighting.compute(None, detached)
-        leaves = shared if shared else _leaves(items)
-        torch.autograd.backward(weighting.objective(loss_vector, output), retain_graph=retain_graph)
-        if check_finite:
-            _check_finite_grads(leaves, shared_names if shared else None)
+        leaves = _leaves(items) if group is not None or not shared else shared
+        torch.autograd.backward(weighting.objective(loss_vector, output) * scale, retain_graph=retain_graph)
+        all_reduce_mean_(grads_of(leaves), group)
+        if check_grads:
+            _check_finite_grads(leaves, shared_names if leaves is shared else None)
         return _result(names, detached, output.weights, None, output.diagnostics)
 
     if (shared_params is None) == (features is None):
@@ -113,100 +130,126 @@ def backward(
             "shared_params=... (gradients w.r.t. the shared parameters, e.g. exact MGDA) or "
             "features=... (gradients w.r.t. the shared representation, e.g. MGDA-UB)"
         )
-    if features is not None:
-        return _features_backward(
-            names, items, loss_vector, weighting, features, method, check_finite, retain_graph
-        )
-    return _shared_backward(
-        names,
-        items,
-        loss_vector,
-        weighting,
-        shared,
-        shared_names,
-        head_params,
-        method,
-        check_finite,
-        retain_graph,
+    context = _Context(
+        names, items, loss_vector, weighting, method, check_grads, retain_graph, group, scale, detached
     )
+    if features is not None:
+        return _features_backward(context, features)
+    return _shared_backward(context, shared, shared_names, head_params)
+
+
+@dataclass
+class _Context:
+    names: list[str]
+    items: list[Tensor]
+    loss_vector: Tensor
+    weighting: Weighting
+    method: JacobianMethod
+    check_finite: bool
+    retain_graph: bool
+    group: Any
+    scale: float
+    global_losses: Tensor
+
+    def scaled(self) -> tuple[list[Tensor], Tensor]:
+        if self.scale == 1.0:
+            return self.items, self.loss_vector
+        return [loss * self.scale for loss in self.items], self.loss_vector * self.scale
 
 
 def _shared_backward(
-    names: list[str],
-    items: list[Tensor],
-    loss_vector: Tensor,
-    weighting: Weighting,
-    shared: list[Tensor],
-    shared_names: list[str],
-    head_params: Iterable[Tensor] | None,
-    method: JacobianMethod,
-    check_finite: bool,
-    retain_graph: bool,
+    ctx: _Context, shared: list[Tensor], shared_names: list[str], head_params: Iterable[Tensor] | None
 ) -> BackwardResult:
     if not shared:
         raise ValueError("shared_params is empty: no parameter requires grad")
     shared_ids = {id(p) for p in shared}
-    leaves = _leaves(items)
-    if method == "auto":
-        method = choose_method(items, shared)
+    leaves = _leaves(ctx.items)
+    method = choose_method(ctx.items, shared) if ctx.method == "auto" else ctx.method
     reached = {id(leaf) for leaf in leaves}
     unreached = [name for p, name in zip(shared, shared_names) if id(p) not in reached]
+    items, loss_vector = ctx.scaled()
     blocks = jacobian_blocks(items, shared, method=method, retain_graph=True)
-    G = _gramian_cpu(gramian(blocks), names, check_finite, "the shared parameters", items, shared)
-    output = weighting.compute(G, loss_vector.detach())
+    all_reduce_mean_(blocks, ctx.group)  # the global batch's per-task gradients, before any weighting
+    G = _gramian_cpu(gramian(blocks), ctx, "the shared parameters", shared)
+    heads = [p for p in leaves if id(p) not in shared_ids] if head_params is None else list(head_params)
+    if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
+        _fill_nan([p for p in shared if id(p) in reached] + heads)
+        return _result(
+            ctx.names,
+            ctx.global_losses,
+            torch.full((len(ctx.names),), float("nan")),
+            None,
+            {"skipped": "non-finite scaled gradients"},
+        )
+    output = ctx.weighting.compute(G, ctx.global_losses)
     w = output.weights.to(blocks[0].device, blocks[0].dtype)
     for p, block in zip(shared, blocks):
-        if p.grad is None and id(p) in reached:
-            p.grad = torch.tensordot(w, block, dims=1).to(p.dtype)
-        elif id(p) in reached:
-            p.grad.add_(torch.tensordot(w, block, dims=1).to(p.dtype))
-    heads = [p for p in leaves if id(p) not in shared_ids] if head_params is None else list(head_params)
+        if id(p) not in reached:
+            continue
+        direction = torch.tensordot(w, block, dims=1).to(p.dtype)
+        p.grad = direction if p.grad is None else p.grad.add_(direction)
     if heads:
-        coefficients = _head_coefficients(weighting, output.weights, loss_vector)
-        torch.autograd.backward((coefficients * loss_vector).sum(), inputs=heads, retain_graph=retain_graph)
-        if check_finite:
+        coefficients = _head_coefficients(ctx.weighting, output.weights, loss_vector)
+        torch.autograd.backward(
+            (coefficients * loss_vector).sum(), inputs=heads, retain_graph=ctx.retain_graph
+        )
+        all_reduce_mean_(grads_of(heads), ctx.group)
+        if ctx.check_finite:
             _check_finite_grads(heads, None, what="task-specific parameter")
     diagnostics = dict(output.diagnostics)
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
-    return _result(names, loss_vector.detach(), output.weights, G, diagnostics)
+    return _result(ctx.names, ctx.global_losses, output.weights, G, diagnostics)
 
 
-def _features_backward(
-    names: list[str],
-    items: list[Tensor],
-    loss_vector: Tensor,
-    weighting: Weighting,
-    features: Tensor,
-    method: JacobianMethod,
-    check_finite: bool,
-    retain_graph: bool,
-) -> BackwardResult:
+def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
     if not isinstance(features, Tensor):
         raise TypeError(
             f"features must be one torch.Tensor (the shared representation), got {type(features).__name__}"
         )
     as_tensors(features, "features", hint="pass the encoder's output before any .detach()")
-    (block,) = jacobian_blocks(items, [features], method=method, retain_graph=True)
-    if weighting.feature_batch == "sum":
+    items, loss_vector = ctx.scaled()
+    (block,) = jacobian_blocks(items, [features], method=ctx.method, retain_graph=True)
+    if ctx.weighting.feature_batch == "sum":
         if features.ndim < 2:
             raise ValueError(
                 f"feature_batch='sum' needs features of shape (batch, ...), got shape {tuple(features.shape)}"
             )
         per_task = block.sum(dim=1)
+        all_reduce_mean_([per_task], ctx.group)  # sums over each rank's samples of batch-mean losses
+        local_gramian = gramian(per_task)
     else:
-        per_task = block
-    G = _gramian_cpu(gramian(per_task), names, check_finite, "the features", items, [features])
-    output = weighting.compute(G, loss_vector.detach())
+        local_gramian = gramian(block)
+        if ctx.group is not None:  # a sum over samples: Σ_r G_r / W² for the mean over W equal batches
+            all_reduce_sum_([local_gramian], ctx.group)
+            local_gramian = local_gramian / world_size(ctx.group) ** 2
+    G = _gramian_cpu(local_gramian, ctx, "the features", [features])
+    leaves = _leaves(ctx.items)
+    if G is None:
+        _fill_nan(leaves)
+        return _result(
+            ctx.names,
+            ctx.global_losses,
+            torch.full((len(ctx.names),), float("nan")),
+            None,
+            {"skipped": "non-finite scaled gradients"},
+        )
+    output = ctx.weighting.compute(G, ctx.global_losses)
     w = output.weights.to(block.device, block.dtype)
     feature_grad = torch.tensordot(w, block, dims=1).to(features.dtype)
-    coefficients = _head_coefficients(weighting, output.weights, loss_vector)
+    coefficients = _head_coefficients(ctx.weighting, output.weights, loss_vector)
     handle = features.register_hook(lambda _grad: feature_grad)
     try:
-        torch.autograd.backward((coefficients * loss_vector).sum(), retain_graph=retain_graph)
+        torch.autograd.backward((coefficients * loss_vector).sum(), retain_graph=ctx.retain_graph)
     finally:
         handle.remove()
-    return _result(names, loss_vector.detach(), output.weights, G, dict(output.diagnostics))
+    all_reduce_mean_(grads_of(leaves), ctx.group)
+    return _result(ctx.names, ctx.global_losses, output.weights, G, dict(output.diagnostics))
+
+
+def _fill_nan(params: Iterable[Tensor]) -> None:
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
 
 
 def _head_coefficients(weighting: Weighting, weights: Tensor, loss_vector: Tensor) -> Tensor:
@@ -215,21 +258,24 @@ def _head_coefficients(weighting: Weighting, weights: Tensor, loss_vector: Tenso
     return weights.to(loss_vector.device, loss_vector.dtype)
 
 
-def _gramian_cpu(
-    G: Tensor, names: list[str], check_finite: bool, what: str, items: list[Tensor], inputs: list[Tensor]
-) -> Tensor:
-    G64 = G.detach().to("cpu", torch.float64)
-    if check_finite and not bool(torch.isfinite(G64).all()):
-        # Error path: recompute task by task, since a batched backward can spread one task's NaN to
-        # every row (vmap sends all rows through every node, and 0 · inf = NaN).
-        bad = []
-        for name, loss in zip(names, items):
-            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-            if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                bad.append(name)
-        detail = f"task(s) {', '.join(map(repr, bad))}" if bad else "the tasks (combined)"
-        raise NonFiniteError(f"the gradient of {detail} w.r.t. {what} contains NaN or inf")
-    return G64
+def _gramian_cpu(G: Tensor, ctx: _Context, what: str, inputs: list[Tensor]) -> Tensor | None:
+    """The unscaled float64 Gramian on the CPU; None on overflow under a scaler; errors otherwise."""
+    G64 = G.detach().to("cpu", torch.float64) / ctx.scale**2
+    if bool(torch.isfinite(G64).all()):
+        return G64
+    if ctx.scale != 1.0:
+        return None
+    if not ctx.check_finite:
+        return G64
+    # Error path: recompute task by task, since a batched backward can spread one task's NaN to
+    # every row (vmap sends all rows through every node, and 0 · inf = NaN).
+    bad = []
+    for name, loss in zip(ctx.names, ctx.items):
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            bad.append(name)
+    detail = f"task(s) {', '.join(map(repr, bad))}" if bad else "the tasks (combined)"
+    raise NonFiniteError(f"the gradient of {detail} w.r.t. {what} contains NaN or inf")
 
 
 def _shared_parameters(

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ._checks import LossesLike, as_loss_vector, check_finite_losses
+from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, jacobian_blocks
 
@@ -145,13 +146,18 @@ class MAO(torch.optim.Optimizer):
         method: JacobianMethod = "auto",
         check_finite: bool = True,
         retain_graph: bool = False,
+        sync: Any = "auto",
+        scaler: Any | None = None,
     ) -> Tensor:
-        """Per-task gradients of the shared parameters and ordinary gradients of the others.
+        r"""Per-task gradients of the shared parameters and ordinary gradients of the others.
 
         The shared parameters' per-task gradients come from one Jacobian computation
         (:func:`mtlopt.gradients.jacobian_blocks`); task-specific parameters get ``.grad`` from one
-        backward pass of :math:`\\sum_t L_t` restricted to them (each head receives its own task's
-        gradient). Returns the K detached losses.
+        backward pass of :math:`\sum_t L_t` restricted to them (each head receives its own task's
+        gradient). With ``sync`` (see :mod:`mtlopt.distributed`) the per-task gradients are averaged
+        across processes before the moments see them. With a ``GradScaler`` the losses are scaled and the
+        per-task gradients unscaled here; use ``scaler.step(optimizer)`` as usual. Returns the K
+        detached losses.
         """
         names, items, vector = as_loss_vector(losses)
         if len(items) != self.num_tasks:
@@ -160,19 +166,34 @@ class MAO(torch.optim.Optimizer):
             )
         if check_finite:
             check_finite_losses(names, vector)
+        group = resolve_group(sync)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         others = [p for p in self.task_specific_parameters() if p.requires_grad]
-        blocks = jacobian_blocks(items, shared, method=method, retain_graph=bool(others) or retain_graph)
-        if check_finite:
-            for block in blocks:
-                if not bool(torch.isfinite(block).all()):
-                    bad = [n for n, row in zip(names, block) if not bool(torch.isfinite(row).all())]
-                    raise NonFiniteError(
-                        f"the gradient of task(s) {', '.join(map(repr, bad))} w.r.t. a shared parameter contains NaN or inf"
-                    )
+        scaled = items if scale == 1.0 else [loss * scale for loss in items]
+        blocks = jacobian_blocks(scaled, shared, method=method, retain_graph=bool(others) or retain_graph)
+        all_reduce_mean_(blocks, group)
+        if scale != 1.0:
+            blocks = [block / scale for block in blocks]
+        if not all(bool(torch.isfinite(block).all()) for block in blocks):
+            if scale != 1.0:  # overflow: NaN gradients make scaler.step skip this step
+                for p in shared:
+                    p.grad = torch.full_like(p, float("nan"))
+                self._task_grads.clear()
+                return vector.detach()
+            if check_finite:
+                bad = [
+                    n
+                    for t, n in enumerate(names)
+                    if not all(bool(torch.isfinite(b[t]).all()) for b in blocks)
+                ]
+                raise NonFiniteError(
+                    f"the gradient of task(s) {', '.join(map(repr, bad))} w.r.t. a shared parameter contains NaN or inf"
+                )
         self.set_task_gradients(dict(zip(shared, blocks)))
         if others:
-            torch.autograd.backward(vector.sum(), inputs=others, retain_graph=retain_graph)
+            torch.autograd.backward(sum(scaled), inputs=others, retain_graph=retain_graph)
+            all_reduce_mean_(grads_of(others), group)
         return vector.detach()
 
     def set_task_gradients(self, gradients: Mapping[Tensor, Tensor]) -> None:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .distributed import all_gather_stack, resolve_group, world_size
 from .preferences import check_preferences
 from .scalarization import IdealPoint, linear, tchebycheff
 
@@ -155,6 +156,11 @@ class Population:
         vectorize: ``"auto"`` (vectorized on accelerators unless a module keeps running statistics,
             a loop on the CPU), ``"always"``, ``"never"``.
         total_steps: training length, for decaying transfer schedules.
+        sync: spread the members over processes (see :mod:`mtlopt.distributed`): with W ranks, each
+            rank passes its K/W ``models`` (rank r holds members r·K/W .. (r+1)·K/W − 1) and all K
+            ``preferences``; every rank must feed the same batches. The transfer gathers the other
+            ranks' parameters; checkpoints gather every member.
+        scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (the step goes through it).
     """
 
     def __init__(
@@ -169,13 +175,23 @@ class Population:
         vectorize: Literal["auto", "always", "never"] = "auto",
         total_steps: int | None = None,
         ideal_margin: float = 1e-3,
+        sync: Any = "auto",
+        scaler: Any | None = None,
     ) -> None:
         models = list(models)
         if not models:
             raise ValueError("a population needs at least one model")
         self.preferences = check_preferences(preferences, torch.as_tensor(preferences).shape[-1])
-        if self.preferences.shape[0] != len(models):
-            raise ValueError(f"{len(models)} models but {self.preferences.shape[0]} preference vectors")
+        self.group = resolve_group(sync)
+        self.world = world_size(self.group)
+        rank = torch.distributed.get_rank(self.group) if self.group is not None else 0
+        if self.preferences.shape[0] != len(models) * self.world:
+            where = f" on each of {self.world} processes" if self.world > 1 else ""
+            raise ValueError(
+                f"{len(models)} models{where} but {self.preferences.shape[0]} preference vectors"
+            )
+        self.local = slice(rank * len(models), (rank + 1) * len(models))
+        self.scaler = scaler
         if scalarization not in ("linear", "tchebycheff"):
             raise ValueError(f"scalarization must be 'linear' or 'tchebycheff', got {scalarization!r}")
         if vectorize not in ("auto", "always", "never"):
@@ -251,16 +267,21 @@ class Population:
                 losses = torch.stack([loss_fn(model(inputs), targets) for model in self.models])
         else:
             losses = torch.stack([loss_fn(model(inputs), targets) for model in self.models])
-        if losses.shape != self.preferences.shape:
+        if losses.shape != self.preferences[self.local].shape:
             raise ValueError(
                 f"loss_fn must return {self.preferences.shape[1]} task losses per member, got shape {tuple(losses.shape[1:])}"
             )
         scalarized = self._scalarize(losses)
         self.optimizer.zero_grad(set_to_none=True)
         before = self._snapshot()
-        scalarized.sum().backward()  # members are independent: the sum's gradient is each member's own
+        total = scalarized.sum()  # members are independent: the sum's gradient is each member's own
+        (total if self.scaler is None else self.scaler.scale(total)).backward()
         strength = self.transfer.strength_at(self.steps, self.total_steps)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if strength > 0.0 and self.steps % self.transfer.every == 0:
             self._mix(before, transfer_matrix(self.preferences, strength, self.transfer.neighbours))
         self.steps += 1
@@ -274,10 +295,16 @@ class Population:
         return [{n: t.detach().clone() for n, t in m.state_dict().items()} for m in self.models]
 
     def state_dict(self) -> dict[str, Any]:
+        """Every member's parameters and optimizer state (gathered from all ranks when distributed)."""
+        local = {"members": self.member_state_dicts(), "optimizer": self.optimizer.state_dict()}
+        parts = [local]
+        if self.group is not None:
+            parts = [None] * self.world
+            torch.distributed.all_gather_object(parts, local, group=self.group)
         return {
             "vectorized": self.vectorized,
-            "members": self.member_state_dicts(),
-            "optimizer": self.optimizer.state_dict(),
+            "members": [m for part in parts for m in part["members"]],
+            "optimizers": [part["optimizer"] for part in parts],
             "steps": self.steps,
             "ideal": self.ideal.state_dict(),
         }
@@ -285,14 +312,20 @@ class Population:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["vectorized"] != self.vectorized:
             raise ValueError("the state was saved in the other vectorization mode")
+        if len(state["optimizers"]) != self.world:
+            raise ValueError(
+                f"the state was saved with {len(state['optimizers'])} processes, this run has {self.world}"
+            )
+        members = state["members"][self.local]
+        rank = self.local.start // max(1, self.local.stop - self.local.start)
         with torch.no_grad():
             if self.vectorized:
                 for name, tensor in {**self._params, **self._buffers}.items():
-                    tensor.copy_(torch.stack([member[name] for member in state["members"]]))
+                    tensor.copy_(torch.stack([member[name] for member in members]))
             else:
-                for model, member in zip(self.models, state["members"], strict=True):
+                for model, member in zip(self.models, members, strict=True):
                     model.load_state_dict(member)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizers"][rank])
         self.steps = int(state["steps"])
         self.ideal.load_state_dict(state["ideal"])
 
@@ -310,10 +343,15 @@ class Population:
         )
 
     def _scalarize(self, losses: Tensor) -> Tensor:
+        preferences = self.preferences[self.local]
         if self.scalarization == "linear":
-            return linear(losses, self.preferences)
+            return linear(losses, preferences)
         self.ideal.update(losses)
-        return tchebycheff(losses, self.preferences, self.ideal.value)
+        if self.group is not None:  # the ideal point over every rank's members
+            torch.distributed.all_reduce(
+                self.ideal.minimum, op=torch.distributed.ReduceOp.MIN, group=self.group
+            )
+        return tchebycheff(losses, preferences, self.ideal.value)
 
     def _named_member_tensors(self, name: str) -> Tensor | list[Tensor]:
         if self.vectorized:
@@ -335,8 +373,9 @@ class Population:
 
     @torch.no_grad()
     def _mix(self, before: dict[str, Tensor], M: Tensor) -> None:
-        delta = M - torch.eye(M.shape[0], dtype=M.dtype)
-        for name, old in before.items():
+        delta = (M - torch.eye(M.shape[0], dtype=M.dtype))[self.local]
+        for name, local_old in before.items():
+            old = all_gather_stack(local_old, self.group)  # every member's parameters, in member order
             shift = torch.tensordot(delta.to(old), old, dims=1)  # Σ_j M_kj θ^j_old − θ^k_old
             tensors = self._named_member_tensors(name)
             if isinstance(tensors, Tensor):

@@ -1,0 +1,171 @@
+"""Training cases run once in a single process on global batches and once by two gloo processes that
+each take half of every batch (tests/test_distributed.py compares them)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+import mtlopt
+
+STEPS, BATCH, TASKS = 3, 8, 3
+
+
+class Net(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 8), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(TASKS))
+        self.double()
+
+    def losses(self, x, y, tasks=range(TASKS)):
+        z = self.encoder(x)
+        return [(self.heads[t](z).squeeze(1) - y[:, t]).pow(2).mean() for t in tasks], z
+
+
+def batches():
+    g = torch.Generator().manual_seed(123)
+    return [
+        (
+            torch.randn(BATCH, 6, generator=g, dtype=torch.float64),
+            torch.randn(BATCH, TASKS, generator=g, dtype=torch.float64),
+        )
+        for _ in range(STEPS)
+    ]
+
+
+def shard(tensor, rank, world):
+    size = tensor.shape[0] // world
+    return tensor[rank * size : (rank + 1) * size]
+
+
+def state(model: nn.Module, extra=None) -> dict[str, torch.Tensor]:
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for key, value in (extra or {}).items():
+        out[key] = value.detach().clone()
+    return out
+
+
+def weighting_case(make_weighting, mode):
+    def run(rank, world):
+        model = Net()
+        weighting = make_weighting()
+        params = list(model.parameters()) + (
+            list(weighting.parameters()) if isinstance(weighting, nn.Module) else []
+        )
+        optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        for x, y in batches():
+            x, y = shard(x, rank, world), shard(y, rank, world)
+            optimizer.zero_grad()
+            losses, z = model.losses(x, y)
+            kwargs = (
+                {"shared_params": model.encoder}
+                if mode == "shared"
+                else {"features": z}
+                if mode == "features"
+                else {}
+            )
+            mtlopt.backward(losses, weighting, **kwargs)
+            optimizer.step()
+        extra = {
+            f"weighting.{k}": v for k, v in weighting.state_dict().items() if isinstance(v, torch.Tensor)
+        }
+        return state(model, extra)
+
+    return run
+
+
+def mao_case(rank, world):
+    model = Net()
+    optimizer = mtlopt.MAO(
+        [{"params": model.encoder.parameters(), "shared": True}, {"params": model.heads.parameters()}],
+        num_tasks=TASKS,
+        lr=1e-2,
+    )
+    for x, y in batches():
+        optimizer.zero_grad()
+        losses, _ = model.losses(shard(x, rank, world), shard(y, rank, world))
+        optimizer.backward(losses)
+        optimizer.step()
+    first = next(iter(model.encoder.parameters()))
+    return state(
+        model,
+        {"exp_avg": optimizer.state[first]["exp_avg"], "exp_avg_sq": optimizer.state[first]["exp_avg_sq"]},
+    )
+
+
+def alternating_case(rank, world):
+    model = Net()
+    steps = mtlopt.AlternatingSteps(
+        model.encoder,
+        model.heads,
+        functools.partial(torch.optim.Adam, lr=1e-2),
+        group_size=2,
+        order="shuffled",
+        seed=3,
+    )
+    for x, y in batches():
+        x, y = shard(x, rank, world), shard(y, rank, world)
+        steps.step(lambda group, x=x, y=y: model.losses(x, y, group)[0])
+    return state(model)
+
+
+def population_case(rank, world):
+    members = 4
+    mine = range(rank * members // world, (rank + 1) * members // world)
+    models = [Net(seed=k) for k in mine]
+    population = mtlopt.Population(
+        models,
+        mtlopt.preference_vectors(3, 15)[:members],
+        functools.partial(torch.optim.SGD, lr=0.1),
+        scalarization="tchebycheff",
+        transfer=mtlopt.Transfer(strength=0.2, neighbours=2),
+    )
+
+    def task_losses(model_outputs, targets):
+        return torch.stack(
+            [(o.squeeze(1) - targets[:, t]).pow(2).mean() for t, o in enumerate(model_outputs)]
+        )
+
+    for model in models:  # members map x to the list of task outputs
+        model.forward = functools.partial(lambda m, x: [h(m.encoder(x)) for h in m.heads], model)
+    for x, y in batches():
+        population.step(x, y, task_losses)  # every rank sees the whole batch; members are split
+    gathered = population.state_dict()["members"]
+    return {f"member{k}.{name}": value for k, member in enumerate(gathered) for name, value in member.items()}
+
+
+CASES = {
+    "ew": weighting_case(mtlopt.EW, "plain"),
+    "fixed": weighting_case(lambda: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
+    "mgda": weighting_case(mtlopt.MGDA, "shared"),
+    "mgda-normalized": weighting_case(
+        lambda: mtlopt.MGDA(normalization="loss+", head_weighting="weighted"), "shared"
+    ),
+    "mgda-ub": weighting_case(mtlopt.MGDA, "features"),
+    "mgda-ub-sum": weighting_case(lambda: mtlopt.MGDA(feature_batch="sum"), "features"),
+    "mao": mao_case,
+    "alternating": alternating_case,
+    "population": population_case,
+}
+
+
+def run_cases(rank: int, world: int, names) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: CASES[name](rank, world) for name in names}
+
+
+def worker(rank: int, world: int, port: int, names, out_dir: str) -> None:
+    """Entry point of each spawned process."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.save(run_cases(rank, world, names), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
