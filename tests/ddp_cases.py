@@ -53,7 +53,7 @@ def state(model: nn.Module, extra=None) -> dict[str, torch.Tensor]:
 def weighting_case(make_weighting, mode):
     def run(rank, world):
         model = Net()
-        weighting = make_weighting()
+        weighting = make_weighting(model)
         params = list(model.parameters()) + (
             list(weighting.parameters()) if isinstance(weighting, nn.Module) else []
         )
@@ -140,18 +140,19 @@ def population_case(rank, world):
 
 
 CASES = {
-    "ew": weighting_case(mtlopt.EW, "plain"),
-    "fixed": weighting_case(lambda: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
-    "mgda": weighting_case(mtlopt.MGDA, "shared"),
-    "mgda-normalized": weighting_case(
-        lambda: mtlopt.MGDA(normalization="loss+", head_weighting="weighted"), "shared"
-    ),
-    "mgda-ub": weighting_case(mtlopt.MGDA, "features"),
-    "mgda-ub-sum": weighting_case(lambda: mtlopt.MGDA(feature_batch="sum"), "features"),
+    "ew": weighting_case(lambda model: mtlopt.EW(), "plain"),
+    "fixed": weighting_case(lambda model: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
+    "mgda": weighting_case(lambda model: mtlopt.MGDA(), "shared"),
+    "mgda-normalized": weighting_case(lambda model: mtlopt.MGDA(normalization="loss+", head_weighting="weighted"), "shared"),
+    "mgda-ub": weighting_case(lambda model: mtlopt.MGDA(), "features"),
+    "mgda-ub-sum": weighting_case(lambda model: mtlopt.MGDA(feature_batch="sum"), "features"),
+    "uw": weighting_case(lambda model: mtlopt.UncertaintyWeighting(TASKS, task_types=["regression", "classification", "regression"]).double(), "plain"),
+    "gradnorm": weighting_case(lambda model: mtlopt.GradNorm(TASKS, model.encoder[2].parameters(), alpha=1.5), "plain"),
+    "pcgrad": weighting_case(lambda model: mtlopt.PCGrad(seed=4), "shared"),
     "mao": mao_case,
     "alternating": alternating_case,
     "population": population_case,
-}
+}  # fmt: skip
 
 
 def run_cases(rank: int, world: int, names) -> dict[str, dict[str, torch.Tensor]]:

@@ -12,7 +12,16 @@ from .min_norm import MinNormResult, min_norm
 from .population import Population, PopulationStepResult, Transfer, transfer_matrix
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
-from .weighting import EW, MGDA, FixedWeights, Weighting, WeightingOutput
+from .weighting import (
+    EW,
+    MGDA,
+    FixedWeights,
+    GradNorm,
+    PCGrad,
+    UncertaintyWeighting,
+    Weighting,
+    WeightingOutput,
+)
 
 try:
     __version__ = version("mtlopt")
@@ -27,12 +36,15 @@ __all__ = [
     "AlternatingSteps",
     "BackwardResult",
     "FixedWeights",
+    "GradNorm",
     "IdealPoint",
     "MinNormResult",
     "NonFiniteError",
+    "PCGrad",
     "Population",
     "PopulationStepResult",
     "Transfer",
+    "UncertaintyWeighting",
     "Weighting",
     "WeightingOutput",
     "__version__",

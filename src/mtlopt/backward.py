@@ -31,7 +31,16 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import LossesLike, as_loss_vector, as_tensors, check_finite_losses, check_num_tasks
-from .distributed import all_reduce_mean_, all_reduce_sum_, grads_of, resolve_group, world_size
+from .distributed import (
+    all_reduce_mean_,
+    all_reduce_sum_,
+    grads_of,
+    resolve_group,
+    world_size,
+)
+from .distributed import (
+    scale_of as _scale_of,
+)
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, choose_method, gramian, jacobian_blocks, walk_graph
 from .weighting._base import Weighting
@@ -108,17 +117,20 @@ def backward(
     if check_finite:
         check_finite_losses(names, loss_vector)
     group = resolve_group(sync)
-    scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+    scale = _scale_of(scaler, loss_vector)
     check_grads = check_finite and scale == 1.0
     detached = loss_vector.detach().clone()
     all_reduce_mean_([detached], group)  # weightings see the global batch's losses
     shared, shared_names = _shared_parameters(shared_params)
 
+    weighting.sync_group = group
     if not weighting.needs_gramian:
         weighting.prepare(items)
         output = weighting.compute(None, detached)
-        leaves = _leaves(items) if group is not None or not shared else shared
-        torch.autograd.backward(weighting.objective(loss_vector, output) * scale, retain_graph=retain_graph)
+        objective = weighting.objective(loss_vector, output)
+        # Leaves of the objective: the model's parameters and any the weighting adds (uncertainty's).
+        leaves = _leaves([objective]) if group is not None or not shared else shared
+        torch.autograd.backward(objective * scale, retain_graph=retain_graph)
         all_reduce_mean_(grads_of(leaves), group)
         if check_grads:
             _check_finite_grads(leaves, shared_names if leaves is shared else None)

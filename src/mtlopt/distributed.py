@@ -108,6 +108,14 @@ def all_gather_stack(tensor: Tensor, group: Any | None) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def scale_of(scaler: Any | None, like: Tensor) -> float:
+    """A GradScaler's current scale (1.0 without one); ``scaler.scale`` creates the scale tensor lazily."""
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    scaler.scale(like.detach().reshape(-1)[:1])
+    return float(scaler.get_scale())
+
+
 def grads_of(params: Iterable[Tensor]) -> list[Tensor]:
     """The existing ``.grad`` of the parameters (those without one are skipped)."""
     return [p.grad for p in params if p.grad is not None]

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ._checks import LossesLike, as_loss_vector, check_finite_losses
 from .distributed import all_reduce_mean_, grads_of, resolve_group
+from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, jacobian_blocks
 
@@ -167,7 +168,7 @@ class MAO(torch.optim.Optimizer):
         if check_finite:
             check_finite_losses(names, vector)
         group = resolve_group(sync)
-        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        scale = _scale_of(scaler, vector)
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         others = [p for p in self.task_specific_parameters() if p.requires_grad]
         scaled = items if scale == 1.0 else [loss * scale for loss in items]

@@ -51,6 +51,9 @@ class Weighting(ABC):
 
     needs_gramian: ClassVar[bool] = True
     min_tasks: ClassVar[int] = 1
+    # Set by mtlopt.backward to the process group it synchronizes over (None in one process): a weighting
+    # that measures gradients or losses itself (in prepare) averages them over this group.
+    sync_group: Any = None
     head_weighting: HeadWeighting = "weighted"
     feature_batch: FeatureBatch = "flatten"
     num_tasks: int | None = None
