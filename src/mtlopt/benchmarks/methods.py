@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import mtlopt
+from mtlopt.distributed import resolve_group, world_size
 
 from .models import MultiTaskModel
 
@@ -55,6 +56,7 @@ class MethodRunner(ABC):
     description: ClassVar[str]
     options: ClassVar[tuple[Option, ...]] = ()
     produces_set: ClassVar[bool] = False  # True for methods that train one model per trade-off
+    scaler: Any = None  # a torch.amp.GradScaler under float16 mixed precision (set by the trainer)
 
     def __init__(self, options: dict[str, Any], num_tasks: int, seed: int = 0) -> None:
         unknown = sorted(set(options) - {option.name for option in self.options})
@@ -93,6 +95,16 @@ class MethodRunner(ABC):
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """All optimizers (the trainer sets their learning rate each epoch)."""
+
+    def _step(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Step the optimizers, through the GradScaler when there is one (one scale update per step)."""
+        for optimizer in optimizers:
+            if self.scaler is None:
+                optimizer.step()
+            else:
+                self.scaler.step(optimizer)
+        if self.scaler is not None:
+            self.scaler.update()
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch changes (e.g. regrouping tasks)."""
@@ -176,8 +188,8 @@ class SingleModelRunner(MethodRunner):
         self.optimizer.zero_grad(set_to_none=True)
         z = self.model.encoder(x)
         losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
-        result = mtlopt.backward(losses, self._weighting, **self.backward_kwargs(z))
-        self.optimizer.step()
+        result = mtlopt.backward(losses, self._weighting, scaler=self.scaler, **self.backward_kwargs(z))
+        self._step(self.optimizer)
         return {"loss": result.losses, "weights": result.weights}
 
     def predict(self, x):
@@ -295,8 +307,8 @@ class STLRunner(MethodRunner):
         for t, (model, optimizer) in enumerate(zip(self.models, self._optimizers)):
             optimizer.zero_grad(set_to_none=True)
             loss = self.tasks.task_loss(t, model.heads[t](model.encoder(x)), targets)
-            mtlopt.backward([loss], mtlopt.EW())
-            optimizer.step()
+            mtlopt.backward([loss], mtlopt.EW(), scaler=self.scaler)
+            self._step(optimizer)
             losses.append(loss.detach())
         return {"loss": torch.stack(losses)}
 
@@ -342,6 +354,7 @@ class AlternatingRunner(MethodRunner):
             order=self.config["order"],
             regroup=self.config["regroup"],
             seed=self.seed,
+            scaler=self.scaler,
         )
 
     def train_step(self, x, targets):
@@ -427,8 +440,8 @@ class MAORunner(MethodRunner):
         self.optimizer.zero_grad()
         z = self.model.encoder(x)
         losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
-        values = self.optimizer.backward(losses)
-        self.optimizer.step()
+        values = self.optimizer.backward(losses, scaler=self.scaler)
+        self._step(self.optimizer)
         logged = {"loss": values}
         if self.config["balance"] == "on":
             shares = self.optimizer.balance(self.model.named_parameters())
@@ -470,16 +483,23 @@ class PopulationRunner(MethodRunner):
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
         self.tasks = tasks
         count = self.config["num-models"]
-        models = [make_model() for _ in range(count)]
+        models = [make_model() for _ in range(count)]  # every rank builds the same K models
+        group = resolve_group("auto")
+        world, rank = world_size(group), (torch.distributed.get_rank(group) if group is not None else 0)
+        if count % world:
+            raise ValueError(
+                f"--num-models {count} must be a multiple of the {world} processes (members are split among them)"
+            )
         self.preferences = mtlopt.preference_vectors(self.num_tasks, count)
         self.population = mtlopt.Population(
-            models,
+            models[rank * count // world : (rank + 1) * count // world],
             self.preferences,
             optimizer.make,
             scalarization=self.config["scalarization"],
             transfer=self.transfer(),
             shared=lambda name: name.startswith("encoder."),
             total_steps=total_steps,
+            scaler=self.scaler,
         )
 
     def train_step(self, x, targets):

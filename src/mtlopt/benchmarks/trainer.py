@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     eval_batch_size: int = 1000
+    amp: str = "off"  # "off", "bf16" (autocast) or "fp16" (autocast and a GradScaler)
     label: str | None = None  # how reports name this run (e.g. "grid[task-weights=0.3,0.7]")
 
     def resolved(self) -> TrainConfig:
@@ -101,6 +102,7 @@ class TrainConfig:
             ("lr-decay", config.lr_decay, 0 < config.lr_decay <= 1, "in (0, 1]"),
             ("threads", config.threads, config.threads >= 1, "an integer >= 1"),
             ("optimizer", config.optimizer, config.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
+            ("amp", config.amp, config.amp in ("off", "bf16", "fp16"), "'off', 'bf16' or 'fp16'"),
         ]
         for name, value, ok, expected in checks:
             if not ok:
@@ -127,6 +129,7 @@ class TrainConfig:
             "lr_decay": self.lr_decay,
             "seed": self.seed,
             "data": data,
+            **({"amp": self.amp} if self.amp != "off" else {}),
         }
 
 
@@ -145,10 +148,17 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     out.mkdir(parents=True, exist_ok=True)
 
     torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    process_group, rank, world = _distributed(config.device)
+    device = resolve_device(config.device, rank if process_group is not None else None)
+    log = log if rank == 0 else (lambda message: None)
     benchmark = get_benchmark(config.benchmark)
     data = benchmark.load(config.protocol, config.data)
     runner = get_method(config.method)(config.method_options, len(data.task_names), config.seed)
+    if world > 1 and not runner.produces_set and config.batch_size % world:
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be a multiple of the {world} processes (it is the global batch)"
+        )
+    runner.scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
     steps_per_epoch = math.ceil(data.size("train") / config.batch_size) - (
@@ -157,12 +167,19 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     runner.build(
         lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs, data
     )
+    autocast = _autocast(config.amp, device)
 
     start_epoch, history, step_times = 0, [], []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         _check_same_run(state["identity"], identity, out)
+        if state.get("world", 1) != world:
+            raise RunConflict(
+                f"{out} was checkpointed with {state.get('world', 1)} processes; resume it with the same number"
+            )
         runner.load_state_dict(state["runner"])
+        if runner.scaler is not None and state.get("scaler"):
+            runner.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["cpu"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -192,9 +209,13 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             batches, config.progress, f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}"
         ):
             index = order[start : start + config.batch_size]
+            if world > 1 and not runner.produces_set:  # this rank's contiguous share of the global batch
+                share = len(index) // world
+                index = index[rank * share : (rank + 1) * share]
             x, y = data.batch("train", index, device)
             began = time.perf_counter()
-            logged = runner.train_step(x, y)
+            with autocast:
+                logged = runner.train_step(x, y)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - began)
@@ -208,7 +229,12 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             "train": {key: [float(v) for v in (total / steps).reshape(-1)] for key, total in sums.items()},
         }
         for split in ("val", "test"):
-            members = evaluate(runner, data, split, data.task_names, device, config.eval_batch_size)
+            with autocast:
+                members = evaluate(runner, data, split, data.task_names, device, config.eval_batch_size)
+            if runner.produces_set and process_group is not None:  # every rank's members, in member order
+                gathered: list[Any] = [None] * world
+                torch.distributed.all_gather_object(gathered, members, group=process_group)
+                members = [m for part in gathered for m in part]
             if runner.produces_set:
                 record[f"{split}_members"] = members
             else:
@@ -219,14 +245,33 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 )
         record["seconds"] = time.perf_counter() - epoch_began
         history.append(record)
-        _save_checkpoint(checkpoint_path, identity, epoch + 1, runner, history, step_times, device)
+        runner_state = runner.state_dict()  # collective for distributed populations: every rank calls it
+        if rank == 0:
+            _save_checkpoint(
+                checkpoint_path,
+                identity,
+                epoch + 1,
+                runner_state,
+                history,
+                step_times,
+                device,
+                world,
+                runner.scaler,
+            )
+        if process_group is not None:
+            torch.distributed.barrier(process_group)
         log(_epoch_line(config, record, data.task_names))
 
     result = _result(
         config, identity, benchmark, data, runner, history, step_times, device, time.perf_counter() - started
     )
     result["environment"]["git_commit"] = commit
-    write_json_atomic(result_path, result)
+    result["environment"]["processes"] = world
+    result["environment"]["amp"] = config.amp
+    if rank == 0:
+        write_json_atomic(result_path, result)
+    if process_group is not None:
+        torch.distributed.barrier(process_group)
     return result
 
 
@@ -258,10 +303,11 @@ def hypervolume_of(
     return hypervolume([[member[task][objective] for task in task_names] for member in members], reference)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            index = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is not None else None
+            return torch.device("cuda", index) if index is not None else torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -283,12 +329,16 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def _save_checkpoint(path, identity, epoch, runner, history, step_times, device) -> None:
+def _save_checkpoint(
+    path, identity, epoch, runner_state, history, step_times, device, world=1, scaler=None
+) -> None:
     state = {
         "format": RESULT_FORMAT,
         "identity": identity,
         "epoch": epoch,
-        "runner": runner.state_dict(),
+        "world": world,
+        "runner": runner_state,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {
             "cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -302,6 +352,25 @@ def _save_checkpoint(path, identity, epoch, runner, history, step_times, device)
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
+
+
+def _distributed(device: str) -> tuple[Any, int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (if any)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None, 0, 1
+    if not torch.distributed.is_initialized():
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.group.WORLD, torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _autocast(amp: str, device: torch.device):
+    import contextlib
+
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _check_same_run(saved: dict[str, Any] | None, identity: dict[str, Any], out: Path) -> None:

@@ -1,0 +1,78 @@
+"""Mixed precision: the solvers read unscaled gradients, skipped steps on overflow, every method trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mtlopt
+from ddp_cases import Net, batches
+from mtlopt.benchmarks.cli import main
+
+SMALL = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["shared", "features"])
+def test_solvers_see_unscaled_gradients(mode):
+    """With a GradScaler (scale 2^16) the Gramian and the weights equal those of an unscaled step, and the
+    written gradients are the scaled ones, which scaler.step() unscales."""
+    x, y = batches()[0]
+    results, grads = [], []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**16)):
+        model = Net()
+        losses, z = model.losses(x, y)
+        kwargs = {"shared_params": model.encoder} if mode == "shared" else {"features": z}
+        results.append(mtlopt.backward(losses, mtlopt.MGDA(normalization="l2"), scaler=scaler, **kwargs))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(results[1].gramian, results[0].gramian, rtol=1e-10, atol=0)
+    torch.testing.assert_close(results[1].weights, results[0].weights, rtol=1e-10, atol=1e-12)
+    for scaled, plain in zip(grads[1], grads[0]):
+        torch.testing.assert_close(scaled, plain * 2.0**16, rtol=1e-10, atol=1e-12)
+
+
+def test_overflow_makes_the_scaler_skip_the_step():
+    model = Net().float()
+    x, y = (t.float() for t in batches()[0])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=3e38)  # float32 overflows at once
+    before = [p.detach().clone() for p in model.parameters()]
+    losses, _ = model.losses(x, y)
+    result = mtlopt.backward(losses, mtlopt.MGDA(), shared_params=model.encoder, scaler=scaler)
+    scaler.step(optimizer)
+    scaler.update()
+    assert result.diagnostics.get("skipped") and scaler.get_scale() < 3e38
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_every_method_trains_without_nan_under_autocast(tmp_path, amp):
+    methods = "ew,stl,mgda,mgda-ub,grid,alternating,mao,ls-sweep[num-models=2],mtgd[num-models=2]"
+    out = tmp_path / amp
+    assert (
+        main(
+            [
+                "compare",
+                *SMALL,
+                "--methods",
+                methods,
+                "--amp",
+                amp,
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for path in (out / "runs").glob("*/seed0/result.json"):
+        result = json.loads(path.read_text())
+        assert result["environment"]["amp"] == amp and result["identity"]["amp"] == amp
+        members = result["final"].get("test_members") or [result["final"]["test"]]
+        for member in members:
+            for values in member.values():
+                assert all(v == v and abs(v) < float("inf") for v in values.values()), (path, values)
