@@ -335,5 +335,6 @@ def test_compare_mixes_set_and_single_model_methods(tmp_path):
 def test_pareto_refuses_single_model_methods(tmp_path, capsys):
     assert main(["pareto", *SMALL, "--method", "ew", "--out", str(tmp_path)]) == 2
     assert (
-        "ew trains one model; `mtlopt pareto` takes a set method (ls-sweep, mtgd)" in capsys.readouterr().err
+        "ew trains one model; `mtlopt pareto` takes a set method (ls-sweep, mtgd, pmtl, epo)"
+        in capsys.readouterr().err
     )

@@ -3,8 +3,13 @@ one process takes on the whole batch (every method), and the two ranks stay iden
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -36,3 +41,44 @@ def test_two_processes_take_the_single_process_update(two_ranks, case):
         torch.testing.assert_close(
             rank0[name], value, rtol=1e-10, atol=1e-12, msg=f"{case}: {name} differs from one process"
         )
+
+
+SMALL = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", "--quiet", "--batch-size", "64", "--lr", "0.05", "--epochs", "2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [("train", ["mgda-ub"]), ("pareto", ["pmtl", "--num-models", "2"])],
+)
+def test_torchrun_cli_equals_one_process(tmp_path, command, method):
+    """`torchrun --nproc_per_node 2 -m mtlopt ...` trains what one process trains: the global batch is
+    split over the ranks (the members of a set over the ranks) and rank 0 alone writes and reports."""
+    env = dict(os.environ, MTLOPT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = ["-m", "mtlopt", command, *SMALL, "--method", *method]
+    launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+    results, outputs = {}, {}
+    for name, launcher in launchers.items():
+        run = subprocess.run(
+            [sys.executable, *launcher, *args, "--out", str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        results[name] = json.loads((tmp_path / name / "result.json").read_text())
+        outputs[name] = run.stdout
+    assert results["one"]["environment"]["processes"] == 1 and results["two"]["environment"]["processes"] == 2
+    key = "test_members" if command == "pareto" else "test"
+    for a, b in zip(results["one"]["history"], results["two"]["history"], strict=True):
+        np.testing.assert_allclose(_numbers(b[key]), _numbers(a[key]), rtol=1e-4, atol=1e-5)
+    assert len(outputs["two"].splitlines()) == len(outputs["one"].splitlines()) == 1  # rank 0 reports
+
+
+def _numbers(tree) -> list[float]:
+    """The numbers of a nested dict/list, in a fixed order."""
+    if isinstance(tree, dict):
+        return [x for key in sorted(tree) for x in _numbers(tree[key])]
+    if isinstance(tree, list):
+        return [x for item in tree for x in _numbers(item)]
+    return [float(tree)]

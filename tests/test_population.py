@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
+from mtlopt import EW, FixedWeights, ParetoMTL, circle_preferences
 from mtlopt.hypervolume import hypervolume, non_dominated
 from mtlopt.population import Population, Transfer, transfer_matrix
 from mtlopt.preferences import check_preferences, das_dennis, preference_vectors
@@ -297,6 +298,55 @@ def test_state_dict_resumes_exactly():
         resumed.step(x, y, two_task_loss)
     for a, b in zip(members(pop), members(resumed)):
         assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_per_member_fixed_weights_equal_the_linear_scalarization():
+    data = batches(4)
+    transfer = Transfer(strength=0.1, parameters="all")
+    scalarized = population("never", transfer)
+    prefs = preference_vectors(2, 4)
+    weighted = population("auto", transfer, weightings=[FixedWeights(p.tolist()) for p in prefs])
+    assert not weighted.vectorized
+    for x, y in data:
+        a = scalarized.step(x, y, two_task_loss)
+        b = weighted.step(x, y, two_task_loss)
+        torch.testing.assert_close(a.losses, b.losses)
+        torch.testing.assert_close(a.scalarized, b.scalarized)
+    for a, b in zip(members(scalarized), members(weighted)):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_pareto_mtl_members_resume_exactly():
+    data = batches(6)
+
+    def make():
+        rays = circle_preferences(3)
+        return population(
+            "never", None, K=3, weightings=[ParetoMTL(rays, k, warmup_steps=2) for k in range(3)]
+        )
+
+    pop = make()
+    for x, y in data[:3]:
+        pop.step(x, y, two_task_loss)
+    saved = copy.deepcopy(pop.state_dict())
+    for x, y in data[3:]:
+        pop.step(x, y, two_task_loss)
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for x, y in data[3:]:
+        resumed.step(x, y, two_task_loss)
+    for a, b in zip(members(pop), members(resumed)):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_weightings_errors():
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    models = [TwoTaskNet(0), TwoTaskNet(1)]
+    with pytest.raises(ValueError, match="1 weightings for 2 models"):
+        Population(models, preference_vectors(2, 2), sgd, weightings=[FixedWeights([0.5, 0.5])])
+    with pytest.raises(ValueError, match="train the members in a loop"):
+        Population(models, preference_vectors(2, 2), sgd, vectorize="always", weightings=[EW(), EW()])
 
 
 def test_population_input_errors():

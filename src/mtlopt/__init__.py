@@ -13,14 +13,18 @@ from .population import Population, PopulationStepResult, Transfer, transfer_mat
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
 from .weighting import (
+    EPO,
     EW,
     MGDA,
     FixedWeights,
     GradNorm,
+    ParetoMTL,
     PCGrad,
     UncertaintyWeighting,
     Weighting,
     WeightingOutput,
+    circle_preferences,
+    non_uniformity,
 )
 
 try:
@@ -29,6 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "EPO",
     "EW",
     "MAO",
     "MGDA",
@@ -41,6 +46,7 @@ __all__ = [
     "MinNormResult",
     "NonFiniteError",
     "PCGrad",
+    "ParetoMTL",
     "Population",
     "PopulationStepResult",
     "Transfer",
@@ -50,6 +56,7 @@ __all__ = [
     "__version__",
     "backward",
     "check_preferences",
+    "circle_preferences",
     "das_dennis",
     "feature_jacobian",
     "gramian",
@@ -57,6 +64,7 @@ __all__ = [
     "jacobian",
     "min_norm",
     "non_dominated",
+    "non_uniformity",
     "preference_vectors",
     "transfer_matrix",
 ]

@@ -161,6 +161,9 @@ class Population:
             ``preferences``; every rank must feed the same batches. The transfer gathers the other
             ranks' parameters; checkpoints gather every member.
         scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (the step goes through it).
+        weightings: instead of a scalarization, one :class:`mtlopt.Weighting` per (local) member, e.g.
+            Pareto MTL or EPO for that member's preference: each member's update is then
+            ``mtlopt.backward(its losses, its weighting, shared_params=member)`` (per-member loop).
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class Population:
         ideal_margin: float = 1e-3,
         sync: Any = "auto",
         scaler: Any | None = None,
+        weightings: Sequence[Any] | None = None,
     ) -> None:
         models = list(models)
         if not models:
@@ -192,6 +196,18 @@ class Population:
             )
         self.local = slice(rank * len(models), (rank + 1) * len(models))
         self.scaler = scaler
+        if weightings is not None:
+            weightings = list(weightings)
+            if len(weightings) != len(models):
+                raise ValueError(
+                    f"{len(weightings)} weightings for {len(models)} models: give one per member"
+                )
+            if vectorize == "always":
+                raise ValueError(
+                    "per-member weightings train the members in a loop: use vectorize='auto' or 'never'"
+                )
+            vectorize = "never"
+        self.weightings = weightings
         if scalarization not in ("linear", "tchebycheff"):
             raise ValueError(f"scalarization must be 'linear' or 'tchebycheff', got {scalarization!r}")
         if vectorize not in ("auto", "always", "never"):
@@ -257,6 +273,8 @@ class Population:
             inputs, targets: one batch, shared by all members.
             loss_fn: ``loss_fn(outputs, targets)`` → the m task losses of one member, shape (m,).
         """
+        if self.weightings is not None:
+            return self._weighted_step(inputs, targets, loss_fn)
         if self.vectorized:
             try:
                 losses = self._vectorized_losses(inputs, targets, loss_fn)
@@ -287,6 +305,29 @@ class Population:
         self.steps += 1
         return PopulationStepResult(losses.detach(), scalarized.detach(), strength)
 
+    def _weighted_step(self, inputs, targets, loss_fn) -> PopulationStepResult:
+        from .backward import backward
+
+        self.optimizer.zero_grad(set_to_none=True)
+        before = self._snapshot()
+        rows, combined = [], []
+        for model, weighting in zip(self.models, self.weightings):
+            losses = loss_fn(model(inputs), targets)
+            # A member lives on one rank and sees the whole batch: nothing to synchronize.
+            result = backward(losses, weighting, shared_params=model, sync=False, scaler=self.scaler)
+            rows.append(result.losses)
+            combined.append((result.weights.to(result.losses) * result.losses).sum())
+        strength = self.transfer.strength_at(self.steps, self.total_steps)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if strength > 0.0 and self.steps % self.transfer.every == 0:
+            self._mix(before, transfer_matrix(self.preferences, strength, self.transfer.neighbours))
+        self.steps += 1
+        return PopulationStepResult(torch.stack(rows), torch.stack(combined), strength)
+
     def member_state_dicts(self) -> list[dict[str, Tensor]]:
         """Each member's ``state_dict`` (parameters and buffers), detached copies."""
         if self.vectorized:
@@ -303,6 +344,7 @@ class Population:
             torch.distributed.all_gather_object(parts, local, group=self.group)
         return {
             "vectorized": self.vectorized,
+            "weightings": [w.state_dict() for w in self.weightings] if self.weightings is not None else None,
             "members": [m for part in parts for m in part["members"]],
             "optimizers": [part["optimizer"] for part in parts],
             "steps": self.steps,
@@ -326,6 +368,9 @@ class Population:
                 for model, member in zip(self.models, members, strict=True):
                     model.load_state_dict(member)
         self.optimizer.load_state_dict(state["optimizers"][rank])
+        if self.weightings is not None and state.get("weightings"):
+            for weighting, saved in zip(self.weightings, state["weightings"]):
+                weighting.load_state_dict(saved)
         self.steps = int(state["steps"])
         self.ideal.load_state_dict(state["ideal"])
 

@@ -6,6 +6,7 @@ Bad arguments and missing data print one line starting with ``mtlopt: error:`` a
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -133,13 +134,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-sources", type=int, help="use at most N source images per split (quick runs)")
     data.add_argument("--sizes", type=_sizes, help="pmtl composites per split, e.g. 108000,12000,20000")
     methods = parser.add_argument_group("method options (each applies to the methods that accept it)")
-    for option in method_options(list(METHODS)).values():
+    for flag, definitions in method_options(list(METHODS)).items():
         methods.add_argument(
-            f"--{option.name}",
-            dest=_dest(option.name),
-            default=argparse.SUPPRESS,
-            choices=option.choices,
-            help=f"{option.help} (default: {_show(option.default)})",
+            f"--{flag}", dest=_dest(flag), default=argparse.SUPPRESS, help=_option_help(definitions)
         )
 
 
@@ -156,10 +153,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     runner = get_method(args.method)
-    options = _given_options(args, [runner])
+    options = _given_options(args, [runner])[runner.name]
     config = _config(args, args.method, options, args.seed, Path(args.out))
     result = train(config)
-    _print_final(result)
+    if _main_process():
+        _print_final(result)
     return 0
 
 
@@ -170,8 +168,12 @@ def _pareto(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.method} trains one model; `mtlopt pareto` takes a set method ({sets}); use `mtlopt train`"
         )
-    config = _config(args, args.method, _given_options(args, [runner]), args.seed, Path(args.out))
+    config = _config(
+        args, args.method, _given_options(args, [runner])[runner.name], args.seed, Path(args.out)
+    )
     result = train(config)
+    if not _main_process():  # under torchrun, rank 0 writes the plots and reports
+        return 0
     from .report import hv_reference, plot_front, plot_hypervolume
 
     runs = {result["label"]: [result]}
@@ -193,12 +195,13 @@ def _compare(args: argparse.Namespace) -> int:
     shared = _given_options(args, runners)
     out = Path(args.out)
     for label, name, options in variants:
-        accepted = {o.name for o in get_method(name).options}
-        merged = {**{k: v for k, v in shared.items() if k in accepted}, **options}
+        merged = {**shared[name], **options}
         for seed in range(args.seeds):
             config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
             config.label = label
             train(config)
+    if not _main_process():
+        return 0
     from .report import summarize
 
     summary = summarize(out, [label for label, _, _ in variants])
@@ -251,27 +254,45 @@ def _config(
     )
 
 
-def _given_options(args: argparse.Namespace, runners) -> dict[str, Any]:
-    """Method options set on the command line, parsed; each must apply to at least one method."""
-    accepted = {o.name: o for runner in runners for o in runner.options}
-    given = {}
-    for option in method_options(list(METHODS)).values():
-        if not hasattr(args, _dest(option.name)):
+def _option_help(definitions: list[tuple[str, Option]]) -> str:
+    """One flag's help: its meaning, choices and default per method when the methods differ."""
+    parts = []
+    for _, option in definitions:
+        choices = f" {{{','.join(option.choices)}}}" if option.choices else ""
+        parts.append(f"{option.help}{choices} (default: {_show(option.default)})")
+    if len(set(parts)) == 1:
+        return parts[0]
+    return "; ".join(f"{method}: {part}" for (method, _), part in zip(definitions, parts))
+
+
+def _given_options(args: argparse.Namespace, runners) -> dict[str, dict[str, Any]]:
+    """Method options set on the command line, parsed by each method that accepts them.
+
+    Returns ``{method: {option: value}}``; every flag given must apply to at least one of the methods.
+    """
+    given: dict[str, dict[str, Any]] = {runner.name: {} for runner in runners}
+    for flag in method_options(list(METHODS)):
+        if not hasattr(args, _dest(flag)):
             continue
-        if option.name not in accepted:
+        text = getattr(args, _dest(flag))
+        accepting = [(r, o) for r in runners for o in r.options if o.name == flag]
+        if not accepting:
             names = ", ".join(sorted({r.name for r in runners}))
-            raise UsageError(f"--{option.name} does not apply to {names}")
-        given[option.name] = _parse_option(option, getattr(args, _dest(option.name)))
+            raise UsageError(f"--{flag} does not apply to {names}")
+        for runner, option in accepting:
+            given[runner.name][flag] = _parse_option(option, text, f"--{flag} ({runner.name})")
     return given
 
 
-def _parse_option(option: Option, text: str) -> Any:
+def _parse_option(option: Option, text: str, where: str) -> Any:
     if option.choices is not None:
+        if text not in option.choices:
+            raise UsageError(f"{where}: {text!r}; expected one of {', '.join(option.choices)}")
         return text
     try:
         return option.parse(text)
     except ValueError as error:
-        raise UsageError(f"--{option.name} {text!r}: {error}") from None
+        raise UsageError(f"{where} {text!r}: {error}") from None
 
 
 _VARIANT = re.compile(r"^([a-z0-9+-]+)(?:\[(.*)\])?$")
@@ -294,9 +315,7 @@ def _expand(spec: str, grid_points: int, num_tasks: int) -> list[tuple[str, str,
                 raise UsageError(
                     f"{item}: {key!r} is not an option of {name} (options: {', '.join(o.name for o in runner.options) or 'none'})"
                 )
-            if option.choices is not None and value not in option.choices:
-                raise UsageError(f"{item}: {key}={value!r}; expected one of {', '.join(option.choices)}")
-            options[key] = _parse_option(option, value)
+            options[key] = _parse_option(option, value, f"{item}: {key}=")
         if name == "grid" and not options:
             if num_tasks != 2:
                 raise UsageError(
@@ -336,6 +355,11 @@ def _split_outside_brackets(text: str) -> list[str]:
 
 def _directory_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+=-]+", "_", label).strip("_")
+
+
+def _main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun launch (they train but do not report)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _dest(name: str) -> str:

@@ -9,6 +9,7 @@ one-line description and the command-line options it accepts.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class MethodRunner(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     produces_set: ClassVar[bool] = False  # True for methods that train one model per trade-off
     scaler: Any = None  # a torch.amp.GradScaler under float16 mixed precision (set by the trainer)
+    steps_per_epoch: int = 1  # training steps per epoch (set by the trainer before build)
 
     def __init__(self, options: dict[str, Any], num_tasks: int, seed: int = 0) -> None:
         unknown = sorted(set(options) - {option.name for option in self.options})
@@ -161,6 +163,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(p) for p in text.replace(" ", "").split(",") if p)
@@ -174,17 +183,21 @@ class SingleModelRunner(MethodRunner):
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
         self.tasks = tasks
         self.model = make_model()
-        self.optimizer = optimizer.make(self.model.parameters())
+        self._weighting = self.weighting()
+        learned = list(self._weighting.parameters()) if isinstance(self._weighting, nn.Module) else []
+        groups = [{"params": list(self.model.parameters())}]
+        if learned:  # e.g. uncertainty weighting's log-variances: trained by the same optimizer, no decay
+            groups.append({"params": learned, "weight_decay": 0.0})
+        self.optimizer = optimizer.make(groups)
 
     def weighting(self) -> mtlopt.Weighting:
+        """The method's weighting (called in ``build``, after the model exists)."""
         raise NotImplementedError
 
     def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
         return {}
 
     def train_step(self, x, targets):
-        if not hasattr(self, "_weighting"):
-            self._weighting = self.weighting()
         self.optimizer.zero_grad(set_to_none=True)
         z = self.model.encoder(x)
         losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
@@ -200,6 +213,13 @@ class SingleModelRunner(MethodRunner):
 
     def optimizers(self):
         return [self.optimizer]
+
+    def state_dict(self):
+        return {**super().state_dict(), "weighting": self._weighting.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._weighting.load_state_dict(state["weighting"])
 
 
 @register
@@ -288,6 +308,73 @@ class GridRunner(SingleModelRunner):
     def weighting(self):
         weights = self.config["task-weights"] or (1.0 / self.num_tasks,) * self.num_tasks
         return mtlopt.FixedWeights(weights)
+
+
+@register
+class UWRunner(SingleModelRunner):
+    name = "uw"
+    description = "uncertainty weighting (Kendall et al. 2018): learned log-variance weight per task"
+    options = (
+        Option(
+            "convention",
+            "paper",
+            "the paper's per-task-type terms or LibMTL's regression form for every task",
+            ("paper", "libmtl"),
+        ),
+    )
+
+    def weighting(self):
+        convention = self.config["convention"]
+        types = self.tasks.task_types if convention == "paper" else None
+        uw = mtlopt.UncertaintyWeighting(self.num_tasks, types, convention)
+        return uw.to(next(self.model.parameters()).device)
+
+
+def last_parameterized_layer(module: nn.Module) -> nn.Module:
+    """The last submodule (in registration order) that owns parameters directly."""
+    layers = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no parameters")
+    return layers[-1]
+
+
+@register
+class GradNormRunner(SingleModelRunner):
+    name = "gradnorm"
+    description = (
+        "GradNorm (Chen et al. 2018): weights balancing per-task gradient norms at the last shared layer"
+    )
+    options = (
+        Option("alpha", 1.5, "asymmetry alpha", parse=float),
+        Option("weight-lr", 0.025, "step size of the task-weight update", parse=float),
+        Option("weight-optimizer", "adam", "update of the task weights", ("adam", "sgd")),
+    )
+
+    def weighting(self):
+        layer = last_parameterized_layer(self.model.encoder)
+        return mtlopt.GradNorm(
+            self.num_tasks,
+            layer,
+            alpha=self.config["alpha"],
+            lr=self.config["weight-lr"],
+            optimizer=self.config["weight-optimizer"],
+        )
+
+
+@register
+class PCGradRunner(SingleModelRunner):
+    name = "pcgrad"
+    description = "PCGrad (Yu et al. 2020): task gradients projected off each other's conflicting parts"
+    options = (
+        Option("order", "shuffled", "task order of the projections", ("shuffled", "fixed")),
+        Option("reduction", "sum", "combine the projected gradients by sum or mean", ("sum", "mean")),
+    )
+
+    def weighting(self):
+        return mtlopt.PCGrad(seed=self.seed, order=self.config["order"], reduction=self.config["reduction"])
+
+    def backward_kwargs(self, z):
+        return {"shared_params": self.model.encoder}
 
 
 @register
@@ -480,6 +567,14 @@ class PopulationRunner(MethodRunner):
     def transfer(self) -> Any:
         return None
 
+    def member_preferences(self, count: int) -> Tensor:
+        """The (count, m) preference vectors of the members (on the simplex)."""
+        return mtlopt.preference_vectors(self.num_tasks, count)
+
+    def weightings(self, members: range) -> list[mtlopt.Weighting] | None:
+        """Per-member weightings for the given member indices (None: the scalarization)."""
+        return None
+
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
         self.tasks = tasks
         count = self.config["num-models"]
@@ -490,16 +585,18 @@ class PopulationRunner(MethodRunner):
             raise ValueError(
                 f"--num-models {count} must be a multiple of the {world} processes (members are split among them)"
             )
-        self.preferences = mtlopt.preference_vectors(self.num_tasks, count)
+        self.preferences = self.member_preferences(count)
+        local = range(rank * count // world, (rank + 1) * count // world)
         self.population = mtlopt.Population(
-            models[rank * count // world : (rank + 1) * count // world],
+            models[local.start : local.stop],
             self.preferences,
             optimizer.make,
-            scalarization=self.config["scalarization"],
+            scalarization=self.config.get("scalarization", "linear"),  # unused with weightings
             transfer=self.transfer(),
             shared=lambda name: name.startswith("encoder."),
             total_steps=total_steps,
             scaler=self.scaler,
+            weightings=self.weightings(local),
         )
 
     def train_step(self, x, targets):
@@ -554,7 +651,7 @@ class MTGDRunner(PopulationRunner):
         *_SET_OPTIONS,
         Option(
             "transfer-strength",
-            0.01,
+            mtlopt.Transfer().strength,
             "rho: weight taken from the neighbours at each transfer",
             parse=_fraction,
         ),
@@ -581,10 +678,113 @@ class MTGDRunner(PopulationRunner):
         )
 
 
-def method_options(names: Sequence[str]) -> dict[str, Option]:
-    """The options of the given methods, by flag name (a flag shared by methods must agree)."""
-    merged: dict[str, Option] = {}
+_RAY_SET_OPTIONS = (
+    Option("num-models", 5, "models in the set, one per preference ray", parse=_positive_int),
+    Option(
+        "head-weighting",
+        "weighted",
+        "heads get w_t grad L_t (official code) or grad L_t",
+        ("weighted", "unweighted"),
+    ),
+)
+
+
+def _rays(num_tasks: int, count: int, min_angle: float, max_angle: float) -> Tensor:
+    """Unit rays: evenly spaced angles for two tasks, normalized simplex points otherwise."""
+    if num_tasks == 2:
+        return mtlopt.circle_preferences(count, min_angle, max_angle)
+    points = mtlopt.preference_vectors(num_tasks, count).clamp_min(1e-4)
+    return points / points.norm(dim=1, keepdim=True)
+
+
+class RaySetRunner(PopulationRunner):
+    """One member per preference ray, each trained with its own gradient-based weighting."""
+
+    angles: ClassVar[tuple[float, float]] = (0.0, 0.5 * math.pi)
+
+    def rays(self, count: int) -> Tensor:
+        return _rays(self.num_tasks, count, *self.angles)
+
+    def member_preferences(self, count):
+        rays = self.rays(count)
+        return rays / rays.sum(dim=1, keepdim=True)
+
+    def describe(self):
+        return {**super().describe(), "rays": self.rays(self.config["num-models"]).tolist()}
+
+
+@register
+class ParetoMTLRunner(RaySetRunner):
+    name = "pmtl"
+    description = "Pareto MTL (Lin et al. 2019): one model per preference region, constrained MGDA steps"
+    options = (
+        *_RAY_SET_OPTIONS,
+        Option(
+            "warmup-epochs",
+            None,
+            "cap on the feasibility phase in epochs (default: until feasible; official code: 2)",
+            parse=_non_negative,
+        ),
+        Option(
+            "weight-scale",
+            "none",
+            "main-phase weights as in the paper or rescaled to sum |w| = K (official code)",
+            ("none", "num-tasks"),
+        ),
+    )
+
+    def weightings(self, members):
+        rays = self.rays(self.config["num-models"])
+        warmup = self.config["warmup-epochs"]
+        steps = None if warmup is None else round(warmup * self.steps_per_epoch)
+        return [
+            mtlopt.ParetoMTL(
+                rays,
+                k,
+                warmup_steps=steps,
+                weight_scale=self.config["weight-scale"],
+                head_weighting=self.config["head-weighting"],
+            )
+            for k in members
+        ]
+
+
+@register
+class EPORunner(RaySetRunner):
+    name = "epo"
+    description = (
+        "EPO search (Mahapatra & Rajan 2020): one model per preference ray, exact-Pareto-optimal steps"
+    )
+    options = (
+        *_RAY_SET_OPTIONS,
+        Option("descent", "restricted", "descent-mode linear program", ("restricted", "relaxed")),
+        Option("eps", 1e-4, "non-uniformity threshold between balance and descent mode", parse=float),
+    )
+    # The official MultiMNIST runs: rays strictly inside the quadrant (EPO needs r > 0).
+    angles = (1e-4 * 0.5 * math.pi, (1.0 - 1e-4) * 0.5 * math.pi)
+
+    def weightings(self, members):
+        rays = self.rays(self.config["num-models"])
+        return [
+            mtlopt.EPO(
+                rays[k],
+                eps=self.config["eps"],
+                descent=self.config["descent"],
+                head_weighting=self.config["head-weighting"],
+            )
+            for k in members
+        ]
+
+
+def method_options(names: Sequence[str]) -> dict[str, list[tuple[str, Option]]]:
+    """Every method's definition of each option flag: ``{flag: [(method, option), ...]}``.
+
+    Methods may define the same flag differently (``--order`` is a group order for ``alternating`` and a
+    projection order for ``pcgrad``): a value given on the command line is checked by each method that
+    accepts the flag, against its own choices and parser.
+    """
+    merged: dict[str, list[tuple[str, Option]]] = {}
     for name in names:
         for option in get_method(name).options:
-            merged.setdefault(option.name, option)
+            merged.setdefault(option.name, []).append((name, option))
     return merged

@@ -71,6 +71,11 @@ class BenchmarkData(ABC):
     hv_objective: str | None = None  # the per-task metric used as an objective for hypervolumes
 
     @property
+    def task_types(self) -> tuple[str, ...]:
+        """``"classification"`` or ``"regression"`` per task (the kind of its training loss)."""
+        return ("classification",) * len(self.task_names)
+
+    @property
     def task_metrics(self) -> dict[str, tuple[Metric, ...]]:
         return {task: self.metrics for task in self.task_names}
 
@@ -162,6 +167,10 @@ class QM9Data(BenchmarkData):
     """
 
     metrics = REGRESSION_METRICS
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return ("regression",) * len(self.task_names)
 
     def __init__(self, graphs, splits: dict[str, np.ndarray], task_names, meta) -> None:
         self.graphs = graphs

@@ -164,6 +164,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     steps_per_epoch = math.ceil(data.size("train") / config.batch_size) - (
         data.size("train") % config.batch_size == 1
     )
+    runner.steps_per_epoch = steps_per_epoch
     runner.build(
         lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs, data
     )

@@ -272,7 +272,8 @@ def _linprog() -> Any:
 def _check_preference(preference: Any) -> np.ndarray:
     try:
         r = np.array(
-            preference.detach().cpu() if isinstance(preference, Tensor) else preference, dtype=np.float64
+            preference.detach().cpu().numpy() if isinstance(preference, Tensor) else preference,
+            dtype=np.float64,
         )
     except (TypeError, ValueError) as error:
         raise ValueError(f"EPO preference must be a vector of K numbers: {error}") from None
