@@ -147,3 +147,11 @@ def test_the_real_package_data(tmp_path):
     # Known statistics of PyG's QM9 targets (atomization energies in eV).
     assert means["U0"] == pytest.approx(-76.11, abs=0.05) and means["mu"] == pytest.approx(2.67, abs=0.01)
     assert means["homo"] == pytest.approx(-6.54, abs=0.01) and means["cv"] == pytest.approx(31.62, abs=0.01)
+
+
+def test_the_cli_prints_regression_metrics(capsys):
+    from mtlopt.benchmarks.cli import _print_final
+
+    final = {"epoch": 3, "test": {"mu": {"mae": 0.52}, "cv": {"mae": 0.25}}}
+    _print_final({"label": "uw", "seed": 1, "final": final})
+    assert capsys.readouterr().out == "uw seed 1 after 3 epochs: mu: mae 0.52, cv: mae 0.25\n"

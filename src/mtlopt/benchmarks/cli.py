@@ -396,6 +396,8 @@ def _print_final(result: dict[str, Any]) -> None:
     test = result["final"]["test"]
     cells = ", ".join(
         f"{task}: {values['accuracy']:.2f}% acc, {values['cross_entropy']:.4f} CE"
+        if set(values) == {"accuracy", "cross_entropy"}
+        else f"{task}: " + ", ".join(f"{metric} {value:.4g}" for metric, value in values.items())
         for task, values in test.items()
     )
     print(f"{result['label']} seed {result['seed']} after {result['final']['epoch']} epochs: {cells}")
