@@ -294,15 +294,7 @@ class Population:
         before = self._snapshot()
         total = scalarized.sum()  # members are independent: the sum's gradient is each member's own
         (total if self.scaler is None else self.scaler.scale(total)).backward()
-        strength = self.transfer.strength_at(self.steps, self.total_steps)
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        if strength > 0.0 and self.steps % self.transfer.every == 0:
-            self._mix(before, transfer_matrix(self.preferences, strength, self.transfer.neighbours))
-        self.steps += 1
+        strength = self._step_and_transfer(before)
         return PopulationStepResult(losses.detach(), scalarized.detach(), strength)
 
     def _weighted_step(self, inputs, targets, loss_fn) -> PopulationStepResult:
@@ -317,6 +309,11 @@ class Population:
             result = backward(losses, weighting, shared_params=model, sync=False, scaler=self.scaler)
             rows.append(result.losses)
             combined.append((result.weights.to(result.losses) * result.losses).sum())
+        strength = self._step_and_transfer(before)
+        return PopulationStepResult(torch.stack(rows), torch.stack(combined), strength)
+
+    def _step_and_transfer(self, before: dict[str, Tensor]) -> float:
+        """The optimizer step (through the scaler), then the transfer from the pre-step parameters."""
         strength = self.transfer.strength_at(self.steps, self.total_steps)
         if self.scaler is None:
             self.optimizer.step()
@@ -326,7 +323,7 @@ class Population:
         if strength > 0.0 and self.steps % self.transfer.every == 0:
             self._mix(before, transfer_matrix(self.preferences, strength, self.transfer.neighbours))
         self.steps += 1
-        return PopulationStepResult(torch.stack(rows), torch.stack(combined), strength)
+        return strength
 
     def member_state_dicts(self) -> list[dict[str, Tensor]]:
         """Each member's ``state_dict`` (parameters and buffers), detached copies."""
