@@ -100,3 +100,26 @@ def as_tensors(
         if not tensor.requires_grad:
             raise ValueError(f"{label} (shape {tuple(tensor.shape)}) does not require grad; {hint}")
     return items
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every element of every tensor is finite, with one fused kernel per device.
+
+    The kernel is the one ``torch.amp.GradScaler`` checks gradients with
+    (``torch._amp_foreach_non_finite_check_and_unscale_``), with an inverse scale of exactly 1, which
+    leaves every value as it is; about 8× faster on the CPU than one reduction per tensor (LeNet with
+    40 heads: 160 tensors). Where the kernel is missing, one float64 sum per tensor.
+    """
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for tensor in tensors:
+        by_device.setdefault(tensor.device, []).append(tensor)
+    flags = []
+    for device, group in by_device.items():
+        found = torch.zeros(1, device=device)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+            sums = torch.stack([t.sum(dtype=torch.float64) for t in group])
+            found = (~torch.isfinite(sums)).any().reshape(1).to(torch.float32)
+        flags.append(found.cpu() if len(by_device) > 1 else found)
+    return not bool(torch.cat(flags).any()) if len(flags) > 1 else not bool(flags[0].any())

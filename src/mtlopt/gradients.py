@@ -9,7 +9,8 @@ Two ways to compute J, with the same result:
 
 - ``"batched"``: one call of ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over the K
   one-hot output gradients);
-- ``"loop"``: K calls of ``torch.autograd.grad``.
+- ``"loop"``: K calls of ``torch.autograd.grad``, each writing its row of one preallocated K×P matrix
+  (:func:`jacobian_matrix`): the Jacobian is held once, and its per-parameter blocks are views.
 
 ``"auto"`` (:func:`choose_method`) decides from the structure of the graph, with no timing:
 
@@ -60,7 +61,9 @@ def jacobian(
     """
     _, items, _ = as_loss_vector(losses)
     inputs = as_tensors(params, "params")
-    blocks = jacobian_blocks(items, inputs, method=method, retain_graph=retain_graph)
+    matrix, blocks = jacobian_matrix(items, inputs, method=method, retain_graph=retain_graph)
+    if matrix is not None:
+        return matrix
     return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
 
 
@@ -114,11 +117,52 @@ def jacobian_blocks(
     retain_graph: bool = True,
 ) -> list[Tensor]:
     """Per-input Jacobian blocks of shape (K, *input.shape) for K scalar losses."""
+    return jacobian_matrix(losses, inputs, method=method, retain_graph=retain_graph)[1]
+
+
+def jacobian_matrix(
+    losses: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    *,
+    method: JacobianMethod = "auto",
+    retain_graph: bool = True,
+) -> tuple[Tensor | None, list[Tensor]]:
+    """The K×P Jacobian (when it is one tensor) and its per-input blocks of shape (K, *input.shape).
+
+    With the loop method (and inputs of one dtype and device), each task's gradients are written into
+    one preallocated (K, P) matrix and the blocks are views of it: the Jacobian is held once (not as K
+    rows plus a stacked copy), its Gramian is one matmul, and a combination of its rows one
+    matrix-vector product. The batched method returns one block per input (the matrix is None).
+    """
     if method not in _METHODS:
         raise ValueError(f"unknown Jacobian method {method!r}; expected one of {', '.join(_METHODS)}")
     K = len(losses)
     if method == "auto":
         method = choose_method(losses, inputs)
+    if method == "loop" and len({(t.dtype, t.device) for t in inputs}) == 1:
+        sizes = [t.numel() for t in inputs]
+        matrix = torch.empty(K, sum(sizes), dtype=inputs[0].dtype, device=inputs[0].device)
+        for t, loss in enumerate(losses):
+            grads = torch.autograd.grad(
+                loss,
+                inputs,
+                retain_graph=retain_graph or t < K - 1,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            torch.cat([g.reshape(-1) for g in grads], out=matrix[t])
+        blocks, offset = [], 0
+        for tensor, size in zip(inputs, sizes):
+            blocks.append(matrix[:, offset : offset + size].view(K, *tensor.shape))
+            offset += size
+        return matrix, blocks
+    return None, _jacobian_blocks(losses, inputs, method, retain_graph)
+
+
+def _jacobian_blocks(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], method: str, retain_graph: bool
+) -> list[Tensor]:
+    K = len(losses)
     if method == "batched":
         loss_vector = torch.stack(list(losses))
         identity = torch.eye(K, dtype=loss_vector.dtype, device=loss_vector.device)
@@ -182,10 +226,11 @@ def walk_graph(roots: Sequence[object], stops: set[object] | None = None) -> Ite
     stops = stops or set()
     seen: set[object] = set()  # the nodes themselves: keeps them alive, so identity is stable
     stack = list(roots)
+    pop, push, mark = stack.pop, stack.extend, seen.add
     while stack:
-        node = stack.pop()
+        node = pop()
         if node is None or node in seen or node in stops:
             continue
-        seen.add(node)
+        mark(node)
         yield node
-        stack.extend(child for child, _ in getattr(node, "next_functions", ()))
+        push([child for child, _ in node.next_functions])

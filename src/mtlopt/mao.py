@@ -43,11 +43,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._checks import LossesLike, as_loss_vector, check_finite_losses
+from ._checks import LossesLike, all_finite, as_loss_vector, check_finite_losses
 from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import JacobianMethod, jacobian_blocks
+from .gradients import JacobianMethod, jacobian_matrix
 
 __all__ = ["MAO"]
 
@@ -153,7 +153,7 @@ class MAO(torch.optim.Optimizer):
         r"""Per-task gradients of the shared parameters and ordinary gradients of the others.
 
         The shared parameters' per-task gradients come from one Jacobian computation
-        (:func:`mtlopt.gradients.jacobian_blocks`); task-specific parameters get ``.grad`` from one
+        (:func:`mtlopt.gradients.jacobian_matrix`); task-specific parameters get ``.grad`` from one
         backward pass of :math:`\sum_t L_t` restricted to them (each head receives its own task's
         gradient). With ``sync`` (see :mod:`mtlopt.distributed`) the per-task gradients are averaged
         across processes before the moments see them. With a ``GradScaler`` the losses are scaled and the
@@ -172,11 +172,17 @@ class MAO(torch.optim.Optimizer):
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         others = [p for p in self.task_specific_parameters() if p.requires_grad]
         scaled = items if scale == 1.0 else [loss * scale for loss in items]
-        blocks = jacobian_blocks(scaled, shared, method=method, retain_graph=bool(others) or retain_graph)
-        all_reduce_mean_(blocks, group)
+        matrix, blocks = jacobian_matrix(
+            scaled, shared, method=method, retain_graph=bool(others) or retain_graph
+        )
+        all_reduce_mean_(blocks if matrix is None else [matrix], group)
         if scale != 1.0:
-            blocks = [block / scale for block in blocks]
-        if not all(bool(torch.isfinite(block).all()) for block in blocks):
+            if matrix is None:
+                blocks = [block / scale for block in blocks]
+            else:
+                matrix.div_(scale)  # the blocks are views of it
+        finite = all_finite(blocks if matrix is None else [matrix])  # one host synchronization
+        if not finite:
             if scale != 1.0:  # overflow: NaN gradients make scaler.step skip this step
                 for p in shared:
                     p.grad = torch.full_like(p, float("nan"))
