@@ -1,4 +1,4 @@
-"""The ``mtlopt`` command: list, train, compare and summarize benchmark runs.
+"""The ``mtlopt`` command: list, train, compare and summarize benchmark runs; measure speed.
 
 Bad arguments and missing data print one line starting with ``mtlopt: error:`` and exit with code 2.
 """
@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = None if argv is None else list(argv)[1:]
         if args.command is None:
             parser.print_help()
             return 2
@@ -91,6 +92,52 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("out", help="the directory given to `mtlopt compare --out`")
     report.set_defaults(run=_summarize)
+
+    speed = commands.add_parser(
+        "speed",
+        help="time per step and peak memory of every method relative to EW; writes OUT/speed.md, .csv, .png",
+        description=(
+            "Time per training step and peak memory of each method relative to EW on the same model and "
+            "batch, measured in interleaved rounds of the same run (see mtlopt.benchmarks.speed). "
+            "Per-model lists: '2,10,40' applies to every model, 'resnet18=40' or 'lenet=256/64' to one."
+        ),
+    )
+    speed.add_argument("--out", required=True, help="output directory")
+    speed.add_argument("--models", default="lenet,resnet18,mlp", help="comma-separated: lenet, resnet18, mlp")
+    speed.add_argument("--tasks", default="2,10,40", help="numbers of tasks K, e.g. 2,10,40,resnet18=40")
+    speed.add_argument(
+        "--batch-sizes",
+        help="batch sizes (default: lenet=256/64, resnet18=8, mlp=120), e.g. 64 or lenet=256/64",
+    )
+    speed.add_argument("--methods", default="all", help="mtlopt methods, comma-separated, or all")
+    speed.add_argument(
+        "--peers", default="torchjd,libmtl", help="peer libraries to compare (torchjd, libmtl) or none"
+    )
+    speed.add_argument("--repeats", type=_positive_int, default=15, help="interleaved rounds (at most)")
+    speed.add_argument(
+        "--min-rounds", type=_positive_int, default=3, help="rounds at least, whatever the budget"
+    )
+    speed.add_argument("--steps", type=_positive_int, default=3, help="timed steps per method per round")
+    speed.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps per method first")
+    speed.add_argument(
+        "--budget", type=_positive_float, default=600.0, help="seconds of timing per configuration"
+    )
+    speed.add_argument("--threads", type=_positive_int, default=1, help="torch threads (recorded)")
+    speed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
+    speed.add_argument("--no-memory", action="store_true", help="do not measure the peak memory")
+    speed.add_argument("--solver-tasks", default="2,10,40", help="K of the min-norm solver table, or none")
+    speed.add_argument(
+        "--solver-gramians", type=_positive_int, default=20, help="Gramians per K in the solver table"
+    )
+    speed.add_argument(
+        "--step-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="abandon a method whose step takes longer (s)",
+    )
+    speed.add_argument("--image-size", type=_positive_int, default=64, help="input size of resnet18")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.set_defaults(run=_speed)
     return parser
 
 
@@ -218,6 +265,87 @@ def _summarize(args: argparse.Namespace) -> int:
     summarize(Path(args.out))
     print(f"wrote {Path(args.out) / 'summary.md'}")
     return 0
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from .speed import DEFAULT_METHODS, METHODS, MODELS, PEERS, SpeedConfig, run_speed, write_report
+
+    models = tuple(_names(args.models, MODELS, "--models"))
+    if args.methods == "all":
+        methods = DEFAULT_METHODS
+    else:
+        ours = {name: m for name, m in METHODS.items() if m.peer is None}
+        methods = tuple(_names(args.methods, ours, "--methods"))
+    peers = () if args.peers == "none" else tuple(_names(args.peers, PEERS, "--peers"))
+    solver_tasks = () if args.solver_tasks == "none" else _int_list(args.solver_tasks, "--solver-tasks", 2)
+    defaults = {name: spec.batch_sizes for name, spec in MODELS.items()}
+    config = SpeedConfig(
+        models=models,
+        tasks=_per_model(args.tasks, models, "--tasks", {m: (2, 10, 40) for m in MODELS}, minimum=2),
+        batch_sizes=_per_model(args.batch_sizes or "", models, "--batch-sizes", defaults, minimum=1),
+        methods=methods,
+        peers=peers,
+        repeats=args.repeats,
+        min_rounds=min(args.min_rounds, args.repeats),
+        steps=args.steps,
+        warmup=args.warmup,
+        budget=args.budget,
+        threads=args.threads,
+        device=args.device,
+        memory=not args.no_memory,
+        solver_tasks=solver_tasks,
+        solver_gramians=args.solver_gramians,
+        step_timeout=args.step_timeout,
+        image_size=args.image_size,
+        seed=args.seed,
+        command="mtlopt speed " + " ".join(sys.argv[2:] if args.argv is None else args.argv),
+    )
+    report = run_speed(config)
+    paths = write_report(report, Path(args.out))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _names(text: str, known: Any, flag: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise UsageError(f"{flag} is empty")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"{flag}: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def _int_list(text: str, flag: str, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(item) for item in text.replace("/", ",").split(",") if item.strip())
+    except ValueError:
+        raise UsageError(f"{flag}: expected integers, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise UsageError(f"{flag}: expected integers >= {minimum}, got {text!r}")
+    return values
+
+
+def _per_model(
+    text: str, models: Sequence[str], flag: str, defaults: dict[str, tuple[int, ...]], minimum: int
+) -> dict[str, tuple[int, ...]]:
+    """``"2,10,40,resnet18=40"`` → per model: the bare numbers for every model, ``name=a/b`` for one."""
+    common: list[int] = []
+    specific: dict[str, tuple[int, ...]] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            name, _, values = item.partition("=")
+            if name.strip() not in defaults:
+                raise UsageError(f"{flag}: unknown model {name.strip()!r} in {item!r}")
+            specific[name.strip()] = _int_list(values, flag, minimum)
+        else:
+            common += _int_list(item, flag, minimum)
+    return {
+        model: specific.get(model, tuple(dict.fromkeys(common)) if common else defaults[model])
+        for model in models
+    }
 
 
 def _config(
@@ -370,6 +498,16 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,239 @@
+"""The speed suite (`mtlopt speed`): end to end on a tiny configuration, the peer agreement, the targets.
+
+Nothing here depends on timings: the tests check what is written and computed, not how fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import pytest
+import torch
+
+from mtlopt.benchmarks import speed
+from mtlopt.benchmarks.cli import main
+
+TINY = ["--repeats", "2", "--min-rounds", "2", "--steps", "1", "--warmup", "1", "--budget", "1"]
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
+    out = tmp_path / "speed"
+    code = main(
+        ["speed", "--models", "lenet,mlp", "--tasks", "2,lenet=2/3", "--batch-sizes", "4", *TINY,
+         "--solver-tasks", "2,3", "--solver-gramians", "2", "--peers", "none", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert "speed.md" in capsys.readouterr().out
+    rows = read_rows(out / "speed.csv")
+    ours = [name for name, method in speed.METHODS.items() if method.peer is None]
+    expected = {("lenet", "2"), ("lenet", "3"), ("mlp", "2")}
+    assert {(r["model"], r["tasks"]) for r in rows} == expected
+    for model, tasks in expected:
+        got = {r["method"]: r for r in rows if (r["model"], r["tasks"]) == (model, tasks)}
+        assert list(got) == ours  # every mtlopt method, in order, and no peer
+        for name, row in got.items():
+            assert row["batch"] == "4" and row["threads"] == "1" and row["device"] == "cpu"
+            if name in ("pmtl", "epo") and tasks == "3":
+                assert row["status"] == "skipped" and "two-task" in row["note"]
+                continue
+            assert row["status"] == "ok", (model, tasks, name, row["note"])
+            assert float(row["ratio_median"]) > 0 and row["rounds"] == "2"
+            assert int(row["peak_bytes"]) >= int(row["resident_bytes"]) > 0
+        assert float(got["ew"]["ratio_median"]) == 1.0 and float(got["ew"]["memory_ratio"]) == 1.0
+    # The vmapped population keeps no BatchNorm statistics: it runs on both models here.
+    text = (out / "speed.md").read_text()
+    assert "## Targets" in text and "## Min-norm solvers" in text and "## lenet" in text and "## mlp" in text
+    assert "**1 thread(s)**" in text and "mtlopt speed --models lenet,mlp" in text
+    assert text.count("| 2 | 4 | mgda-ub |") == 2  # lenet and mlp
+    for target in ("MGDA-UB step ≤ 1.03× EW at K = 2", "exact MGDA step ≤ 1.3× EW", "population of 5 LeNets"):
+        assert target in text  # listed, "not measured" at this size
+    assert "not measured" in text
+    assert (out / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_rejects_bad_arguments_with_one_line(tmp_path, capsys):
+    cases = [
+        (["--models", "vgg"], "--models: unknown vgg"),
+        (["--tasks", "1"], "--tasks: expected integers >= 2"),
+        (["--batch-sizes", "resnet=8"], "unknown model 'resnet'"),
+        (["--methods", "mgda,cagrad"], "--methods: unknown cagrad"),
+        (["--peers", "libmoon"], "--peers: unknown libmoon"),
+        (["--solver-tasks", "2,x"], "--solver-tasks: expected integers"),
+    ]
+    for args, message in cases:
+        assert main(["speed", *args, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mtlopt: error:") and message in err and "\n" not in err, err
+
+
+def test_per_model_lists():
+    from mtlopt.benchmarks.cli import _per_model
+
+    defaults = {"lenet": (256, 64), "resnet18": (8,), "mlp": (120,)}
+    models = ("lenet", "resnet18", "mlp")
+    assert _per_model("", models, "--batch-sizes", defaults, 1) == defaults
+    assert _per_model("32", models, "--batch-sizes", defaults, 1) == {m: (32,) for m in models}
+    assert _per_model("2,10,resnet18=40", models, "--tasks", defaults, 2) == {
+        "lenet": (2, 10),
+        "resnet18": (40,),
+        "mlp": (2, 10),
+    }
+    assert _per_model("lenet=256/64", ("lenet", "mlp"), "--batch-sizes", defaults, 1) == {
+        "lenet": (256, 64),
+        "mlp": (120,),
+    }
+
+
+def tiny_config(**overrides) -> speed.SpeedConfig:
+    settings = dict(
+        models=("lenet",),
+        tasks={"lenet": (2,)},
+        batch_sizes={"lenet": (4,)},
+        methods=("ew",),
+        peers=(),
+        repeats=1,
+        min_rounds=1,
+        steps=1,
+        warmup=1,
+        budget=1.0,
+        memory=False,
+        solver_tasks=(),
+    )
+    settings.update(overrides)
+    return speed.SpeedConfig(**settings)
+
+
+def test_missing_peers_are_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(speed, "import_peer", lambda peer: None)
+    report = speed.run_speed(tiny_config(peers=("torchjd", "libmtl")), log=lambda line: None)
+    assert len(report.notes) == 2
+    assert "torchjd is not installed" in report.notes[0] and "LibMTL is not installed" in report.notes[1]
+    assert set(report.configs[0].rows) == {"forward-only", "ew"}  # no peer row
+    text = speed.markdown(report)
+    assert "LibMTL is not installed: its rows are skipped" in text
+    assert "scripts/install_peers.sh" in text
+
+
+def test_a_failing_method_is_reported_not_fatal(monkeypatch):
+    def broken(setup):
+        def run():
+            raise RuntimeError("out of memory (simulated)\nsecond line")
+
+        return speed.Step(run, [])
+
+    monkeypatch.setitem(speed.METHODS, "mgda", speed.Method("mgda", "broken", broken))
+    report = speed.run_speed(tiny_config(methods=("ew", "mgda")), log=lambda line: None)
+    row = report.configs[0].rows["mgda"]
+    assert row.status == "failed" and row.note == "RuntimeError: out of memory (simulated)"
+    assert report.configs[0].rows["ew"].ratio == 1.0
+
+
+def test_a_step_past_the_time_limit_is_abandoned():
+    if not hasattr(speed.signal, "setitimer"):
+        pytest.skip("no interval timer on this platform")
+    with pytest.raises(speed.StepTimeout, match="slow did not finish within 0.05 s"):
+        with speed._time_limit(0.05, "slow"):
+            while True:
+                pass
+
+
+def setup_for(model: str, tasks: int, batch: int = 8) -> speed.Setup:
+    return speed._setup(tiny_config(), speed.MODELS[model], tasks, batch, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("model", "tasks"), [("lenet", 2), ("lenet", 3), ("mlp", 9)])
+def test_torchjd_agrees_with_mtlopt(model, tasks):
+    pytest.importorskip("torchjd")
+    s = setup_for(model, tasks)
+    mgda = speed.agreement(s, speed.METHODS["torchjd-mgda"])
+    assert mgda.reference == "mgda"
+    assert mgda.objective_excess is not None and mgda.objective_excess >= -1e-9  # mtlopt's is optimal
+    if tasks == 2:  # Frank–Wolfe reaches the two-task optimum in one line search
+        assert mgda.weight_diff < 1e-5 and mgda.update_diff < 1e-4
+    pcgrad = speed.agreement(s, speed.METHODS["torchjd-pcgrad"])  # its random orders replayed
+    assert pcgrad.weight_diff < 1e-5 and pcgrad.update_diff < 1e-5, pcgrad
+
+
+@pytest.mark.parametrize(("model", "tasks"), [("lenet", 2), ("lenet", 3), ("mlp", 9)])
+def test_libmtl_agrees_with_mtlopt(model, tasks):
+    if speed.import_peer("libmtl") is None:
+        pytest.skip("LibMTL is not installed (scripts/install_peers.sh)")
+    assert "torchvision" not in sys.modules or hasattr(sys.modules["torchvision"], "__file__")  # stub gone
+    s = setup_for(model, tasks)
+    for name, reference in (("libmtl-mgda", "mgda"), ("libmtl-mgda-ub", "mgda-ub")):
+        result = speed.agreement(s, speed.METHODS[name])
+        assert result.reference == reference
+        assert result.objective_excess is not None and result.objective_excess >= -1e-9
+        if tasks == 2:  # the closed form on both sides
+            assert result.weight_diff < 1e-5 and result.update_diff < 1e-4, (name, result)
+    for name in ("libmtl-pcgrad", "libmtl-uw"):
+        result = speed.agreement(s, speed.METHODS[name])
+        assert result.weight_diff < 1e-5 and result.update_diff < 1e-5, (name, result)
+
+
+def test_peer_steps_run(tmp_path):
+    pytest.importorskip("torchjd")
+    if speed.import_peer("libmtl") is None:
+        pytest.skip("LibMTL is not installed (scripts/install_peers.sh)")
+    config = tiny_config(methods=("ew", "mgda"), peers=("torchjd", "libmtl"), memory=True)
+    report = speed.run_speed(config, log=lambda line: None)
+    rows = report.configs[0].rows
+    peers = [name for name, method in speed.METHODS.items() if method.peer]
+    assert set(peers) <= set(rows)
+    for name in peers:
+        assert rows[name].status == "ok" and rows[name].ratio is not None and rows[name].peak_bytes, name
+    assert rows["libmtl-mgda"].agreement is not None and rows["libmtl-gradnorm"].agreement is None
+    speed.write_report(report, tmp_path)
+    assert "vs mgda: weights Δ" in (tmp_path / "speed.md").read_text()
+
+
+def fake_config(
+    model: str, tasks: int, batch: int, ratios: dict[str, float], **peaks: int
+) -> speed.ConfigResult:
+    rows = {}
+    for name, ratio in ratios.items():
+        method = speed.METHODS[name]
+        row = speed.MethodResult(model, tasks, batch, name, method.peer)
+        row.times = [ratio * 0.01] * 3
+        row.ratios = [ratio] * 3
+        row.peak_bytes = peaks.get(name.replace("-", "_"))
+        rows[name] = row
+    return speed.ConfigResult(model, tasks, batch, 3, 1, rows)
+
+
+def test_targets_are_judged_with_reasons():
+    small = fake_config(
+        "lenet",
+        2,
+        256,
+        {"forward-only": 0.5, "ew": 1.0, "mgda": 1.5, "mgda-ub": 1.01, "mao": 1.2, "population": 4.6},
+    )
+    large = fake_config(
+        "lenet",
+        40,
+        64,
+        {"forward-only": 0.3, "ew": 1.0, "mgda": 6.0, "mgda-ub": 1.2, "libmtl-mgda": 12.0},
+        mgda=100,
+        libmtl_mgda=120,
+    )
+    solver = speed.SolverRow(40, "mtlopt (default)", [0.0005] * 3, [0.0, 1e-15], [2e-14])
+    report = speed.SpeedReport(tiny_config(), {}, [small, large], [solver], [])
+    targets = {t["target"]: t for t in speed.evaluate_targets(report)}
+    by_start = {key.split(":")[0].split(" (")[0]: value for key, value in targets.items()}
+    assert by_start["min-norm solve at K = 40"]["met"] == "yes"
+    assert targets["MGDA-UB step ≤ 1.03× EW at K = 2"]["met"] == "yes"
+    ub40 = targets["MGDA-UB step ≤ 1.10× EW at K = 40"]
+    assert ub40["met"] == "**no**" and ub40["note"]
+    mgda = targets["exact MGDA step ≤ 1.3× EW at K = 2"]
+    # forward 0.5, one backward 0.5: two backward passes alone cost 1.5× EW
+    assert mgda["met"] == "**no**" and "cost 1.50× EW" in mgda["note"]
+    assert targets["exact MGDA step at K = 40 ≤ 0.75× LibMTL's time"]["measured"] == "0.5 × LibMTL"
+    assert targets["exact MGDA peak memory at K = 40 ≤ LibMTL's"]["met"] == "yes"
+    assert targets["MAO step ≤ 1.3× EW at K = 2"]["met"] == "yes"
+    assert targets["population of 5 LeNets ≤ 2.5× one LeNet step"]["met"] == "**no**"
