@@ -149,6 +149,8 @@ CASES = {
     "uw": weighting_case(lambda model: mtlopt.UncertaintyWeighting(TASKS, task_types=["regression", "classification", "regression"]).double(), "plain"),
     "gradnorm": weighting_case(lambda model: mtlopt.GradNorm(TASKS, model.encoder[2].parameters(), alpha=1.5), "plain"),
     "pcgrad": weighting_case(lambda model: mtlopt.PCGrad(seed=4), "shared"),
+    "pmtl": weighting_case(lambda model: mtlopt.ParetoMTL(mtlopt.preference_vectors(3, 6), index=4, warmup_steps=1), "shared"),
+    "epo": weighting_case(lambda model: mtlopt.EPO([0.2, 0.3, 0.5]), "shared"),
     "mao": mao_case,
     "alternating": alternating_case,
     "population": population_case,
