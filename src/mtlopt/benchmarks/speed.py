@@ -1820,6 +1820,7 @@ def plot_overhead(report: SpeedReport, path: Path) -> None:
         ks = sorted({c.tasks for c in configs})
         axis.set_xticks(ks)
         axis.set_xticklabels([str(k) for k in ks])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no 3×10⁰ labels between
         axis.set_xlabel("number of tasks K")
         axis.set_ylabel("step time / EW")
         axis.set_title(f"{model}, batch {batch}")
