@@ -48,7 +48,10 @@ def test_overflow_makes_the_scaler_skip_the_step():
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_every_method_trains_without_nan_under_autocast(tmp_path, amp):
-    methods = "ew,stl,mgda,mgda-ub,grid,alternating,mao,ls-sweep[num-models=2],mtgd[num-models=2]"
+    methods = (
+        "ew,stl,mgda,mgda-ub,grid,uw,gradnorm,pcgrad,alternating,mao,"
+        "ls-sweep[num-models=2],mtgd[num-models=2],pmtl[num-models=2],epo[num-models=2]"
+    )
     out = tmp_path / amp
     assert (
         main(
@@ -69,7 +72,11 @@ def test_every_method_trains_without_nan_under_autocast(tmp_path, amp):
         )
         == 0
     )
-    for path in (out / "runs").glob("*/seed0/result.json"):
+    assert f"mixed precision {amp}" in (out / "summary.md").read_text()
+    paths = list((out / "runs").glob("*/seed0/result.json"))
+    ran = {path.parent.parent.name.split("_")[0] for path in paths}  # grid: one run per grid point
+    assert ran == {item.split("[")[0] for item in methods.split(",")}
+    for path in paths:
         result = json.loads(path.read_text())
         assert result["environment"]["amp"] == amp and result["identity"]["amp"] == amp
         members = result["final"].get("test_members") or [result["final"]["test"]]

@@ -320,7 +320,8 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             else ""
         )
         + f", batch {training['batch_size']}; seeds {seeds}",
-        f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s) per run",
+        f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s) per run"
+        + (f", mixed precision {env['amp']}" if env.get("amp", "off") != "off" else ""),
         "- test metrics, mean ± std over seeds" + ("; " + "; ".join(deltas) if deltas else ""),
         f"- best validation epoch: the {selection_note.removeprefix('epoch with the ')}"
         if selection_note
