@@ -196,14 +196,7 @@ def _shared_backward(
     )
     heads = [p for p in leaves if id(p) not in shared_ids] if head_params is None else list(head_params)
     if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
-        _fill_nan([p for p in shared if id(p) in reached] + heads)
-        return _result(
-            ctx.names,
-            ctx.global_losses,
-            torch.full((len(ctx.names),), float("nan")),
-            None,
-            {"skipped": "non-finite scaled gradients"},
-        )
+        return _skip_step(ctx, [p for p in shared if id(p) in reached] + heads)
     output = ctx.weighting.compute(G, ctx.global_losses)
     w = output.weights.to(blocks[0].device, blocks[0].dtype)
     if matrix is not None:  # one matrix-vector product; each parameter's slice is a view of it
@@ -264,14 +257,7 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
         exact = ctx.method == "loop" or (ctx.method == "auto" and choose_method(items, [features]) == "loop")
     G = _gramian_cpu(_feature_gramian(ctx, block), ctx, "the features", [features], block if exact else None)
     if G is None:
-        _fill_nan(_leaves(ctx.items))
-        return _result(
-            ctx.names,
-            ctx.global_losses,
-            torch.full((len(ctx.names),), float("nan")),
-            None,
-            {"skipped": "non-finite scaled gradients"},
-        )
+        return _skip_step(ctx, _leaves(ctx.items))
     output = ctx.weighting.compute(G, ctx.global_losses)
     w = output.weights.to(block.device, block.dtype)
     feature_grad = torch.tensordot(w, block, dims=1).to(features.dtype)
@@ -464,6 +450,18 @@ def _head_pass(
         for handle in handles:
             handle.remove()
     return _stack_rows(collected, features), list(grads[1:])
+
+
+def _skip_step(ctx: _Context, params: Iterable[Tensor]) -> BackwardResult:
+    """An overflow under a GradScaler: NaN gradients make ``scaler.step`` skip this step."""
+    _fill_nan(params)
+    return _result(
+        ctx.names,
+        ctx.global_losses,
+        torch.full((len(ctx.names),), float("nan")),
+        None,
+        {"skipped": "non-finite scaled gradients"},
+    )
 
 
 def _fill_nan(params: Iterable[Tensor]) -> None:
