@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -270,6 +271,16 @@ def test_mao_logs_and_plots_the_per_layer_balance(tmp_path):
     assert len(shares) == 3 * 2 and all(abs(shares[2 * j] + shares[2 * j + 1] - 1) < 1e-9 for j in range(3))
     assert (out / "balance_mao.png").stat().st_size > 10_000
     assert not (out / "balance_ew.png").exists()
+
+
+def test_mao_warns_when_given_an_sgd_sized_learning_rate(tmp_path):
+    args = ["train", *SMALL, "--method", "mao", "--epochs", "1", "--max-sources", "200"]
+    with pytest.warns(UserWarning, match=r"mao takes --lr 0.05 as the step size of its per-task adam rule"):
+        assert main([*args, "--lr", "0.05", "--out", str(tmp_path / "sgd-lr")]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "--lr", "1e-3", "--out", str(tmp_path / "adam-lr")]) == 0
+    assert not [w for w in caught if "mao takes --lr" in str(w.message)]
 
 
 def test_pareto_trains_a_set_and_reports_its_hypervolume(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -487,6 +488,10 @@ class AlternatingRunner(MethodRunner):
         }
 
 
+# Adam/RMSprop step sizes above this are almost always an SGD learning rate passed by mistake.
+ADAPTIVE_LR_WARNING = 0.01
+
+
 @register
 class MAORunner(MethodRunner):
     """``mtlopt.MAO`` on the benchmark model: per-task Adam moments for the shared encoder.
@@ -505,6 +510,14 @@ class MAORunner(MethodRunner):
     )
 
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
+        if optimizer.lr > ADAPTIVE_LR_WARNING and self.config["rule"] != "adagrad":
+            warnings.warn(
+                f"mao takes --lr {optimizer.lr:g} as the step size of its per-task {self.config['rule']} rule; "
+                f"rates above {ADAPTIVE_LR_WARNING:g} (typical of SGD protocols) usually diverge or saturate "
+                "the model. Give an adaptive rate such as --lr 1e-3.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.tasks = tasks
         self.model = make_model()
         self.optimizer = mtlopt.MAO(
