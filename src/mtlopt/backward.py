@@ -366,6 +366,8 @@ def _plan_head_pass(items: list[Tensor], features: Tensor, head_weighting: str) 
     owners: list[int | None] = []
     for t, loss in enumerate(items):
         found = []
+        # Walked inline, not with gradients.walk_graph: the generator and a second read of next_functions
+        # (a new tuple per read) made this walk and _leaves' 1.5-2x slower (about 90 us a step at 40 heads).
         seen = {target}  # the nodes themselves (kept alive: identity is stable); Z's node is not entered
         stack = [loss.grad_fn]
         while stack:
@@ -522,7 +524,7 @@ def _shared_parameters(
 
 
 def _leaves(items: list[Tensor]) -> list[Tensor]:
-    """Leaf tensors requiring grad that the losses reach (one walk of the graph)."""
+    """Leaf tensors requiring grad that the losses reach (one walk of the graph, inline for speed)."""
     leaves = []
     seen: set[Any] = set()  # the nodes themselves: keeps them alive, so identity is stable
     stack = [loss.grad_fn for loss in items]
