@@ -8,4 +8,4 @@ bash scripts/setup.sh bench,dev
 out=runs/multifashion-sener
 .venv/bin/mtlopt compare --benchmark multifashion --protocol sener --methods ew,stl,mgda,mgda-ub \
     --seeds 3 --epochs 8 --out "$out" "$@"
-echo "table: $out/summary.md   plots: $out/learning_curves.png, $out/task_accuracy.png"
+echo "table: $out/summary.md   plots: $out/learning_curves.png, $out/task_pair.png"

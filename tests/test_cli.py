@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mtlopt.benchmarks.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # 1,000 random source images per split (real digits), 1 thread: an epoch takes about 0.2 s.
 SMALL = ["--benchmark", "multimnist", "--max-sources", "1000", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
@@ -123,6 +127,8 @@ def test_compare_writes_tables_and_plots_and_skips_finished_runs(tmp_path, capsy
     rows = (out / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("label,method,options,selection,task,metric,mean,std,seeds")
     assert any(row.startswith("stl,stl,{},final,all,delta_m_vs_stl,0,") for row in rows)
+    promised = re.findall(r"\$out/(\w+\.png)", (ROOT / "scripts" / "run.sh").read_text())  # the main job's
+    assert promised and set(promised) <= {"learning_curves.png", "task_pair.png"}
     for plot in ("learning_curves.png", "task_pair.png"):
         assert (out / plot).stat().st_size > 10_000
     results = sorted((out / "runs").glob("*/seed*/result.json"))
