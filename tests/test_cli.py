@@ -277,6 +277,9 @@ def test_mao_logs_and_plots_the_per_layer_balance(tmp_path):
     assert len(shares) == 3 * 2 and all(abs(shares[2 * j] + shares[2 * j + 1] - 1) < 1e-9 for j in range(3))
     assert (out / "balance_mao.png").stat().st_size > 10_000
     assert not (out / "balance_ew.png").exists()
+    summary = (out / "summary.md").read_text()  # one seed: no "± 0" spread in the table
+    assert "| method | seeds |" in summary and "| `mao` | 1 | " in summary
+    assert " ± " not in summary.split("## Epoch")[1]
 
 
 def test_mao_warns_when_given_an_sgd_sized_learning_rate(tmp_path):
@@ -338,8 +341,9 @@ def test_compare_mixes_set_and_single_model_methods(tmp_path):
     summary = (out / "summary.md").read_text()
     assert (
         "## Hypervolume" in summary
-        and "| `ls-sweep[num-models=3]` | 3 |" in summary
-        and "| `stl` | 1 |" in summary
+        and "| `ls-sweep[num-models=3]` | 3 | 2 | " in summary
+        and "| `stl` | 1 | 2 | " in summary
+        and "| `ew` | 2 | " in summary
     )
     assert (
         "| `ew` | " in summary.split("## Hypervolume")[0]

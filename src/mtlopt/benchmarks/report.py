@@ -177,6 +177,11 @@ def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
     return out
 
 
+def _mean_std(mean: float, std: float, seeds: int, digits: int) -> str:
+    """``mean ± std``; a single seed has no spread, so no ``± 0`` (the seeds column says how many)."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
+
+
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -329,7 +334,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
         "",
     ]
     if singles:
-        header = ["method"] + [
+        header = ["method", "seeds"] + [
             f"{task} {metric.replace('_', '-')} {'↑' if direction == 'higher' else '↓'}"
             for task, metric, direction in metrics
         ]
@@ -344,11 +349,10 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             )
             lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for label in singles:
-                row = [f"`{label}`"]
+                row = [f"`{label}`", str(len(table[label]["seeds"]))]
                 for task, metric, _ in metrics:
-                    mean, std, _ = table[label][selection]["cells"][(task, metric)]
-                    digits = 2 if metric == "accuracy" else 4
-                    row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+                    mean, std, seeds = table[label][selection]["cells"][(task, metric)]
+                    row.append(_mean_std(mean, std, seeds, 2 if metric == "accuracy" else 4))
                 for key, present in (("delta_m", stl), ("delta_p", ew)):
                     if present:
                         value = table[label][selection][key]
@@ -391,13 +395,13 @@ def _hypervolume_section(hv, first) -> list[str]:
         "model is one point (`stl`: each task from its own model). `best val` is the epoch with the best "
         "validation hypervolume (the published protocol), per seed; mean ± std over seeds.",
         "",
-        "| method | points | HV, best val epoch ↑ | HV, last epoch ↑ | ms / step |",
-        "|---|---|---|---|---|",
+        "| method | points | seeds | HV, best val epoch ↑ | HV, last epoch ↑ | ms / step |",
+        "|---|---|---|---|---|---|",
     ]
     for label, row in hv.items():
         lines.append(
-            f"| `{label}` | {row['points']} | {row['best'][0]:.4f} ± {row['best'][1]:.4f} | "
-            f"{row['last'][0]:.4f} ± {row['last'][1]:.4f} | {row['time_ms']:.1f} |"
+            f"| `{label}` | {row['points']} | {row['seeds']} | {_mean_std(*row['best'], row['seeds'], 4)} | "
+            f"{_mean_std(*row['last'], row['seeds'], 4)} | {row['time_ms']:.1f} |"
         )
     lines += ["", "![hypervolume per epoch](hypervolume.png)", "", "![fronts](front.png)", ""]
     published = PUBLISHED_HV.get(first["benchmark"])
