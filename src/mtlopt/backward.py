@@ -240,14 +240,7 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
     plan = (
         _plan_head_pass(ctx.items, features, ctx.weighting.head_weighting) if ctx.method == "auto" else None
     )
-    if (
-        plan is not None
-        and ctx.weighting.head_weighting == "unweighted"
-        and ctx.group is None
-        and ctx.scale == 1.0
-        and not features.is_leaf
-        and any(plan.consumers)  # else no gradient reaches Z's node and its hook never runs
-    ):
+    if _can_take_one_pass(ctx, features, plan):
         return _features_one_pass(ctx, features, plan)
     if plan is not None:
         block, head_grads = _head_pass(plan, items, features, ctx.retain_graph)
@@ -298,6 +291,18 @@ def _feature_gramian(ctx: _Context, block: Tensor) -> Tensor:
         all_reduce_sum_([local_gramian], ctx.group)
         local_gramian = local_gramian / world_size(ctx.group) ** 2
     return local_gramian
+
+
+def _can_take_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan | None) -> bool:
+    """Whether :func:`_features_one_pass` applies; otherwise the head pass or the plain loop is used."""
+    return (
+        plan is not None  # every task reaches Z through consumers of its own
+        and ctx.weighting.head_weighting == "unweighted"  # head gradients need no weights (not known yet)
+        and ctx.group is None  # one process
+        and ctx.scale == 1.0  # no GradScaler: a skipped step must write no gradient, and the heads' are
+        and not features.is_leaf  # the weights are computed in a hook on the node that produced Z
+        and any(plan.consumers)  # else no gradient reaches Z's node and its hook never runs
+    )
 
 
 def _features_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan) -> BackwardResult:
