@@ -120,7 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--steps", type=_positive_int, default=3, help="timed steps per method per round")
     speed.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps per method first")
     speed.add_argument(
-        "--budget", type=_positive_float, default=600.0, help="seconds of timing per configuration"
+        "--budget",
+        type=_positive_float,
+        default=600.0,
+        help="seconds of timing per configuration; --min-rounds rounds of one step per method run even when they take longer",
     )
     speed.add_argument("--threads", type=_positive_int, default=1, help="torch threads (recorded)")
     speed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
