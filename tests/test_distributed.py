@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 import ddp_cases
+from mtlopt.benchmarks.trainer import dropped_per_epoch
 
 
 def free_port() -> int:
@@ -82,3 +83,20 @@ def _numbers(tree) -> list[float]:
     if isinstance(tree, list):
         return [x for item in tree for x in _numbers(item)]
     return [float(tree)]
+
+
+@pytest.mark.parametrize(
+    ("examples", "batch_size", "world", "dropped"),
+    [
+        (1000, 64, 1, 0),
+        (1000, 64, 2, 0),
+        (1000, 64, 3, 1),
+        (1001, 64, 3, 2),
+        (1025, 64, 3, 0),
+        (1024, 64, 4, 0),
+        (1003, 64, 4, 3),
+    ],
+)
+def test_examples_the_ranks_equal_shares_leave_out(examples, batch_size, world, dropped):
+    """Each rank takes an equal share of a batch; the last batch's remainder (a lone example aside) is lost."""
+    assert dropped_per_epoch(examples, batch_size, world) == dropped

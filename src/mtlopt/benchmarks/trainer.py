@@ -165,6 +165,13 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         data.size("train") % config.batch_size == 1
     )
     runner.steps_per_epoch = steps_per_epoch
+    dropped = 0 if runner.produces_set else dropped_per_epoch(data.size("train"), config.batch_size, world)
+    if dropped:
+        log(
+            f"warning: {data.size('train')} training examples in batches of {config.batch_size} over {world} "
+            f"processes: each rank takes an equal share of the last batch, so {dropped} example(s) per epoch "
+            "are not trained on (a single process would use them)"
+        )
     runner.build(
         lambda: benchmark.model(config.protocol).to(device), optimizer, steps_per_epoch * config.epochs, data
     )
@@ -268,6 +275,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     )
     result["environment"]["git_commit"] = commit
     result["environment"]["processes"] = world
+    result["environment"]["examples_dropped_per_epoch"] = dropped
     result["environment"]["amp"] = config.amp
     if rank == 0:
         write_json_atomic(result_path, result)
@@ -302,6 +310,14 @@ def hypervolume_of(
     from mtlopt.hypervolume import hypervolume
 
     return hypervolume([[member[task][objective] for task in task_names] for member in members], reference)
+
+
+def dropped_per_epoch(examples: int, batch_size: int, world: int) -> int:
+    """Examples of the last batch that ``world`` equal shares leave out (a lone last example is skipped)."""
+    tail = examples % batch_size
+    if tail == 1 and examples > 1:  # skipped in any case: BatchNorm cannot train on a single example
+        return 0
+    return tail % world
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
