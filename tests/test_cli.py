@@ -131,6 +131,19 @@ def test_compare_writes_tables_and_plots_and_skips_finished_runs(tmp_path, capsy
     assert promised and set(promised) <= {"learning_curves.png", "task_pair.png"}
     for plot in ("learning_curves.png", "task_pair.png"):
         assert (out / plot).stat().st_size > 10_000
+    rows_in = [
+        line.split(" | ")[0] for line in summary.split("## Epoch")[1].splitlines() if line.startswith("| `")
+    ]
+    assert rows_in == ["| `ew`", "| `stl`", "| `grid[task-weights=0.7,0.3]`"]  # the order given to compare
+    assert main(["summarize", str(out), "--order", "grid[task-weights=0.7,0.3],stl"]) == 0
+    summary = (out / "summary.md").read_text()
+    rows_in = [
+        line.split(" | ")[0] for line in summary.split("## Epoch")[1].splitlines() if line.startswith("| `")
+    ]
+    assert rows_in == ["| `grid[task-weights=0.7,0.3]`", "| `stl`", "| `ew`"]
+    capsys.readouterr()
+    assert main(["summarize", str(out), "--order", "stl,mgda"]) == 2
+    assert "--order names mgda, not among the runs" in capsys.readouterr().err
     results = sorted((out / "runs").glob("*/seed*/result.json"))
     assert len(results) == 6
     stamps = [p.stat().st_mtime_ns for p in results]

@@ -91,6 +91,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "summarize", help="(re)write summary.md, summary.csv and plots of a compare directory"
     )
     report.add_argument("out", help="the directory given to `mtlopt compare --out`")
+    report.add_argument(
+        "--order",
+        default="",
+        help="labels to list first, in this order, as given to compare's --methods (the rest follow alphabetically)",
+    )
     report.set_defaults(run=_summarize)
 
     speed = commands.add_parser(
@@ -263,10 +268,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from .report import summarize
+    from .report import load_runs, summarize
 
-    summarize(Path(args.out))
-    print(f"wrote {Path(args.out) / 'summary.md'}")
+    out = Path(args.out)
+    order = [label.strip() for label in _split_outside_brackets(args.order) if label.strip()]
+    found = sorted({run["label"] for run in load_runs(out)})
+    unknown = [label for label in order if label not in found]
+    if unknown:
+        raise UsageError(
+            f"--order names {', '.join(unknown)}, not among the runs under {out / 'runs'}: {', '.join(found)}"
+        )
+    summarize(out, order)
+    print(f"wrote {out / 'summary.md'}")
     return 0
 
 
