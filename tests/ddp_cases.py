@@ -139,6 +139,52 @@ def population_case(rank, world):
     return {f"member{k}.{name}": value for k, member in enumerate(gathered) for name, value in member.items()}
 
 
+def population_resume_case(rank, world):
+    """Per-member EPO states survive a checkpoint: each rank reloads its own members' weighting states."""
+    members, rays = 4, [[0.2, 0.3, 0.5], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]]
+    mine = range(rank * members // world, (rank + 1) * members // world)
+
+    def build():
+        models = [Net(seed=k) for k in mine]
+        for model in models:
+            model.forward = functools.partial(lambda m, x: [h(m.encoder(x)) for h in m.heads], model)
+        weightings = [mtlopt.EPO(rays[k]) for k in mine]
+        population = mtlopt.Population(
+            models,
+            torch.tensor(rays, dtype=torch.float64),
+            functools.partial(torch.optim.SGD, lr=0.1),
+            weightings=weightings,
+        )
+        return population, weightings
+
+    def task_losses(model_outputs, targets):
+        return torch.stack(
+            [(o.squeeze(1) - targets[:, t]).pow(2).mean() for t, o in enumerate(model_outputs)]
+        )
+
+    population, trained = build()
+    for x, y in batches():
+        population.step(x, y, task_losses)
+    for k, weighting in zip(mine, trained, strict=True):  # make every member's state tell it apart
+        weighting.fallbacks += 10 * k
+    saved = [population.state_dict()]
+    if world > 1:  # every rank resumes from the checkpoint rank 0 wrote
+        torch.distributed.broadcast_object_list(saved, src=0)
+    fresh, weightings = build()
+    fresh.load_state_dict(saved[0])
+    local = {k: weighting.state_dict() for k, weighting in zip(mine, weightings, strict=True)}
+    parts = [local]
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, local)
+    return {
+        f"member{k}.{key}": torch.tensor(value)
+        for part in parts
+        for k, state in part.items()
+        for key, value in state.items()
+    }
+
+
 CASES = {
     "ew": weighting_case(lambda model: mtlopt.EW(), "plain"),
     "fixed": weighting_case(lambda model: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
@@ -154,6 +200,7 @@ CASES = {
     "mao": mao_case,
     "alternating": alternating_case,
     "population": population_case,
+    "population-resume": population_resume_case,
 }  # fmt: skip
 
 

@@ -52,7 +52,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ._checks import all_finite
 from .distributed import all_gather_stack, resolve_group, world_size
+from .errors import NonFiniteError
 from .preferences import check_preferences
 from .scalarization import IdealPoint, linear, tchebycheff
 
@@ -164,6 +166,9 @@ class Population:
         weightings: instead of a scalarization, one :class:`mtlopt.Weighting` per (local) member, e.g.
             Pareto MTL or EPO for that member's preference: each member's update is then
             ``mtlopt.backward(its losses, its weighting, shared_params=member)`` (per-member loop).
+        check_finite: raise :class:`mtlopt.NonFiniteError` naming the member and task when a loss is
+            NaN or infinite (without a ``scaler``, which skips such steps); costs a host synchronization
+            per step on accelerators.
     """
 
     def __init__(
@@ -181,6 +186,7 @@ class Population:
         sync: Any = "auto",
         scaler: Any | None = None,
         weightings: Sequence[Any] | None = None,
+        check_finite: bool = True,
     ) -> None:
         models = list(models)
         if not models:
@@ -196,6 +202,7 @@ class Population:
             )
         self.local = slice(rank * len(models), (rank + 1) * len(models))
         self.scaler = scaler
+        self.check_finite = check_finite
         if weightings is not None:
             weightings = list(weightings)
             if len(weightings) != len(models):
@@ -289,6 +296,8 @@ class Population:
             raise ValueError(
                 f"loss_fn must return {self.preferences.shape[1]} task losses per member, got shape {tuple(losses.shape[1:])}"
             )
+        if self.scaler is None and self.check_finite:  # a GradScaler skips such steps itself
+            self._check_finite_losses(losses)
         scalarized = self._scalarize(losses)
         self.optimizer.zero_grad(set_to_none=True)
         before = self._snapshot()
@@ -296,6 +305,16 @@ class Population:
         (total if self.scaler is None else self.scaler.scale(total)).backward()
         strength = self._step_and_transfer(before)
         return PopulationStepResult(losses.detach(), scalarized.detach(), strength)
+
+    def _check_finite_losses(self, losses: Tensor) -> None:
+        if all_finite([losses]):
+            return
+        member, task = (~torch.isfinite(losses.detach())).nonzero()[0].tolist()
+        raise NonFiniteError(
+            f"member {self.local.start + member} (preference {self.preferences[self.local.start + member].tolist()}) "
+            f"has a non-finite loss for task {task}: {losses[member, task].item()}; lower the learning rate, "
+            "or pass check_finite=False to train on it"
+        )
 
     def _weighted_step(self, inputs, targets, loss_fn) -> PopulationStepResult:
         from .backward import backward
@@ -334,14 +353,20 @@ class Population:
 
     def state_dict(self) -> dict[str, Any]:
         """Every member's parameters and optimizer state (gathered from all ranks when distributed)."""
-        local = {"members": self.member_state_dicts(), "optimizer": self.optimizer.state_dict()}
+        local = {
+            "members": self.member_state_dicts(),
+            "optimizer": self.optimizer.state_dict(),
+            "weightings": [w.state_dict() for w in self.weightings] if self.weightings is not None else None,
+        }
         parts = [local]
         if self.group is not None:
             parts = [None] * self.world
             torch.distributed.all_gather_object(parts, local, group=self.group)
         return {
             "vectorized": self.vectorized,
-            "weightings": [w.state_dict() for w in self.weightings] if self.weightings is not None else None,
+            "weightings": [w for part in parts for w in part["weightings"]]
+            if self.weightings is not None
+            else None,
             "members": [m for part in parts for m in part["members"]],
             "optimizers": [part["optimizer"] for part in parts],
             "steps": self.steps,
@@ -366,7 +391,7 @@ class Population:
                     model.load_state_dict(member)
         self.optimizer.load_state_dict(state["optimizers"][rank])
         if self.weightings is not None and state.get("weightings"):
-            for weighting, saved in zip(self.weightings, state["weightings"]):
+            for weighting, saved in zip(self.weightings, state["weightings"][self.local], strict=True):
                 weighting.load_state_dict(saved)
         self.steps = int(state["steps"])
         self.ideal.load_state_dict(state["ideal"])
@@ -389,23 +414,24 @@ class Population:
         if self.scalarization == "linear":
             return linear(losses, preferences)
         self.ideal.update(losses)
-        if self.group is not None:  # the ideal point over every rank's members
-            torch.distributed.all_reduce(
-                self.ideal.minimum, op=torch.distributed.ReduceOp.MIN, group=self.group
-            )
+        if self.group is not None:  # the ideal point over every rank's members, reduced where the losses are
+            minimum = self.ideal.minimum.to(losses.device)
+            torch.distributed.all_reduce(minimum, op=torch.distributed.ReduceOp.MIN, group=self.group)
+            self.ideal.minimum = minimum.to("cpu", torch.float64)
         return tchebycheff(losses, preferences, self.ideal.value)
 
-    def _named_member_tensors(self, name: str) -> Tensor | list[Tensor]:
+    def _mixed_member_tensors(self) -> dict[str, Tensor | list[Tensor]]:
+        """Per transferred name: the stacked tensor (vectorized) or each member's parameter."""
         if self.vectorized:
-            return self._params[name]
-        return [dict(m.named_parameters())[name] for m in self.models]
+            return {name: self._params[name] for name in self.mixed_names}
+        named = [dict(m.named_parameters()) for m in self.models]
+        return {name: [params[name] for params in named] for name in self.mixed_names}
 
     def _snapshot(self) -> dict[str, Tensor]:
         if self.transfer.strength == 0.0:
             return {}
         snapshot = {}
-        for name in self.mixed_names:
-            tensors = self._named_member_tensors(name)
+        for name, tensors in self._mixed_member_tensors().items():
             snapshot[name] = (
                 tensors.detach().clone()
                 if isinstance(tensors, Tensor)
@@ -416,10 +442,11 @@ class Population:
     @torch.no_grad()
     def _mix(self, before: dict[str, Tensor], M: Tensor) -> None:
         delta = (M - torch.eye(M.shape[0], dtype=M.dtype))[self.local]
+        current = self._mixed_member_tensors()
         for name, local_old in before.items():
             old = all_gather_stack(local_old, self.group)  # every member's parameters, in member order
             shift = torch.tensordot(delta.to(old), old, dims=1)  # Σ_j M_kj θ^j_old − θ^k_old
-            tensors = self._named_member_tensors(name)
+            tensors = current[name]
             if isinstance(tensors, Tensor):
                 tensors.add_(shift)
             else:

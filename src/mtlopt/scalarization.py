@@ -34,7 +34,9 @@ class IdealPoint:
         self.minimum = torch.full((num_objectives,), float("inf"), dtype=torch.float64)
 
     def update(self, losses: Tensor) -> None:
-        observed = losses.detach().reshape(-1, self.minimum.numel()).amin(dim=0).to("cpu", torch.float64)
+        """Lower the minimum with the finite values of ``losses`` (NaN/inf are skipped, not kept)."""
+        observed = losses.detach().reshape(-1, self.minimum.numel()).to("cpu", torch.float64)
+        observed = torch.where(torch.isfinite(observed), observed, torch.inf).amin(dim=0)
         self.minimum = torch.minimum(self.minimum, observed)
 
     @property
