@@ -8,12 +8,14 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 import mtlopt
 from mtlopt.benchmarks.cli import main
-from mtlopt.benchmarks.methods import OptimizerSettings, get_method, last_parameterized_layer
+from mtlopt.benchmarks.methods import OptimizerSettings, get_method, last_weight_layer
 from mtlopt.benchmarks.models import SenerLeNet
+from mtlopt.benchmarks.vision_models import SegNetBackbone, VGGMultiTask
 
 SMALL = ["--benchmark", "multimnist", "--max-sources", "1000", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
 
@@ -24,7 +26,7 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 
 class TwoDigits:
-    """The part of a benchmark's data a runner uses: two classification losses."""
+    """The part of a benchmark's data a runner uses: two classification losses, example batches."""
 
     task_types = ("classification", "classification")
 
@@ -33,6 +35,10 @@ class TwoDigits:
 
     def losses(self, outputs, targets):
         return [self.task_loss(t, o, targets) for t, o in enumerate(outputs)]
+
+    def batch(self, split, index, device):  # GradNorm runs one example batch to find its layer
+        x, y = batches(1)[0]
+        return x[index].to(device), y[index].to(device)
 
 
 def batches(count: int):
@@ -99,10 +105,32 @@ def test_uw_trains_its_log_variances_with_the_task_types():
 def test_gradnorm_balances_the_last_shared_layer():
     runner = make_runner("gradnorm", {"alpha": 0.5})
     assert runner._weighting.balanced_params == list(runner.model.encoder[-2].parameters())
-    assert last_parameterized_layer(runner.model.encoder) is runner.model.encoder[-2]
+    assert runner.describe()["balanced_layer"] == "encoder.8 (Linear)"
     for x, y in batches(3):
         weights = runner.train_step(x, y)["weights"]
     assert weights.sum().item() == pytest.approx(2.0) and not torch.equal(weights, torch.ones(2))
+
+
+def test_the_last_shared_layer_is_the_last_to_run_not_the_last_registered():
+    """SegNet registers its decoder blocks in the opposite order to the one it runs them in; ResNet and VGG
+    encoders register a BatchNorm last. GradNorm's layer is the last kernel or matrix that runs."""
+    segnet = SegNetBackbone(channels=(4, 4, 4, 4, 4))
+    assert [n for n, m in segnet.named_modules() if any(p.ndim > 1 for p in m.parameters(False))][
+        -1
+    ] == "decoder_rest.4.1.0"
+    name, layer = last_weight_layer(segnet, torch.randn(1, 3, 32, 32))
+    assert name == "decoder_rest.0.0.0" and isinstance(layer, nn.Conv2d)
+    vgg = VGGMultiTask(num_tasks=2).encoder
+    name, layer = last_weight_layer(vgg, torch.randn(2, 3, 16, 16))
+    assert (
+        layer is vgg[-3] and isinstance(layer, nn.Linear) and name == str(len(vgg) - 3)
+    )  # not vgg[-2], a BN
+    vgg.train()
+    stats = vgg[1].running_mean.clone()
+    last_weight_layer(vgg, torch.randn(2, 3, 16, 16))
+    assert vgg.training and torch.equal(vgg[1].running_mean, stats)  # no statistics update, mode restored
+    with pytest.raises(ValueError, match="has no layer with a weight"):
+        last_weight_layer(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), torch.randn(2, 3))
 
 
 def test_pcgrad_matches_the_reference_projection():

@@ -331,12 +331,36 @@ class UWRunner(SingleModelRunner):
         return uw.to(next(self.model.parameters()).device)
 
 
-def last_parameterized_layer(module: nn.Module) -> nn.Module:
-    """The last submodule (in registration order) that owns parameters directly."""
-    layers = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
-    if not layers:
-        raise ValueError(f"{type(module).__name__} has no parameters")
-    return layers[-1]
+def last_weight_layer(module: nn.Module, example: Any) -> tuple[str, nn.Module]:
+    """The submodule with a weight of two or more dimensions (a kernel or matrix, not a norm's scale) that
+    runs last when ``module`` processes ``example``: GradNorm's "last shared layer".
+
+    Execution order, not registration order: a decoder may register its blocks in the opposite order to
+    the one it runs them in (SegNet), and the last registered module may be a BatchNorm (ResNet, VGG).
+    """
+    candidates = {
+        name: m for name, m in module.named_modules() if any(p.ndim >= 2 for p in m.parameters(recurse=False))
+    }
+    if not candidates:
+        raise ValueError(f"{type(module).__name__} has no layer with a weight of two or more dimensions")
+    ran: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _in, _out, name=name: ran.append(name))
+        for name, m in candidates.items()
+    ]
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()  # no running-statistics update, no dropout draw
+        with torch.no_grad():
+            module(example)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for handle in handles:
+            handle.remove()
+    if not ran:
+        raise ValueError(f"no layer of {type(module).__name__} with a weight ran on the example input")
+    return ran[-1], candidates[ran[-1]]
 
 
 @register
@@ -352,7 +376,9 @@ class GradNormRunner(SingleModelRunner):
     )
 
     def weighting(self):
-        layer = last_parameterized_layer(self.model.encoder)
+        device = next(self.model.parameters()).device
+        example, _ = self.tasks.batch("train", torch.arange(2), device)
+        self.layer, layer = last_weight_layer(self.model.encoder, example)
         return mtlopt.GradNorm(
             self.num_tasks,
             layer,
@@ -360,6 +386,10 @@ class GradNormRunner(SingleModelRunner):
             lr=self.config["weight-lr"],
             optimizer=self.config["weight-optimizer"],
         )
+
+    def describe(self):
+        layer = dict(self.model.encoder.named_modules())[self.layer]
+        return {**super().describe(), "balanced_layer": f"encoder.{self.layer} ({type(layer).__name__})"}
 
 
 @register

@@ -356,10 +356,10 @@ def _uw(s: Setup) -> Step:
 
 
 def _gradnorm(s: Setup) -> Step:
-    from .methods import last_parameterized_layer
+    from .methods import last_weight_layer
 
     model = s.model()
-    weighting = mtlopt.GradNorm(s.tasks, last_parameterized_layer(model.encoder))
+    weighting = mtlopt.GradNorm(s.tasks, last_weight_layer(model.encoder, s.x)[1])
     optimizer = s.optimizer(model.parameters())
 
     def run() -> None:
