@@ -347,6 +347,9 @@ def test_gradnorm_guards():
     assert W.grad is None  # refused before anything was written
     with pytest.raises(ValueError, match="initial loss"):
         GradNorm(2, [W], initial_losses=[1.0, 0.0])
+    with pytest.raises(ValueError, match=r"eps must be > 0 with optimizer='adam'"):
+        GradNorm(2, [W], eps=0.0)
+    GradNorm(2, [W], eps=0.0, optimizer="sgd")  # no division by the second moment there
     with pytest.raises(ValueError, match=r"non-negative.*\[1\]"):
         mtlopt.backward([W[0] * 1.0, -W[1]], GradNorm(2, [W]))
     V = nn.Parameter(torch.ones(1, dtype=F64))

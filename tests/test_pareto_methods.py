@@ -13,7 +13,7 @@ from scipy.stats import entropy
 from torch import nn
 
 import mtlopt
-from mtlopt.preferences import das_dennis
+from mtlopt.preferences import das_dennis, preference_vectors
 from mtlopt.weighting.epo import EPO, non_uniformity
 from mtlopt.weighting.pmtl import ParetoMTL, circle_preferences
 from reference import random_jacobian, reference_min_norm
@@ -440,6 +440,12 @@ def test_wrong_number_of_tasks_and_bad_losses_raise() -> None:
         EPO([1.0, 2.0]).compute(G, L)
     with pytest.raises(ValueError, match=r"task\(s\) \[1\] is negative"):
         EPO([1.0, 2.0, 3.0]).compute(G, torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"ParetoMTL needs non-negative losses.*task\(s\) \[0, 2\] is negative"
+    ):
+        ParetoMTL(preference_vectors(3, 6), 1).compute(
+            G, torch.tensor([-1.0, 0.5, -2.0], dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match=r"losses of shape \(2,\)"):
         EPO([1.0, 2.0, 3.0]).compute(G, torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"set up for 2 tasks but got 3 losses"):

@@ -120,6 +120,10 @@ class GradNorm(Weighting):
                 raise ValueError(f"GradNorm {name} must be finite and >= 0, got {value}")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"GradNorm optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        if optimizer == "adam" and eps == 0:
+            raise ValueError(
+                "GradNorm eps must be > 0 with optimizer='adam' (a zero gradient would give 0/0)"
+            )
         if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
             raise ValueError(f"GradNorm betas must be two values in [0, 1), got {betas}")
         if not (math.isfinite(min_weight) and 0.0 < min_weight < 1.0):

@@ -226,6 +226,13 @@ class ParetoMTL(Weighting):
     def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
         G = _check_inputs("ParetoMTL", gramian, losses, self.num_tasks)
         K = G.shape[0]
+        negative = [t for t, value in enumerate(losses.detach().tolist()) if value < 0]
+        if negative:
+            raise ValueError(
+                "ParetoMTL needs non-negative losses (its preference regions are cones of the positive "
+                f"orthant), but the loss of task(s) {negative} is negative "
+                f"({[float(losses[t]) for t in negative]})"
+            )
         values = self.constraints(losses).numpy()
         self.steps += 1
         if self.phase == "warmup":
