@@ -377,6 +377,19 @@ def test_population_input_errors():
         Transfer(strength=1.5)
     with pytest.raises(ValueError, match="does not have the architecture"):
         Population([TwoTaskNet(0), nn.Linear(2, 2)], preference_vectors(2, 2), sgd)
+    with pytest.raises(ValueError, match=r"a 'cosine' transfer schedule needs total_steps >= 1, got None"):
+        Population(models, preference_vectors(2, 2), sgd, transfer=Transfer(0.1, schedule="cosine"))
+
+
+def test_parameters_are_copied_only_before_a_transferring_step():
+    pop = population("never", Transfer(strength=0.2, every=2))
+    for step, (x, y) in enumerate(batches(4)):
+        assert bool(pop._snapshot()) == (step % 2 == 0)
+        pop.step(x, y, two_task_loss)
+    decayed = population("never", Transfer(strength=0.2, schedule="linear"), total_steps=2)
+    for x, y in batches(2):
+        decayed.step(x, y, two_task_loss)
+    assert decayed._snapshot() == {}  # strength 0 from the end of the schedule on
 
 
 # --- hypervolume ---------------------------------------------------------------------------------------

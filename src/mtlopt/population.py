@@ -231,6 +231,14 @@ class Population:
         ]
         if self.transfer.strength > 0 and not self.mixed_names:
             raise ValueError("no parameter is selected for transfer")
+        if (
+            self.transfer.schedule != "constant"
+            and self.transfer.strength > 0
+            and not (total_steps or 0) >= 1
+        ):
+            raise ValueError(
+                f"a {self.transfer.schedule!r} transfer schedule needs total_steps >= 1, got {total_steps}"
+            )
         self.scalarization: Scalarization = scalarization
         self.ideal = IdealPoint(self.preferences.shape[1], ideal_margin)
         self.total_steps = total_steps
@@ -428,7 +436,8 @@ class Population:
         return {name: [params[name] for params in named] for name in self.mixed_names}
 
     def _snapshot(self) -> dict[str, Tensor]:
-        if self.transfer.strength == 0.0:
+        """The transferred parameters before the step, when this step transfers (else empty)."""
+        if self.steps % self.transfer.every or self.transfer.strength_at(self.steps, self.total_steps) == 0.0:
             return {}
         snapshot = {}
         for name, tensors in self._mixed_member_tensors().items():
