@@ -35,9 +35,9 @@ The K members can be trained as one vectorized model (``torch.func.stack_module_
 ``functional_call`` + ``vmap`` over the stacked parameters) or with a per-member loop; both give the same
 numbers up to floating-point reassociation. ``vectorize="auto"`` vectorizes on accelerators, where one
 batched kernel replaces K launches, and loops on the CPU, where vmap measured slower for a few large
-batches (one thread, Sener LeNet batch 256, K = 5: 7.3× one model's step vmapped vs 5.0× looped) but
-faster for many members (K = 40, batch 64: 3.6× vs 21.6×; ``docs/benchmarks/speed/speed.md``): pass
-``vectorize="always"`` there. Modules with running statistics (BatchNorm) always loop: they cannot be
+batches (one thread, 5 Sener LeNets with 2 tasks, batch 256: 7.3× one model's step vmapped vs 5.0×
+looped) but faster with many small per-task ops (40 tasks, batch 64: 3.6× vs 21.6×;
+``docs/benchmarks/speed/speed.md``): pass ``vectorize="always"`` there. Modules with running statistics (BatchNorm) always loop: they cannot be
 updated in place under vmap.
 """
 
