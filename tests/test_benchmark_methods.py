@@ -133,6 +133,19 @@ def test_the_last_shared_layer_is_the_last_to_run_not_the_last_registered():
         last_weight_layer(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), torch.randn(2, 3))
 
 
+def test_mtgd_shared_init_starts_every_member_from_the_first():
+    shared = make_runner("mtgd", {"num-models": 3, "init": "shared"})
+    first, *rest = shared.population.member_state_dicts()
+    assert all(torch.equal(first[name], member[name]) for member in rest for name in first)
+    a, b, _ = make_runner("mtgd", {"num-models": 3}).population.member_state_dicts()
+    assert not torch.equal(a["encoder.0.weight"], b["encoder.0.weight"])  # independent by default
+    assert all(torch.equal(a[name], first[name]) for name in a)  # the same draws: member 0 is the same
+    x, y = batches(1)[0]
+    shared.train_step(x, y)
+    after = shared.population.member_state_dicts()
+    assert not torch.equal(after[0]["heads.1.3.weight"], after[2]["heads.1.3.weight"])  # own preferences
+
+
 def test_pcgrad_matches_the_reference_projection():
     """The benchmark step equals PCGrad computed by hand on the encoder's task gradients."""
     runner = make_runner("pcgrad", {"order": "fixed"})

@@ -618,10 +618,14 @@ class PopulationRunner(MethodRunner):
         """Per-member weightings for the given member indices (None: the scalarization)."""
         return None
 
+    def initial_models(self, make_model: Callable[[], nn.Module], count: int) -> list[nn.Module]:
+        """The members before training: each with its own initialization."""
+        return [make_model() for _ in range(count)]
+
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
         self.tasks = tasks
         count = self.config["num-models"]
-        models = [make_model() for _ in range(count)]  # every rank builds the same K models
+        models = self.initial_models(make_model, count)  # every rank builds the same K models
         group = resolve_group("auto")
         world, rank = world_size(group), (torch.distributed.get_rank(group) if group is not None else 0)
         if count % world:
@@ -709,7 +713,21 @@ class MTGDRunner(PopulationRunner):
             "parameters transferred: the shared trunk (as the MGD code) or all",
             ("shared", "all"),
         ),
+        Option(
+            "init",
+            "independent",
+            "members' initial weights: each its own, or all the first member's (transfer then mixes "
+            "corresponding units)",
+            ("independent", "shared"),
+        ),
     )
+
+    def initial_models(self, make_model, count):
+        models = super().initial_models(make_model, count)  # the same random draws either way
+        if self.config["init"] == "shared":
+            for model in models[1:]:
+                model.load_state_dict(models[0].state_dict())
+        return models
 
     def transfer(self):
         return mtlopt.Transfer(
