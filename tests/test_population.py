@@ -317,6 +317,35 @@ def test_state_dict_resumes_exactly():
         assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_a_run_that_fell_back_to_the_loop_resumes_in_the_loop():
+    """``vectorize="auto"`` on an accelerator falls back to the loop when vmap fails at the first step;
+    a fresh population for the resume starts vectorized and must follow the checkpoint."""
+    data = batches(4)
+
+    def auto_on_accelerator():  # what vectorize="auto" builds on a GPU
+        pop = population("always", Transfer(strength=0.2))
+        pop._fallback_allowed = True
+        return pop
+
+    pop = auto_on_accelerator()
+    with pytest.warns(UserWarning, match="training members in a loop"):
+        pop._to_loop(RuntimeError("an op vmap does not support"))
+    for x, y in data[:2]:
+        pop.step(x, y, two_task_loss)
+    saved = copy.deepcopy(pop.state_dict())
+    for x, y in data[2:]:
+        pop.step(x, y, two_task_loss)
+    resumed = auto_on_accelerator()
+    resumed.load_state_dict(saved)
+    assert not resumed.vectorized
+    for x, y in data[2:]:
+        resumed.step(x, y, two_task_loss)
+    for a, b in zip(members(pop), members(resumed)):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match="other vectorization mode"):
+        population("always", Transfer(strength=0.2)).load_state_dict(saved)  # "always" does not fall back
+
+
 def test_per_member_fixed_weights_equal_the_linear_scalarization():
     data = batches(4)
     transfer = Transfer(strength=0.1, parameters="all")

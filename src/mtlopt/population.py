@@ -384,7 +384,9 @@ class Population:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["vectorized"] != self.vectorized:
-            raise ValueError("the state was saved in the other vectorization mode")
+            if not (self.vectorized and self._fallback_allowed):
+                raise ValueError("the state was saved in the other vectorization mode")
+            self._switch_to_loop()  # that run fell back to the loop at its first step: so does this one
         if len(state["optimizers"]) != self.world:
             raise ValueError(
                 f"the state was saved with {len(state['optimizers'])} processes, this run has {self.world}"
@@ -470,6 +472,10 @@ class Population:
         import warnings
 
         warnings.warn(f"vectorized population failed ({error}); training members in a loop", stacklevel=3)
+        self._switch_to_loop()
+
+    def _switch_to_loop(self) -> None:
+        """Rebuild the members as modules trained in a loop, with a fresh optimizer over them."""
         members = self.member_state_dicts()
         template = self._base
         self.models = []
