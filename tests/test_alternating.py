@@ -178,6 +178,41 @@ def test_regrouping_each_epoch_keeps_every_parameters_optimizer_state():
             assert torch.equal(steps.optimizers[k].state[model.heads[t].weight]["exp_avg"], head_state[t])
 
 
+def test_regrouping_keeps_each_optimizers_decayed_learning_rate():
+    model = Net(num_tasks=6)
+    steps = mtlopt.AlternatingSteps(
+        model.encoder,
+        model.heads,
+        functools.partial(torch.optim.Adam, lr=1e-2),
+        group_size=2,
+        regroup="epoch",
+    )
+    for optimizer in steps.optimizers:  # e.g. the trainer's lr decay at the start of an epoch
+        optimizer.param_groups[0]["lr"] = 1e-4
+    before = steps.optimizers
+    steps.new_epoch()
+    assert all(a is not b for a, b in zip(before, steps.optimizers))  # new optimizers for the new groups
+    assert [opt.param_groups[0]["lr"] for opt in steps.optimizers] == [1e-4] * 3
+
+
+def test_a_nan_gradient_raises_before_the_step_and_names_the_group():
+    model = Net(num_tasks=2)
+    x, y = data(num_tasks=2)
+    steps = mtlopt.AlternatingSteps(model.encoder, model.heads, sgd())
+    before = params(model)
+
+    def closure(group):
+        if group == [1]:  # a finite loss (0) whose gradient is NaN (0 · ∞)
+            return (model.heads[1].bias - model.heads[1].bias.detach()).abs().sqrt().sum()
+        return [task_loss(model, x, y, t) for t in group]
+
+    with pytest.raises(mtlopt.NonFiniteError, match=r"gradient of the group of tasks \[1\] contains NaN"):
+        steps.step(closure)
+    after = params(model)
+    assert not torch.equal(before[0], after[0])  # group [0] stepped first
+    assert torch.equal(before[-1], after[-1]) and all(torch.isfinite(p).all() for p in after)
+
+
 @pytest.mark.parametrize("state", ["per-group", "shared"])
 def test_state_dict_resumes_exactly(state):
     x, y = data(num_tasks=6)

@@ -215,6 +215,48 @@ def test_state_dict_and_schedulers_work():
     assert all(p.grad is None for p in model.parameters()) and not optimizer._task_grads
 
 
+def test_a_checkpoint_with_the_balance_loads_into_an_mao_without_it():
+    model = Net()
+    optimizer = mao_for(model, lr=1e-2, balance_beta=0.9)
+    for step in range(2):
+        optimizer.zero_grad()
+        optimizer.backward(model.losses(*batch(step)))
+        optimizer.step()
+    plain = mao_for(model, lr=1e-2)
+    plain.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    plain.zero_grad()
+    plain.backward(model.losses(*batch(2)))
+    plain.step()  # the saved balance is carried, not updated
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_plain_backward_is_refused_instead_of_leaving_the_shared_parameters_still():
+    model = Net()
+    optimizer = mao_for(model, lr=1e-2)
+    sum(model.losses(*batch(0))).backward()
+    with pytest.raises(RuntimeError, match=r"call mao.backward\(losses\)"):
+        optimizer.step()
+
+
+def test_a_grad_scaler_works_when_every_parameter_is_shared():
+    model = Net()
+    optimizer = mtlopt.MAO([{"params": model.parameters(), "shared": True}], num_tasks=2, lr=1e-2)
+    reference = copy.deepcopy(model)
+    plain = mtlopt.MAO([{"params": reference.parameters(), "shared": True}], num_tasks=2, lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    for step in range(3):
+        x, y = batch(step)
+        optimizer.zero_grad()
+        optimizer.backward(model.losses(x, y), scaler=scaler)
+        scaler.step(optimizer)
+        scaler.update()
+        plain.zero_grad()
+        plain.backward(reference.losses(x, y))
+        plain.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # a power-of-two scale: the same steps
+
+
 def test_balance_shares_per_layer():
     model = Net()
     optimizer = mao_for(model, lr=1e-2, balance_beta=0.9)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ._checks import all_finite
 from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 
@@ -157,7 +158,13 @@ class AlternatingSteps:
             self._zero_grad()
             loss = _group_loss(closure(list(group)), group)
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-            all_reduce_mean_(grads_of(self._group_parameters(group)), self.group)
+            grads = grads_of(self._group_parameters(group))
+            all_reduce_mean_(grads, self.group)
+            if self.scaler is None and not all_finite(grads):  # a GradScaler skips such a step itself
+                raise NonFiniteError(
+                    f"a gradient of the group of tasks {list(group)} contains NaN or inf (its loss is "
+                    f"{float(loss.detach())}); no parameter was changed by this group's step"
+                )
             before = [p.detach().clone() for p in self.shared] if self.track_distance else None
             optimizer = self._optimizers[k] if self.state_mode == "per-group" else self._optimizers[0]
             if self.scaler is None:
@@ -174,7 +181,12 @@ class AlternatingSteps:
         return AlternatingStepResult([list(self.groups[k]) for k in order], losses, distance)
 
     def new_epoch(self) -> None:
-        """Start a new epoch: with ``regroup="epoch"``, draw a new random partition."""
+        """Start a new epoch: with ``regroup="epoch"``, draw a new random partition.
+
+        With ``state="per-group"`` the groups get new optimizers, which take over the old ones' state and
+        hyperparameters (e.g. a decayed ``lr``); an LR scheduler must be attached to :attr:`optimizers`
+        again.
+        """
         if self.regroup != "epoch":
             return
         previous = self.groups
@@ -239,6 +251,9 @@ class AlternatingSteps:
             old_groups, old_optimizers = previous
             owner = {t: k for k, group in enumerate(old_groups) for t in group}
             for k, (group, optimizer) in enumerate(zip(groups, optimizers)):
+                source = old_optimizers[min(k, len(old_optimizers) - 1)]
+                for new_group, old_group in zip(optimizer.param_groups, source.param_groups):
+                    new_group.update({key: value for key, value in old_group.items() if key != "params"})
                 for p in self.shared:
                     if k < len(old_optimizers) and p in old_optimizers[k].state:
                         optimizer.state[p] = old_optimizers[k].state[p]

@@ -198,6 +198,9 @@ class MAO(torch.optim.Optimizer):
                     f"the gradient of task(s) {', '.join(map(repr, bad))} w.r.t. a shared parameter contains NaN or inf"
                 )
         self.set_task_gradients(dict(zip(shared, blocks)))
+        if scale != 1.0 and not others and shared:
+            # scaler.step needs a .grad to record its inf check on; the update reads the per-task gradients
+            shared[0].grad = torch.zeros_like(shared[0])
         if others:
             torch.autograd.backward(sum(scaled), inputs=others, retain_graph=retain_graph)
             all_reduce_mean_(grads_of(others), group)
@@ -236,6 +239,11 @@ class MAO(torch.optim.Optimizer):
             for p in group["params"]:
                 if group["shared"]:
                     grad = self._task_grads.get(p)
+                    if grad is None and p.grad is not None and self._task_grads == {}:
+                        raise RuntimeError(
+                            "MAO.step: a shared parameter has a .grad but no per-task gradients; call "
+                            "mao.backward(losses) (or mao.set_task_gradients) instead of loss.backward()"
+                        )
                 else:
                     grad = None if p.grad is None else p.grad.unsqueeze(0)
                 if grad is None:
@@ -288,7 +296,7 @@ class MAO(torch.optim.Optimizer):
             state["sum"].addcmul_(grad, grad, value=1)
             denom = state["sum"].sqrt().add_(eps)
             numerator, step_size = grad, scale
-        if "balance" in state:
+        if self.balance_beta is not None and "balance" in state:
             contribution = (numerator / denom).pow(2).flatten(1).sum(1).double() * step_size**2
             state["balance"].mul_(self.balance_beta).add_(contribution, alpha=1 - self.balance_beta)
         for k in range(tasks):  # each task's step with Adam's own fused operation
