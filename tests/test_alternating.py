@@ -195,6 +195,20 @@ def test_regrouping_keeps_each_optimizers_decayed_learning_rate():
     assert [opt.param_groups[0]["lr"] for opt in steps.optimizers] == [1e-4] * 3
 
 
+def test_the_process_group_is_looked_up_at_each_step(monkeypatch):
+    """Built before torch.distributed is initialized, the steps still synchronize once it is."""
+    import mtlopt.alternating as alternating
+
+    model = Net(num_tasks=2)
+    x, y = data(num_tasks=2)
+    steps = mtlopt.AlternatingSteps(model.encoder, model.heads, sgd())
+    group, seen = object(), []
+    monkeypatch.setattr(alternating, "resolve_group", lambda sync: group if sync == "auto" else None)
+    monkeypatch.setattr(alternating, "all_reduce_mean_", lambda tensors, g: seen.append(g))
+    steps.step(closure_for(model, x, y))
+    assert seen == [group, group]  # one all-reduce per group's sub-step, over the group found now
+
+
 def test_a_nan_gradient_raises_before_the_step_and_names_the_group():
     model = Net(num_tasks=2)
     x, y = data(num_tasks=2)

@@ -124,7 +124,8 @@ class AlternatingSteps:
         self.order: Order = order
         self.seed = seed
         self.track_distance = track_distance
-        self.group = resolve_group(sync)
+        resolve_group(sync)  # validated now (sync=True without a process group fails here)
+        self._sync = sync
         self.scaler = scaler
         self._make_optimizer = optimizer
         self._generator = torch.Generator().manual_seed(seed)
@@ -159,7 +160,7 @@ class AlternatingSteps:
             loss = _group_loss(closure(list(group)), group)
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             grads = grads_of(self._group_parameters(group))
-            all_reduce_mean_(grads, self.group)
+            all_reduce_mean_(grads, resolve_group(self._sync))  # at each step: may be built before init
             if self.scaler is None and not all_finite(grads):  # a GradScaler skips such a step itself
                 raise NonFiniteError(
                     f"a gradient of the group of tasks {list(group)} contains NaN or inf (its loss is "
