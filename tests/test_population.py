@@ -297,24 +297,30 @@ def test_transfer_speeds_up_convergence_on_nearby_quadratics():
     assert coupled < 0.5 * independent, (coupled, independent)
 
 
-def test_state_dict_resumes_exactly():
-    data = batches(6)
-    pop = population(
-        "always", Transfer(strength=0.2, schedule="linear"), total_steps=6, scalarization="tchebycheff"
-    )
-    for x, y in data[:3]:
-        pop.step(x, y, two_task_loss)
-    saved = copy.deepcopy(pop.state_dict())
-    for x, y in data[3:]:
-        pop.step(x, y, two_task_loss)
-    resumed = population(
-        "always", Transfer(strength=0.2, schedule="linear"), total_steps=6, scalarization="tchebycheff"
-    )
+def assert_resumes_exactly(first: Population, make_resumed, data, split: int) -> Population:
+    """Train ``first`` on ``data``; a population from ``make_resumed()`` loaded with the state after
+    ``split`` batches and trained on the rest ends bitwise where ``first`` did. Returns it."""
+    for x, y in data[:split]:
+        first.step(x, y, two_task_loss)
+    saved = copy.deepcopy(first.state_dict())
+    for x, y in data[split:]:
+        first.step(x, y, two_task_loss)
+    resumed = make_resumed()
     resumed.load_state_dict(saved)
-    for x, y in data[3:]:
+    for x, y in data[split:]:
         resumed.step(x, y, two_task_loss)
-    for a, b in zip(members(pop), members(resumed)):
+    for a, b in zip(members(first), members(resumed)):
         assert all(torch.equal(a[n], b[n]) for n in a)
+    return resumed
+
+
+def test_state_dict_resumes_exactly():
+    def make():
+        return population(
+            "always", Transfer(strength=0.2, schedule="linear"), total_steps=6, scalarization="tchebycheff"
+        )
+
+    assert_resumes_exactly(make(), make, batches(6), 3)
 
 
 def test_a_run_that_fell_back_to_the_loop_resumes_in_the_loop():
@@ -330,20 +336,12 @@ def test_a_run_that_fell_back_to_the_loop_resumes_in_the_loop():
     pop = auto_on_accelerator()
     with pytest.warns(UserWarning, match="training members in a loop"):
         pop._to_loop(RuntimeError("an op vmap does not support"))
-    for x, y in data[:2]:
-        pop.step(x, y, two_task_loss)
-    saved = copy.deepcopy(pop.state_dict())
-    for x, y in data[2:]:
-        pop.step(x, y, two_task_loss)
-    resumed = auto_on_accelerator()
-    resumed.load_state_dict(saved)
+    resumed = assert_resumes_exactly(pop, auto_on_accelerator, data, 2)
     assert not resumed.vectorized
-    for x, y in data[2:]:
-        resumed.step(x, y, two_task_loss)
-    for a, b in zip(members(pop), members(resumed)):
-        assert all(torch.equal(a[n], b[n]) for n in a)
     with pytest.raises(ValueError, match="other vectorization mode"):
-        population("always", Transfer(strength=0.2)).load_state_dict(saved)  # "always" does not fall back
+        population("always", Transfer(strength=0.2)).load_state_dict(
+            pop.state_dict()
+        )  # "always" does not fall back
 
 
 def test_per_member_fixed_weights_equal_the_linear_scalarization():
@@ -372,18 +370,7 @@ def test_pareto_mtl_members_resume_exactly():
             "never", None, K=3, weightings=[ParetoMTL(rays, k, warmup_steps=2) for k in range(3)]
         )
 
-    pop = make()
-    for x, y in data[:3]:
-        pop.step(x, y, two_task_loss)
-    saved = copy.deepcopy(pop.state_dict())
-    for x, y in data[3:]:
-        pop.step(x, y, two_task_loss)
-    resumed = make()
-    resumed.load_state_dict(saved)
-    for x, y in data[3:]:
-        resumed.step(x, y, two_task_loss)
-    for a, b in zip(members(pop), members(resumed)):
-        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert_resumes_exactly(make(), make, data, 3)
 
 
 def test_weightings_errors():
