@@ -271,7 +271,7 @@ def _summarize(args: argparse.Namespace) -> int:
     from .report import load_runs, summarize
 
     out = Path(args.out)
-    order = [label.strip() for label in _split_outside_brackets(args.order) if label.strip()]
+    order = _split_outside_brackets(args.order) if args.order.strip() else []
     found = sorted({run["label"] for run in load_runs(out)})
     unknown = [label for label in order if label not in found]
     if unknown:
