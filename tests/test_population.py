@@ -70,6 +70,11 @@ def test_preference_vectors():
     assert torch.equal(preference_vectors(3, 15), lattice)
     with pytest.raises(ValueError, match="not a Das–Dennis lattice size"):
         preference_vectors(3, 11)
+    inner = preference_vectors(2, 5, interior=True)
+    torch.testing.assert_close(inner[:, 1], torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64))
+    inner3 = preference_vectors(3, 15, interior=True)  # H = 4: each vector 1/5 of the way to the centroid
+    torch.testing.assert_close(inner3, 0.8 * lattice + 0.2 / 3)
+    assert bool((inner3 > 0).all()) and torch.allclose(inner3.sum(1), torch.ones(15, dtype=torch.float64))
 
 
 @pytest.mark.parametrize(

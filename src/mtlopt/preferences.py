@@ -4,6 +4,11 @@ r"""Preference vectors: points on the simplex, one per scalarized subproblem.
   :math:`\lambda_i = (1 - i/(N-1),\ i/(N-1))`.
 - More objectives: the Das–Dennis lattice (Das & Dennis, SIAM J. Optim. 1998): every vector whose
   components are multiples of 1/H and sum to 1, :math:`\binom{H+m-1}{m-1}` of them.
+
+With ``interior=True`` every vector moves toward the centroid by :math:`1/(H+1)` (two objectives:
+:math:`H = N - 1`), which gives :math:`\lambda_i = (1 - (i+\tfrac12)/N,\ (i+\tfrac12)/N)`: no vector puts
+zero weight on an objective. Under linear scalarization an end vector such as (1, 0) never trains the
+other task's head, so that model's point usually falls outside a hypervolume reference box.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from torch import Tensor
 __all__ = ["check_preferences", "das_dennis", "preference_vectors"]
 
 
-def preference_vectors(num_objectives: int, num_vectors: int) -> Tensor:
+def preference_vectors(num_objectives: int, num_vectors: int, *, interior: bool = False) -> Tensor:
     """``num_vectors`` preference vectors for ``num_objectives`` objectives, shape (N, m), float64.
 
     For more than two objectives ``num_vectors`` must be a Das–Dennis lattice size
-    :math:`\\binom{H+m-1}{m-1}`; the error lists the nearest valid sizes.
+    :math:`\\binom{H+m-1}{m-1}`; the error lists the nearest valid sizes. ``interior``: shrink the
+    vectors toward the centroid by 1/(H+1), off the simplex's boundary (see the module docstring).
     """
     if num_objectives < 1 or num_vectors < 1:
         raise ValueError(
@@ -33,7 +39,7 @@ def preference_vectors(num_objectives: int, num_vectors: int) -> Tensor:
         if num_vectors == 1:
             return torch.tensor([[0.5, 0.5]], dtype=torch.float64)
         first = torch.linspace(1.0, 0.0, num_vectors, dtype=torch.float64)
-        return torch.stack([first, 1.0 - first], dim=1)
+        return _shrink(torch.stack([first, 1.0 - first], dim=1), num_vectors - 1, interior)
     sizes = {}
     for divisions in range(1, 200):
         size = math.comb(divisions + num_objectives - 1, num_objectives - 1)
@@ -46,7 +52,14 @@ def preference_vectors(num_objectives: int, num_vectors: int) -> Tensor:
             f"{num_vectors} vectors is not a Das–Dennis lattice size for {num_objectives} objectives; "
             f"nearby sizes: {', '.join(map(str, valid))}"
         )
-    return das_dennis(num_objectives, sizes[num_vectors])
+    return _shrink(das_dennis(num_objectives, sizes[num_vectors]), sizes[num_vectors], interior)
+
+
+def _shrink(vectors: Tensor, divisions: int, interior: bool) -> Tensor:
+    if not interior:
+        return vectors
+    step = 1.0 / (divisions + 1)
+    return (1.0 - step) * vectors + step / vectors.shape[1]
 
 
 def das_dennis(num_objectives: int, divisions: int) -> Tensor:

@@ -599,6 +599,13 @@ _SET_OPTIONS = (
         "num-models", 5, "models in the set, one per evenly spaced preference vector", parse=_positive_int
     ),
     Option("scalarization", "linear", "scalarization of each subproblem", ("linear", "tchebycheff")),
+    Option(
+        "preferences",
+        "ends",
+        "evenly spaced vectors including the ends such as (1, 0), or moved into the interior "
+        "((i + 1/2) / K for two tasks)",
+        ("ends", "interior"),
+    ),
 )
 
 
@@ -612,7 +619,9 @@ class PopulationRunner(MethodRunner):
 
     def member_preferences(self, count: int) -> Tensor:
         """The (count, m) preference vectors of the members (on the simplex)."""
-        return mtlopt.preference_vectors(self.num_tasks, count)
+        return mtlopt.preference_vectors(
+            self.num_tasks, count, interior=self.config.get("preferences", "ends") == "interior"
+        )
 
     def weightings(self, members: range) -> list[mtlopt.Weighting] | None:
         """Per-member weightings for the given member indices (None: the scalarization)."""
