@@ -146,6 +146,15 @@ def test_mtgd_shared_init_starts_every_member_from_the_first():
     assert not torch.equal(after[0]["heads.1.3.weight"], after[2]["heads.1.3.weight"])  # own preferences
 
 
+def test_epo_takes_the_official_scripts_weight_scale_as_an_option():
+    assert all(w.weight_scale == "one" for w in make_runner("epo", {"num-models": 2}).population.weightings)
+    runner = make_runner("epo", {"num-models": 2, "weight-scale": "num-tasks"})
+    assert all(w.weight_scale == "num-tasks" for w in runner.population.weightings)
+    assert "head-weighting" not in {o.name for o in get_method("epo").options} | {
+        o.name for o in get_method("pmtl").options
+    }
+
+
 def test_pcgrad_matches_the_reference_projection():
     """The benchmark step equals PCGrad computed by hand on the encoder's task gradients."""
     runner = make_runner("pcgrad", {"order": "fixed"})

@@ -748,14 +748,10 @@ class MTGDRunner(PopulationRunner):
         )
 
 
+# Each member's whole model is its weighting's shared parameters (as in both official codes), so its
+# heads get w_t grad L_t: the weightings' head_weighting has nothing to act on and is not offered.
 _RAY_SET_OPTIONS = (
     Option("num-models", 5, "models in the set, one per preference ray", parse=_positive_int),
-    Option(
-        "head-weighting",
-        "weighted",
-        "heads get w_t grad L_t (official code) or grad L_t",
-        ("weighted", "unweighted"),
-    ),
 )
 
 
@@ -813,7 +809,6 @@ class ParetoMTLRunner(RaySetRunner):
                 k,
                 warmup_steps=steps,
                 weight_scale=self.config["weight-scale"],
-                head_weighting=self.config["head-weighting"],
             )
             for k in members
         ]
@@ -829,6 +824,12 @@ class EPORunner(RaySetRunner):
         *_RAY_SET_OPTIONS,
         Option("descent", "restricted", "descent-mode linear program", ("restricted", "relaxed")),
         Option("eps", 1e-4, "non-uniformity threshold between balance and descent mode", parse=float),
+        Option(
+            "weight-scale",
+            "one",
+            "sum of the weights: 1 (paper) or the number of tasks (official MultiMNIST script)",
+            ("one", "num-tasks"),
+        ),
     )
     # The official MultiMNIST runs: rays strictly inside the quadrant (EPO needs r > 0).
     angles = (1e-4 * 0.5 * math.pi, (1.0 - 1e-4) * 0.5 * math.pi)
@@ -840,7 +841,7 @@ class EPORunner(RaySetRunner):
                 rays[k],
                 eps=self.config["eps"],
                 descent=self.config["descent"],
-                head_weighting=self.config["head-weighting"],
+                weight_scale=self.config["weight-scale"],
             )
             for k in members
         ]
