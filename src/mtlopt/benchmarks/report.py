@@ -425,8 +425,9 @@ def _hypervolume_section(hv, first) -> list[str]:
         lines += [
             "Published (public `pmtl` pickles, 10 seeds, 100+ epochs, validation split of the training "
             f"composites): {published}. Differences here: composites built by mtlopt with the split by "
-            "source image, fewer epochs and seeds (see above); numbers are comparable in kind, not to the "
-            "last digit.",
+            "source image, fewer epochs and seeds (see above), and one optimizer for every method (the "
+            "published EPO runs use SGD without momentum); numbers are comparable in kind, not to the last "
+            "digit.",
             "",
         ]
     return lines
