@@ -27,7 +27,10 @@ reimplementations (a JAX and a TensorFlow one) and of AdaTask. The per-task rule
 in AdaTask: ``"adam"`` (with optional AMSGrad), ``"rmsprop"`` (:math:`v_k \leftarrow \beta_2 v_k +
 (1-\beta_2) g_k^2`, :math:`u_k = g_k / (\sqrt{v_k} + \varepsilon)`, as ``torch.optim.RMSprop`` with
 ``alpha = betas[1]``) and ``"adagrad"`` (:math:`s_k \leftarrow s_k + g_k^2`, :math:`u_k = g_k /
-(\sqrt{s_k} + \varepsilon)`, as ``torch.optim.Adagrad``).
+(\sqrt{s_k} + \varepsilon)`, as ``torch.optim.Adagrad``). The three rules share the decoupled weight
+decay; ``torch.optim.RMSprop`` and ``Adagrad`` add :math:`\lambda p` to the gradient instead, so they
+match MAO with one task only at ``weight_decay=0``. With ``reduction="mean"`` and weight decay, the decay
+still uses the full :math:`\eta` (it is not a per-task step).
 
 Balance diagnostic (``balance_beta``): per shared tensor and task, an exponential moving average of the
 squared norm of the update the task contributes, :math:`b_k \leftarrow \beta b_k + (1-\beta)
