@@ -322,12 +322,16 @@ class MAO(torch.optim.Optimizer):
         """
         if self.balance_beta is None:
             raise ValueError("MAO.balance needs balance_beta set when the optimizer is created")
-        totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros(self.num_tasks, dtype=torch.float64))
+        per_layer: dict[str, list[Tensor]] = defaultdict(list)
         for name, p in named_parameters:
             state = self.state.get(p, {})
             if "balance" not in state:
                 continue
             parts = name.split(".")
             layer = ".".join(parts[:depth] if depth is not None else parts[:-1]) or name
-            totals[layer] += state["balance"].cpu()
-        return {layer: total / total.sum() for layer, total in totals.items() if total.sum() > 0}
+            per_layer[layer].append(state["balance"])
+        if not per_layer:
+            return {}
+        # Summed where the states live, then one copy to the host (not one synchronization per tensor).
+        totals = torch.stack([torch.stack(parts).sum(0) for parts in per_layer.values()]).cpu()
+        return {layer: total / total.sum() for layer, total in zip(per_layer, totals) if total.sum() > 0}
