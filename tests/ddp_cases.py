@@ -219,3 +219,86 @@ def worker(rank: int, world: int, port: int, names, out_dir: str) -> None:
         torch.save(run_cases(rank, world, names), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def nan_on_rank_one(rank: int) -> dict[str, str]:
+    """Each method with a NaN loss on rank 1 only: what each rank raised (every rank must raise, none wait)."""
+    x, y = shard(batches()[0][0], rank, 2), shard(batches()[0][1], rank, 2)
+    poison = float("nan") if rank == 1 else 1.0
+
+    def losses(model):
+        values, z = model.losses(x, y)
+        return [values[0] * poison, *values[1:]], z
+
+    def backward_ew():
+        model = Net()
+        mtlopt.backward(losses(model)[0], mtlopt.EW())
+
+    def mao():
+        model = Net()
+        groups = [
+            {"params": model.encoder.parameters(), "shared": True},
+            {"params": model.heads.parameters()},
+        ]
+        mtlopt.MAO(groups, num_tasks=TASKS).backward(losses(model)[0])
+
+    def alternating():
+        model = Net()
+        steps = mtlopt.AlternatingSteps(
+            model.encoder, model.heads, functools.partial(torch.optim.SGD, lr=0.1)
+        )
+        steps.step(lambda group: [losses(model)[0][t] for t in group])
+
+    def population():
+        models = [Net(seed=rank)]
+        models[0].forward = lambda inputs: [h(models[0].encoder(inputs)) for h in models[0].heads]
+        pop = mtlopt.Population(
+            models,
+            mtlopt.preference_vectors(TASKS, 3)[:2],
+            functools.partial(torch.optim.SGD, lr=0.1),
+            transfer=mtlopt.Transfer(strength=0.1),
+        )
+        pop.step(
+            x,
+            y,
+            lambda outputs, targets: torch.stack(
+                [
+                    (o.squeeze(1) - targets[:, t]).pow(2).mean() * (poison if t == 0 else 1.0)
+                    for t, o in enumerate(outputs)
+                ]
+            ),
+        )
+
+    raised = {}
+    for name, case in [
+        ("backward", backward_ew),
+        ("mao", mao),
+        ("alternating", alternating),
+        ("population", population),
+    ]:
+        try:
+            case()
+            raised[name] = "nothing"
+        except Exception as error:  # the test compares what each rank raised
+            raised[name] = type(error).__name__
+    return raised
+
+
+def nan_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import datetime
+    import json
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=20),  # a rank left waiting fails the test instead of hanging it
+    )
+    try:
+        with open(os.path.join(out_dir, f"nan{rank}.json"), "w") as f:
+            json.dump(nan_on_rank_one(rank), f)
+    finally:
+        torch.distributed.destroy_process_group()

@@ -44,6 +44,14 @@ def test_two_processes_take_the_single_process_update(two_ranks, case):
         )
 
 
+def test_a_nan_on_one_rank_makes_every_rank_raise(tmp_path):
+    """No rank is left waiting in a collective when another finds a non-finite loss."""
+    mp.spawn(ddp_cases.nan_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    raised = [json.loads((tmp_path / f"nan{rank}.json").read_text()) for rank in range(2)]
+    expected = dict.fromkeys(("backward", "mao", "alternating", "population"), "NonFiniteError")
+    assert raised == [expected, expected]
+
+
 SMALL = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", "--quiet", "--batch-size", "64", "--lr", "0.05", "--epochs", "2"]  # fmt: skip
 
 

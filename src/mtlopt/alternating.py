@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import all_finite
-from .distributed import all_reduce_mean_, grads_of, resolve_group
+from .distributed import all_reduce_mean_, any_rank, grads_of, resolve_group
 from .errors import NonFiniteError
 
 __all__ = ["AlternatingStepResult", "AlternatingSteps"]
@@ -154,13 +154,18 @@ class AlternatingSteps:
         if self.order == "shuffled":
             order = torch.randperm(len(order), generator=self._generator).tolist()
         losses, distance = [], 0.0
+        process_group = resolve_group(self._sync)  # looked up at each step: may be built before init
         for k in order:
             group = self.groups[k]
             self._zero_grad()
             loss = _group_loss(closure(list(group)), group)
+            bad_here = not bool(torch.isfinite(loss.detach()))
+            if any_rank(bad_here, process_group, loss.device):  # every rank raises together, none waits
+                where = f"is {float(loss.detach())}" if bad_here else "is finite here, not on another process"
+                raise NonFiniteError(f"the loss of the group of tasks {list(group)} {where}")
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             grads = grads_of(self._group_parameters(group))
-            all_reduce_mean_(grads, resolve_group(self._sync))  # at each step: may be built before init
+            all_reduce_mean_(grads, process_group)
             if self.scaler is None and not all_finite(grads):  # a GradScaler skips such a step itself
                 raise NonFiniteError(
                     f"a gradient of the group of tasks {list(group)} contains NaN or inf (its loss is "
@@ -290,8 +295,6 @@ def _group_loss(losses: GroupLosses, group: Sequence[int]) -> Tensor:
     total = values[0]
     for value in values[1:]:
         total = total + value
-    if not bool(torch.isfinite(total.detach())):
-        raise NonFiniteError(f"the loss of the group of tasks {list(group)} is {float(total.detach())}")
     return total
 
 

@@ -122,13 +122,13 @@ def backward(
     """
     names, items, loss_vector = as_loss_vector(losses)
     check_num_tasks(names, weighting.num_tasks, weighting.min_tasks, type(weighting).__name__)
-    if check_finite:
-        check_finite_losses(names, loss_vector)
     group = resolve_group(sync)
     scale = _scale_of(scaler, loss_vector)
     check_grads = check_finite and scale == 1.0
     detached = loss_vector.detach().clone()
     all_reduce_mean_([detached], group)  # weightings see the global batch's losses
+    if check_finite:  # after the all-reduce: a NaN on one rank makes every rank raise, none waits
+        check_finite_losses(names, detached if group is not None else loss_vector)
     shared, shared_names = _shared_parameters(shared_params)
 
     weighting.sync_group = group

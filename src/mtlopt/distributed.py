@@ -89,6 +89,19 @@ def all_reduce_mean_(tensors: Sequence[Tensor], group: Any | None) -> None:
             t.div_(size)
 
 
+def any_rank(flag: bool, group: Any | None, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` holds on any rank (one collective; ``flag`` itself without a group).
+
+    Lets every rank raise together when one finds a problem, instead of the others waiting forever in
+    their next collective. ``device``: where the flag is reduced (CUDA for NCCL).
+    """
+    if group is None:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
 def broadcast_module(module: nn.Module, src: int = 0, group: Any | None = "auto") -> None:
     """Copy ``src``'s parameters and buffers to every rank (start all ranks from the same model)."""
     group = resolve_group(group)

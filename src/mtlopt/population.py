@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ._checks import all_finite
-from .distributed import all_gather_stack, resolve_group, world_size
+from .distributed import all_gather_stack, any_rank, resolve_group, world_size
 from .errors import NonFiniteError
 from .preferences import check_preferences
 from .scalarization import IdealPoint, linear, tchebycheff
@@ -316,8 +316,11 @@ class Population:
         return PopulationStepResult(losses.detach(), scalarized.detach(), strength)
 
     def _check_finite_losses(self, losses: Tensor) -> None:
-        if all_finite([losses]):
+        bad_here = not all_finite([losses])
+        if not any_rank(bad_here, self.group, losses.device):  # every rank raises together
             return
+        if not bad_here:
+            raise NonFiniteError("a member on another process has a non-finite loss")
         member, task = (~torch.isfinite(losses.detach())).nonzero()[0].tolist()
         raise NonFiniteError(
             f"member {self.local.start + member} (preference {self.preferences[self.local.start + member].tolist()}) "
