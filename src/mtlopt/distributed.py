@@ -33,6 +33,7 @@ __all__ = [
     "all_gather_stack",
     "all_reduce_mean_",
     "all_reduce_sum_",
+    "any_rank",
     "broadcast_module",
     "resolve_group",
     "world_size",
