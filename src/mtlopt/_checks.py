@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,12 +77,27 @@ def check_num_tasks(names: Sequence[str], expected: int | None, minimum: int, wh
 
 def check_finite_losses(names: Sequence[str], loss_vector: Tensor) -> None:
     """Raise NonFiniteError naming every task whose loss is NaN or infinite (one host sync)."""
-    finite = torch.isfinite(loss_vector.detach())
-    if bool(finite.all()):
-        return
+    if not bool(torch.isfinite(loss_vector.detach()).all()):
+        raise NonFiniteError(non_finite_loss_message(names, loss_vector))
+
+
+def non_finite_loss_message(names: Sequence[str], loss_vector: Tensor) -> str:
     values = loss_vector.detach().cpu().tolist()
-    bad = [f"{name!r} ({value})" for name, value, ok in zip(names, values, finite.cpu().tolist()) if not ok]
-    raise NonFiniteError(f"non-finite loss for task {', '.join(bad)}")
+    bad = [f"{name!r} ({value})" for name, value in zip(names, values) if not math.isfinite(value)]
+    return f"non-finite loss for task {', '.join(bad)}"
+
+
+def check_finite_on_every_rank(
+    values: Tensor, group: Any | None, describe: Callable[[], str], what: str = "a loss"
+) -> None:
+    """Raise NonFiniteError on every rank when ``values`` is non-finite on any (one flag all-reduce under
+    a process group), so that no rank is left waiting in its next collective. ``describe()`` gives the
+    message of the rank that found it."""
+    from .distributed import any_rank
+
+    bad_here = not all_finite([values.detach()])
+    if any_rank(bad_here, group, values.device):
+        raise NonFiniteError(describe() if bad_here else f"{what} is not finite on another process")
 
 
 def as_tensors(

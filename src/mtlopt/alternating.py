@@ -40,8 +40,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ._checks import all_finite
-from .distributed import all_reduce_mean_, any_rank, grads_of, resolve_group
+from ._checks import all_finite, check_finite_on_every_rank
+from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 
 __all__ = ["AlternatingStepResult", "AlternatingSteps"]
@@ -159,10 +159,14 @@ class AlternatingSteps:
             group = self.groups[k]
             self._zero_grad()
             loss = _group_loss(closure(list(group)), group)
-            bad_here = not bool(torch.isfinite(loss.detach()))
-            if any_rank(bad_here, process_group, loss.device):  # every rank raises together, none waits
-                where = f"is {float(loss.detach())}" if bad_here else "is finite here, not on another process"
-                raise NonFiniteError(f"the loss of the group of tasks {list(group)} {where}")
+            check_finite_on_every_rank(
+                loss,
+                process_group,
+                lambda group=group, loss=loss: (
+                    f"the loss of the group of tasks {list(group)} is {float(loss.detach())}"
+                ),
+                f"the loss of the group of tasks {list(group)}",
+            )
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             grads = grads_of(self._group_parameters(group))
             all_reduce_mean_(grads, process_group)

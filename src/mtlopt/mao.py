@@ -46,8 +46,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._checks import LossesLike, all_finite, as_loss_vector, check_finite_losses
-from .distributed import all_reduce_mean_, any_rank, grads_of, resolve_group
+from ._checks import (
+    LossesLike,
+    all_finite,
+    as_loss_vector,
+    check_finite_on_every_rank,
+    non_finite_loss_message,
+)
+from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import JacobianMethod, jacobian_matrix
@@ -169,12 +175,8 @@ class MAO(torch.optim.Optimizer):
                 f"MAO was set up for {self.num_tasks} tasks but got {len(items)} losses ({', '.join(names)})"
             )
         group = resolve_group(sync)
-        if check_finite:  # every rank raises together (none left waiting in the Jacobian's all-reduce)
-            bad_here = not all_finite([vector])
-            if any_rank(bad_here, group, vector.device):
-                if bad_here:
-                    check_finite_losses(names, vector)
-                raise NonFiniteError("another process has a non-finite loss")
+        if check_finite:  # on every rank together: none is left waiting in the Jacobian's all-reduce
+            check_finite_on_every_rank(vector, group, lambda: non_finite_loss_message(names, vector))
         scale = _scale_of(scaler, vector)
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         others = [p for p in self.task_specific_parameters() if p.requires_grad]

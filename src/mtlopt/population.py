@@ -37,8 +37,8 @@ numbers up to floating-point reassociation. ``vectorize="auto"`` vectorizes on a
 batched kernel replaces K launches, and loops on the CPU, where vmap measured slower for a few large
 batches (one thread, 5 Sener LeNets with 2 tasks, batch 256: 7.3× one model's step vmapped vs 5.0×
 looped) but faster with many small per-task ops (40 tasks, batch 64: 3.6× vs 21.6×;
-``docs/benchmarks/speed/speed.md``): pass ``vectorize="always"`` there. Modules with running statistics (BatchNorm) always loop: they cannot be
-updated in place under vmap.
+``docs/benchmarks/speed/speed.md``): pass ``vectorize="always"`` there. Modules with running statistics
+(BatchNorm) always loop: they cannot be updated in place under vmap.
 """
 
 from __future__ import annotations
@@ -53,9 +53,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ._checks import all_finite
-from .distributed import all_gather_stack, any_rank, resolve_group, world_size
-from .errors import NonFiniteError
+from ._checks import check_finite_on_every_rank
+from .distributed import all_gather_stack, resolve_group, world_size
 from .preferences import check_preferences
 from .scalarization import IdealPoint, linear, tchebycheff
 
@@ -316,14 +315,15 @@ class Population:
         return PopulationStepResult(losses.detach(), scalarized.detach(), strength)
 
     def _check_finite_losses(self, losses: Tensor) -> None:
-        bad_here = not all_finite([losses])
-        if not any_rank(bad_here, self.group, losses.device):  # every rank raises together
-            return
-        if not bad_here:
-            raise NonFiniteError("a member on another process has a non-finite loss")
+        check_finite_on_every_rank(
+            losses, self.group, lambda: self._non_finite_message(losses), "a member's loss"
+        )
+
+    def _non_finite_message(self, losses: Tensor) -> str:
         member, task = (~torch.isfinite(losses.detach())).nonzero()[0].tolist()
-        raise NonFiniteError(
-            f"member {self.local.start + member} (preference {self.preferences[self.local.start + member].tolist()}) "
+        return (
+            f"member {self.local.start + member} "
+            f"(preference {self.preferences[self.local.start + member].tolist()}) "
             f"has a non-finite loss for task {task}: {losses[member, task].item()}; lower the learning rate, "
             "or pass check_finite=False to train on it"
         )
