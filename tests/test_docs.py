@@ -39,7 +39,7 @@ def test_digits_example_runs(monkeypatch, capsys) -> None:
 def test_files_the_readme_names_exist() -> None:
     """Every committed result, benchmark script and example the README points to is in the repository."""
     text = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"`((?:docs|benchmarks|examples|scripts)/[^`\s]+?)/?`", text))
+    named = set(re.findall(r"`((?:docs|tools|examples|scripts)/[^`\s]+?)/?`", text))
     assert named, "the README names no files"
     missing = sorted(path for path in named if not (ROOT / path).exists())
     assert not missing, f"README names files that do not exist: {missing}"

@@ -1,6 +1,6 @@
 """Alternating steps on QM9: time per epoch against the number of task groups, beside the quality.
 
-    .venv/bin/python benchmarks/alternating_cost.py --out docs/benchmarks/alternating_qm9.md
+    .venv/bin/python tools/alternating_cost.py --out docs/benchmarks/alternating_qm9.md
 
 Times one training step of the benchmark runners (`ew` and `alternating` with several group sizes) on
 the same QM9 `cpu`-protocol batches, in interleaved rounds (the ratio to EW is taken per round, so
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| `{label}` | {groups} | {statistics.median(ratios[label]):.2f}× ({q[0]:.2f}–{q[2]:.2f}) | "
             f"{1e3 * step:.0f} | {step * steps_per_epoch:.1f} | {shown} |"
         )
-    command = "python benchmarks/alternating_cost.py" + (f" --out {args.out}" if args.out else "")
+    command = "python tools/alternating_cost.py" + (f" --out {args.out}" if args.out else "")
     report = "\n".join(
         [
             "# Alternating steps on QM9: cost against the number of groups",

@@ -6,7 +6,7 @@ per-epoch test metrics side by side. The two-thread run shows how far floating-p
 moves a trajectory, which is the yardstick for the torchrun run (the per-step equality of every method
 is tested in ``tests/test_distributed.py``).
 
-    .venv/bin/python benchmarks/ddp_check.py --out docs/results/ddp-multifashion.md
+    .venv/bin/python tools/ddp_check.py --out docs/results/ddp-multifashion.md
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     lines = [
         "# `mtlopt train` under torchrun against one process (MultiFashion)",
         "",
-        f"Regenerate: `.venv/bin/python benchmarks/ddp_check.py --out {args.out}`. Protocol `sener`, "
+        f"Regenerate: `.venv/bin/python tools/ddp_check.py --out {args.out}`. Protocol `sener`, "
         f"{args.epochs} epochs, global batch {args.batch_size}, SGD lr 0.05, seed 0. Test accuracy (%) and "
         "cross-entropy of the left / right task after each epoch.",
         "",
