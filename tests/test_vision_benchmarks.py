@@ -15,7 +15,6 @@ from mtlopt.benchmarks.data.celeba import CelebA
 from mtlopt.benchmarks.data.dense import Cityscapes, NYUv2
 from mtlopt.benchmarks.data.sources import DataUnavailable
 from mtlopt.benchmarks.metrics import (
-    HIGHER_IS_BETTER,
     BinaryAttributeMetrics,
     ConfusionMatrix,
     DepthErrors,
@@ -23,6 +22,7 @@ from mtlopt.benchmarks.metrics import (
     delta_m,
     delta_p,
 )
+from mtlopt.benchmarks.vision_data import DENSE_METRICS
 from mtlopt.benchmarks.vision_models import (
     ResNet18MultiTask,
     SegNetFeatures,
@@ -388,8 +388,10 @@ NYU_METRICS += ["within_11.25", "within_22.5", "within_30"]
     ],
 )
 def test_delta_m_reproduces_published_nyuv2_values(values, published):
+    # The directions are the benchmark's Metric flags.
+    higher = {m.name: m.higher_is_better for ms in DENSE_METRICS.values() for m in ms}
     method, baseline = dict(zip(NYU_METRICS, values)), dict(zip(NYU_METRICS, NYU_STL))
-    assert delta_m(method, baseline, HIGHER_IS_BETTER) == pytest.approx(published, abs=0.006)
+    assert delta_m(method, baseline, higher) == pytest.approx(published, abs=0.006)
 
 
 def test_delta_conventions_on_a_tiny_table():

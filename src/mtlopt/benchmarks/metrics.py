@@ -37,23 +37,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)
-# Direction of the metrics these accumulators report (for delta_m / delta_p).
-HIGHER_IS_BETTER = {
-    "miou": True,
-    "pixel_accuracy": True,
-    "abs_error": False,
-    "rel_error": False,
-    "mean_angle": False,
-    "median_angle": False,
-    "within_11.25": True,
-    "within_22.5": True,
-    "within_30": True,
-    "error": False,
-    "accuracy": True,
-    "precision": True,
-    "recall": True,
-    "f_score": True,
-}
 
 
 class ConfusionMatrix:
@@ -343,7 +326,7 @@ def delta_m(
 
     Δm = 100 · mean_j (−1)^{h_j} (M_j − B_j) / B_j over all metrics j, with h_j = 1 when higher is
     better. ``method`` and ``baseline`` must have the same metrics; ``higher_is_better`` must cover them
-    (it may hold more, e.g. :data:`HIGHER_IS_BETTER`).
+    (it may hold more; the benchmarks' directions are their :class:`~.suite.Metric` flags).
 
     Raises:
         ValueError: different metric sets, a metric without a direction, a zero or non-finite baseline.

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .metrics import delta_m, delta_p
 
 SELECTIONS = {
     "final": "last epoch",
@@ -98,7 +101,12 @@ def hypervolume_curve(run: dict[str, Any], split: str, reference: list[float]) -
 
 
 def metric_pairs(run: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(task, metric, "higher"|"lower") for every reported metric of every task."""
+    """(task, metric, "higher"|"lower") for every reported metric of every task.
+
+    The directions are the benchmark's :class:`~.suite.Metric` flags as the trainer records them in
+    ``result.json``: per task in ``task_metrics``, or, in files written before it existed, ``metrics``
+    (shared by every task).
+    """
     if run.get("task_metrics"):
         return [
             (task, metric, direction)
@@ -145,10 +153,10 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
         for selection in SELECTIONS:
             cells = table[label][selection]["cells"]
             table[label][selection]["delta_m"] = (
-                _delta_m(cells, table[stl][selection]["cells"], tasks, metrics) if stl else None
+                _delta("m", cells, table[stl][selection]["cells"], metrics) if stl else None
             )
             table[label][selection]["delta_p"] = (
-                _delta_p(cells, table[ew][selection]["cells"], tasks, metrics) if ew else None
+                _delta("p", cells, table[ew][selection]["cells"], metrics) if ew else None
             )
     hv = _hypervolume_table(order, by_label)
     _write_csv(directory / "summary.csv", table, singles, by_label, hv)
@@ -188,27 +196,31 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _delta_m(method, stl, tasks, metrics) -> float | None:
-    """Δm% vs STL: mean over (task, metric) of (−1)^h (M − M_STL) / M_STL × 100; lower is better."""
-    terms = []
-    for task, metric, direction in metrics:
-        m, s = method[(task, metric)][0], stl[(task, metric)][0]
-        if s == 0:
-            return None  # undefined: a baseline value is 0
-        terms.append((-1.0 if direction == "higher" else 1.0) * (m - s) / s * 100.0)
-    return statistics.fmean(terms)
+def _delta(kind: str, method, baseline, metrics) -> float | None:
+    """Δm% (``kind="m"``, vs STL, lower is better) or Δp% (``"p"``, vs EW, higher is better) of the
+    seed means, through :func:`metrics.delta_m` / :func:`metrics.delta_p`.
 
-
-def _delta_p(method, baseline, tasks, metrics) -> float | None:
-    """Δp% vs a baseline (LibMTL): per task the mean over its metrics of (−1)^(1−h) (M − B) / B × 100,
-    then the mean over tasks; higher is better."""
-    per_task: dict[str, list[float]] = defaultdict(list)
+    ``method`` and ``baseline`` map (task, metric) to (mean, std, seeds); ``metrics`` lists (task, metric,
+    "higher"|"lower") as the result files record the benchmark's :class:`~.suite.Metric` flags. The
+    relative changes are of the means over seeds (not means of per-seed changes). None where the delta is
+    undefined: a baseline value 0 or not finite, or a method value not finite.
+    """
+    higher: dict[str, bool] = {}
+    values: dict[str, dict[str, float]] = defaultdict(dict)
+    base: dict[str, dict[str, float]] = defaultdict(dict)
     for task, metric, direction in metrics:
-        m, b = method[(task, metric)][0], baseline[(task, metric)][0]
-        if b == 0:
-            return None  # undefined: a baseline value is 0
-        per_task[task].append((1.0 if direction == "higher" else -1.0) * (m - b) / b * 100.0)
-    return statistics.fmean(statistics.fmean(terms) for terms in per_task.values())
+        key = f"{task}/{metric}"  # one key per (task, metric): directions may differ between tasks
+        higher[key] = direction == "higher"
+        values[task][key], base[task][key] = method[(task, metric)][0], baseline[(task, metric)][0]
+    flat_values = {k: v for task in values.values() for k, v in task.items()}
+    flat_base = {k: v for task in base.values() for k, v in task.items()}
+    if not all(math.isfinite(b) and b != 0 for b in flat_base.values()):
+        return None
+    if not all(math.isfinite(v) for v in flat_values.values()):
+        return None
+    if kind == "m":
+        return delta_m(flat_values, flat_base, higher)
+    return delta_p(values, base, higher)
 
 
 def _contributing(members, tasks, objective: str, reference) -> int:
@@ -379,7 +391,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             lines.append("")
         lines += [
             "ms / step: median wall time of one training step (forward, backward, optimizer step) per run, averaged "
-            "over seeds; Δ is n/a when a baseline value is 0; runs are timed as they train, possibly beside another job, so ratios are indicative "
+            "over seeds; Δ is n/a when a baseline value is 0 or a value is not finite; runs are timed as they train, possibly beside another job, so ratios are indicative "
             "(the controlled, interleaved measurements are in docs/benchmarks/). `stl` trains one model per "
             "task, so its step is K model steps.",
             "",
