@@ -15,7 +15,7 @@ import mtlopt
 from mtlopt.benchmarks.cli import main
 from mtlopt.benchmarks.methods import OptimizerSettings, get_method, last_weight_layer
 from mtlopt.benchmarks.models import SenerLeNet
-from mtlopt.benchmarks.vision_models import SegNetBackbone, VGGMultiTask
+from mtlopt.benchmarks.models.vision import SegNetBackbone, VGGMultiTask
 
 SMALL = ["--benchmark", "multimnist", "--max-sources", "1000", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
 

@@ -127,7 +127,7 @@ def test_splits_are_disjoint_seeded_and_cut_to_size():
 
 
 def test_mpnn_forward_backward(tmp_path):
-    from mtlopt.benchmarks.graph_models import QM9MPNN
+    from mtlopt.benchmarks.models.graph import QM9MPNN
 
     graphs = QM9Graphs(load_qm9(write_tree(tmp_path / "qm9"), cache_dir=tmp_path / "cache"))
     model = QM9MPNN(dim=16)

@@ -23,7 +23,7 @@ from mtlopt.benchmarks.metrics import (
     delta_p,
 )
 from mtlopt.benchmarks.vision_data import DENSE_METRICS
-from mtlopt.benchmarks.vision_models import (
+from mtlopt.benchmarks.models.vision import (
     ResNet18MultiTask,
     SegNetFeatures,
     SegNetMTAN,

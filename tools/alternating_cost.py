@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 import mtlopt
+from mtlopt.benchmarks.interfaces import DataOptions
 from mtlopt.benchmarks.methods import OptimizerSettings, get_method
-from mtlopt.benchmarks.suite import DataOptions, get_benchmark
+from mtlopt.benchmarks.suite import get_benchmark
 
 PROTOCOL = "cpu"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .data.sources import DataUnavailable
+from .interfaces import DataOptions
 from .methods import METHODS, Option, get_method, method_options
-from .suite import BENCHMARKS, DataOptions, get_benchmark
+from .suite import BENCHMARKS, get_benchmark
 from .trainer import RunConflict, TrainConfig, train
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 import mtlopt
 from mtlopt.distributed import resolve_group, world_size
 
-from .models import MultiTaskModel
+from .interfaces import MultiTaskModel
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,9 @@ from torch.nn import functional as F
 
 import mtlopt
 
-from .models import MultiTaskModel, SenerLeNet, cross_entropy_losses
-from .vision_models import ResNet18MultiTask
+from .interfaces import MultiTaskModel
+from .models import QM9MLP, SenerLeNet, cross_entropy_losses
+from .models.vision import ResNet18MultiTask
 
 __all__ = [
     "METHODS",
@@ -104,23 +105,6 @@ __all__ = [
 
 
 # --- models --------------------------------------------------------------------------------------
-
-
-class QM9MLP(MultiTaskModel):
-    """An MLP for QM9-sized input: 435 → 256 → 256 → 128 (ReLU), one Linear(128 → 1) head per task.
-
-    435 values: the upper triangle (with the diagonal) of the Coulomb matrix of a 29-atom molecule, the
-    largest in QM9, a standard fixed-size descriptor of a molecule.
-    """
-
-    input_dim = 435
-
-    def __init__(self, num_tasks: int = 11) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(self.input_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU()
-        )  # fmt: skip
-        self.heads = nn.ModuleList(nn.Linear(128, 1) for _ in range(num_tasks))
 
 
 @dataclass(frozen=True)

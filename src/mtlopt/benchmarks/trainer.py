@@ -29,8 +29,9 @@ import torch
 
 import mtlopt
 
+from .interfaces import BenchmarkData, DataOptions
 from .methods import OptimizerSettings, get_method
-from .suite import BenchmarkData, DataOptions, get_benchmark
+from .suite import get_benchmark
 
 RESULT_FORMAT = 1
 

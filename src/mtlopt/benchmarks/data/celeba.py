@@ -21,11 +21,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
+from ..interfaces import BenchmarkData, Metric
+from ..metrics import BinaryAttributeMetrics
 from .sources import DataUnavailable
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -205,3 +209,65 @@ def _read_partition(path: Path) -> list[tuple[str, int]]:
             )
         partition.append((parts[0], int(parts[1])))
     return partition
+
+
+# --- the benchmark data (mtlopt.benchmarks.interfaces.BenchmarkData) ------------------------------------
+
+CELEBA_METRICS = (Metric("error", False), Metric("f_score", True))
+
+
+def _limit(indices: np.ndarray, count: int | None) -> np.ndarray:
+    return indices if count is None else indices[:count]
+
+
+class CelebAData(BenchmarkData):
+    """CelebA's 40 binary attributes; ``loss="ce"`` for two-logit heads (Sener & Koltun), ``"bce"`` for
+    one-logit heads (Pascal et al.). Metrics per attribute: error (%) and F-score."""
+
+    metrics = CELEBA_METRICS
+
+    def __init__(
+        self, root: str, loss: str, image_size: int = 64, sizes: tuple[int, int, int] | None = None
+    ) -> None:
+        self.sets = {split: CelebA(root, split, image_size=image_size) for split in ("train", "val", "test")}
+        self.task_names = tuple(self.sets["train"].attribute_names)
+        self.loss = loss
+        self.index = {
+            split: _limit(np.arange(len(dataset)), None if sizes is None else sizes[k])
+            for k, (split, dataset) in enumerate(self.sets.items())
+        }
+        self.meta = {
+            "benchmark": "celeba",
+            "sources": {"images": {"name": "celeba", "origin": str(root)}},
+            "sizes": {split: len(index) for split, index in self.index.items()},
+            "construction": f"official partitions, images resized to {image_size}x{image_size}, values in [0, 1]",
+        }
+
+    def size(self, split: str) -> int:
+        return len(self.index[split])
+
+    def batch(self, split, index, device):
+        rows = self.index[split][index.numpy()]
+        dataset = self.sets[split]
+        return dataset.images(rows).to(device), dataset.attributes(rows).to(device)
+
+    def task_loss(self, task, output, targets):
+        if self.loss == "ce":
+            return F.cross_entropy(output, targets[:, task])
+        return F.binary_cross_entropy_with_logits(output.reshape(-1), targets[:, task].float())
+
+    def evaluator(self) -> Any:
+        return _CelebAEvaluator(self.task_names)
+
+
+class _CelebAEvaluator:
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+        self.metrics = BinaryAttributeMetrics(len(names))
+
+    def update(self, outputs, targets) -> None:
+        self.metrics.update(list(outputs), targets)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        error, f_score = (100.0 * self.metrics.error_rate()).tolist(), self.metrics.f_score().tolist()
+        return {name: {"error": error[k], "f_score": f_score[k]} for k, name in enumerate(self.names)}

@@ -29,12 +29,17 @@ and the published size unless ``size=None``); label values are checked when a sa
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..interfaces import BenchmarkData, Metric
+from ..metrics import ConfusionMatrix, DepthErrors, NormalErrors
+from ..models.vision import depth_loss, normal_loss, segmentation_loss
 from .sources import DataUnavailable
 
 NYUV2_SIZE = (288, 384)
@@ -232,3 +237,104 @@ def _load(name: str, path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise DataUnavailable(f"{name}: cannot read {path}: {error}") from error
+
+
+# --- the benchmark data (mtlopt.benchmarks.interfaces.BenchmarkData) ------------------------------------
+#
+# NYUv2 and Cityscapes are released as train and val only, and the published works report on val: here
+# val is the test split, and a seeded 10% of the training samples is held out for validation (epoch
+# selection), so that no test sample selects the epoch.
+
+DENSE_METRICS = {
+    "segmentation": (Metric("miou", True), Metric("pixel_accuracy", True)),
+    "depth": (Metric("abs_error", False), Metric("rel_error", False)),
+    "normal": (
+        Metric("mean_angle", False),
+        Metric("median_angle", False),
+        Metric("within_11.25", True),
+        Metric("within_22.5", True),
+        Metric("within_30", True),
+    ),
+}
+
+
+def _limit(indices: np.ndarray, count: int | None) -> np.ndarray:
+    return indices if count is None else indices[:count]
+
+
+class DenseData(BenchmarkData):
+    """NYUv2 (segmentation, depth, normals) or Cityscapes (segmentation, depth) in MTAN's layout."""
+
+    def __init__(
+        self, dataset: str, root: str, seed: int, sizes: tuple[int, int, int] | None = None, size=None
+    ) -> None:
+        reader = (
+            (lambda split: NYUv2(root, split, size=size))
+            if dataset == "nyuv2"
+            else (lambda split: Cityscapes(root, split, size=size))
+        )
+        train, official_val = reader("train"), reader("val")
+        self.task_names = tuple(train.tasks)
+        order = np.random.default_rng([seed, 17]).permutation(len(train))
+        held_out = max(1, round(0.1 * len(train))) if len(train) > 1 else 0
+        self.sets = {"train": train, "val": train, "test": official_val}
+        self.index = {
+            "train": np.sort(order[held_out:]),
+            "val": np.sort(order[:held_out]) if held_out else np.arange(len(train)),
+            "test": np.arange(len(official_val)),
+        }
+        if sizes is not None:
+            self.index = {
+                split: _limit(index, sizes[k]) for k, (split, index) in enumerate(self.index.items())
+            }
+        self.classes = train.classes
+        self.meta = {
+            "benchmark": dataset,
+            "sources": {"samples": {"name": dataset, "origin": str(root)}},
+            "sizes": {split: len(index) for split, index in self.index.items()},
+            "seed": seed,
+            "construction": "MTAN's .npy files; test = the official val split; val = a seeded 10% of train",
+        }
+
+    @property
+    def task_metrics(self) -> dict[str, tuple[Metric, ...]]:
+        return {task: DENSE_METRICS[task] for task in self.task_names}
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:  # type: ignore[override]
+        return tuple(m for task in self.task_names for m in DENSE_METRICS[task])
+
+    def size(self, split: str) -> int:
+        return len(self.index[split])
+
+    def batch(self, split, index, device):
+        samples = [self.sets[split][int(i)] for i in self.index[split][index.numpy()]]
+        images = torch.stack([s["image"] for s in samples]).to(device)
+        targets = {task: torch.stack([s[task] for s in samples]).to(device) for task in self.task_names}
+        return images, targets
+
+    def task_loss(self, task, output, targets):
+        name = self.task_names[task]
+        loss = {"segmentation": segmentation_loss, "depth": depth_loss, "normal": normal_loss}[name]
+        return loss(output, targets[name])
+
+    def evaluator(self) -> Any:
+        return _DenseEvaluator(self.task_names, self.classes)
+
+
+class _DenseEvaluator:
+    def __init__(self, tasks: Sequence[str], classes: int) -> None:
+        makers = {
+            "segmentation": lambda: ConfusionMatrix(classes),
+            "depth": DepthErrors,
+            "normal": NormalErrors,
+        }
+        self.tasks = tasks
+        self.accumulators = {task: makers[task]() for task in tasks}
+
+    def update(self, outputs: Sequence[Tensor], targets: dict[str, Tensor]) -> None:
+        for task, output in zip(self.tasks, outputs):
+            self.accumulators[task].update(output, targets[task])
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        return {task: accumulator.compute() for task, accumulator in self.accumulators.items()}

@@ -32,7 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
 
+from ..interfaces import CLASSIFICATION_METRICS, BenchmarkData, DataOptions
 from .sources import ImageSet, default_cache_dir, load_fashion_mnist, load_mnist
 
 BENCHMARKS = {
@@ -296,3 +300,62 @@ def _read_cache(path: Path, config: CompositeConfig) -> CompositeDataset:
         meta = json.loads(str(archive["meta"]))
     meta["cache"] = str(path)
     return CompositeDataset(config, splits, meta)
+
+
+# --- the benchmark data (mtlopt.benchmarks.interfaces.BenchmarkData) ------------------------------------
+
+
+class ImageClassificationData(BenchmarkData):
+    """uint8 images and one class label per task; metrics: accuracy (%) and cross-entropy."""
+
+    metrics = CLASSIFICATION_METRICS
+    hv_objective = "cross_entropy"
+
+    def __init__(
+        self, images: dict[str, Tensor], labels: dict[str, Tensor], mean: float, std: float, task_names, meta
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.mean, self.std = mean, std
+        self.task_names = tuple(task_names)
+        self.meta = meta
+
+    def size(self, split: str) -> int:
+        return len(self.labels[split])
+
+    def batch(self, split, index, device):
+        x = self.images[split][index].to(device, non_blocking=True)
+        y = self.labels[split][index].to(device, non_blocking=True)
+        return (x.float() / 255.0 - self.mean) / self.std, y
+
+    def task_loss(self, task, output, targets):
+        return F.cross_entropy(output, targets[:, task])
+
+    def metric_sums(self, outputs, targets):
+        rows = []
+        for t, output in enumerate(outputs):
+            correct = (output.argmax(dim=1) == targets[:, t]).sum().double() * 100.0
+            loss = F.cross_entropy(output.float(), targets[:, t], reduction="sum").double()
+            rows.append(torch.stack([correct, loss]))
+        return torch.stack(rows)
+
+
+def benchmark_data(name: str, protocol: str, options: DataOptions) -> ImageClassificationData:
+    """The composites of ``name`` in ``protocol`` as benchmark data (tasks ``left`` and ``right``)."""
+    config = CompositeConfig(
+        benchmark=name,
+        protocol=protocol,
+        seed=options.data_seed,
+        sizes=dict(zip(SPLITS, options.sizes)) if options.sizes else dict(PMTL_SIZES),
+        max_sources=options.max_sources,
+    )
+    dataset = load_composites(
+        config,
+        data_root=options.data_root,
+        mnist_root=options.mnist_root,
+        cache_dir=options.cache_dir,
+        download=options.download,
+    )
+    images = {split: torch.from_numpy(data.images).unsqueeze(1) for split, data in dataset.splits.items()}
+    labels = {split: torch.from_numpy(data.labels) for split, data in dataset.splits.items()}
+    mean, std = dataset.normalization
+    return ImageClassificationData(images, labels, mean, std, ("left", "right"), dict(dataset.meta))

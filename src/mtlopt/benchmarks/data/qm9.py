@@ -38,7 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
 
+from ..interfaces import REGRESSION_METRICS, BenchmarkData, DataOptions
 from .sources import DataUnavailable, default_cache_dir
 
 TARGETS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "U0", "U", "H", "G", "cv")
@@ -365,3 +369,72 @@ def split_indices(num_molecules: int, seed: int, sizes: tuple[int, int, int]) ->
         if len(indices) == 0:
             raise ValueError(f"QM9 split {split!r} is empty")
     return out
+
+
+# --- the benchmark data (mtlopt.benchmarks.interfaces.BenchmarkData) ------------------------------------
+
+
+class QM9Data(BenchmarkData):
+    """QM9 molecules as graphs; targets standardized with the training subset's mean and std.
+
+    Training loss: the mean squared error of the standardized target (Nash-MTL's protocol). Metric: the
+    mean absolute error in the target's original unit (``mtlopt.benchmarks.data.qm9.UNITS``).
+    """
+
+    metrics = REGRESSION_METRICS
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return ("regression",) * len(self.task_names)
+
+    def __init__(self, graphs, splits: dict[str, np.ndarray], task_names, meta) -> None:
+        self.graphs = graphs
+        self.splits = splits
+        self.task_names = tuple(task_names)
+        targets = torch.from_numpy(graphs.molecules.targets)
+        train = targets[splits["train"]]
+        self.mean, self.std = train.mean(0), train.std(0)
+        self.targets = ((targets - self.mean) / self.std).float()
+        self.meta = {**meta, "target_mean": self.mean.tolist(), "target_std": self.std.tolist()}
+        self._std_device: dict[torch.device, Tensor] = {}
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split])
+
+    def batch(self, split, index, device):
+        molecules = self.splits[split][index.numpy()]
+        return self.graphs.batch(molecules).to(device), self.targets[molecules].to(device)
+
+    def task_loss(self, task, output, targets):
+        return F.mse_loss(output, targets[:, task])
+
+    def metric_sums(self, outputs, targets):
+        if targets.device not in self._std_device:
+            self._std_device[targets.device] = self.std.to(targets.device)
+        std = self._std_device[targets.device]
+        errors = torch.stack(
+            [
+                (output.double() - targets[:, t].double()).abs().sum() * std[t]
+                for t, output in enumerate(outputs)
+            ]
+        )
+        return errors.unsqueeze(1)
+
+
+def benchmark_data(protocol: str, options: DataOptions, sizes: tuple[int, int, int], edges: str) -> QM9Data:
+    """QM9 as benchmark data: a seeded split cut to ``sizes`` (unless ``options.sizes``), graphs with
+    ``edges`` (``"bonds"`` or ``"complete"``)."""
+    molecules = load_qm9(options.data_root, options.cache_dir)
+    splits = split_indices(len(molecules), options.data_seed, options.sizes or sizes)
+    graphs = QM9Graphs(molecules, edges=edges)
+    meta = {
+        "benchmark": "qm9",
+        "protocol": protocol,
+        "construction": f"{len(molecules)} molecules; seeded split test 10,000 / val 10,000 / train rest, "
+        f"cut to {tuple(len(splits[s]) for s in ('train', 'val', 'test'))}; {edges} graphs; targets standardized on train",
+        "seed": options.data_seed,
+        "sizes": {split: len(index) for split, index in splits.items()},
+        "units": dict(zip(TARGETS, UNITS)),
+        "sources": {"molecules": {"name": "qm9", "origin": molecules.origin, "sha256": molecules.sha256}},
+    }
+    return QM9Data(graphs, splits, TARGETS, meta)

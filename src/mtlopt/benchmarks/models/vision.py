@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .models import MultiTaskModel
+from ..interfaces import MultiTaskModel
 
 DENSE_TASKS = ("segmentation", "depth", "normal")
 SEGNET_CHANNELS = (64, 128, 256, 512, 512)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .data.qm9 import EDGE_FEATURES, NODE_FEATURES, TARGETS, GraphBatch
-from .models import MultiTaskModel
+from ..data.qm9 import EDGE_FEATURES, NODE_FEATURES, TARGETS, GraphBatch
+from ..interfaces import MultiTaskModel
 
 
 class MPNNEncoder(nn.Module):

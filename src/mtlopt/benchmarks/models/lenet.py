@@ -1,20 +1,11 @@
-"""Benchmark models: a shared encoder and one head per task (hard parameter sharing)."""
+"""The LeNets of the MultiMNIST family (Sener & Koltun 2018; Pareto MTL 2019)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-class MultiTaskModel(nn.Module):
-    """``encoder`` maps the input to a shared representation Z; ``heads[t]`` maps Z to task t's output."""
-
-    encoder: nn.Module
-    heads: nn.ModuleList
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        z = self.encoder(x)
-        return [head(z) for head in self.heads]
+from ..interfaces import MultiTaskModel
 
 
 class SenerLeNet(MultiTaskModel):
