@@ -83,3 +83,41 @@ def test_every_method_trains_without_nan_under_autocast(tmp_path, amp):
         for member in members:
             for values in member.values():
                 assert all(v == v and abs(v) < float("inf") for v in values.values()), (path, values)
+
+
+def test_gradnorm_under_a_grad_scaler_takes_the_unscaled_update():
+    """GradNorm reads its Gramian through the shared per-task step: scaled losses, unscaled Gramian, so its
+    weights, its own update of w and the model's update equal those of the fp32 run without a scaler."""
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        model = Net()
+        gradnorm = mtlopt.GradNorm(3, model.encoder[2].parameters(), alpha=1.5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        weights = []
+        for x, y in batches():
+            optimizer.zero_grad()
+            losses, _ = model.losses(x, y)
+            weights.append(mtlopt.backward(losses, gradnorm, scaler=scaler).weights)
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+        runs.append((torch.stack(weights), gradnorm.weights.clone(), [p.detach().clone() for p in model.parameters()]))
+    (w0, g0, p0), (w1, g1, p1) = runs
+    torch.testing.assert_close(w1, w0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(g0, torch.ones(3, dtype=torch.float64))
+    for a, b in zip(p1, p0):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradnorm_skips_an_overflowing_step_without_updating_its_weights():
+    model = Net().float()
+    x, y = (t.float() for t in batches()[0])
+    gradnorm = mtlopt.GradNorm(3, model.encoder[2].parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=3e38)
+    losses, _ = model.losses(x, y)
+    result = mtlopt.backward(losses, gradnorm, scaler=scaler)
+    assert result.diagnostics.get("skipped") and gradnorm.step_count == 0
+    assert gradnorm.weights.tolist() == [1.0, 1.0, 1.0]

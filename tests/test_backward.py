@@ -352,7 +352,7 @@ def test_fixed_weights_validation():
         mtlopt.FixedWeights([1.0, -0.5])
     with pytest.raises(ValueError, match="all weights are 0"):
         mtlopt.FixedWeights([0.0, 0.0])
-    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+    with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum'"):
         mtlopt.EW("max")  # type: ignore[arg-type]
 
 

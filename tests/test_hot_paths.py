@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 import mtlopt
 from mtlopt._checks import all_finite
-from mtlopt.gradients import jacobian_blocks, jacobian_matrix
+from mtlopt._graph import plan_head_pass
+from mtlopt.gradients import Jacobian, jacobian_blocks
 from mtlopt.min_norm import _active_set
 
 backward_module = importlib.import_module("mtlopt.backward")
@@ -97,7 +98,7 @@ def test_mgda_ub_falls_back_when_tasks_share_a_head():
     z = encoder(x).tanh()
     out = head(z)
     losses = [out[:, t].pow(2).mean() for t in range(3)]
-    assert backward_module._plan_head_pass(losses, z, "unweighted") is None
+    assert plan_head_pass(losses, z, per_task_heads=False) is None
     J = mtlopt.feature_jacobian(losses, z)
     result = mtlopt.backward(losses, mtlopt.MGDA(), features=z)
     assert torch.allclose(result.gramian, mtlopt.gramian(J).double(), rtol=1e-6)
@@ -139,7 +140,8 @@ def test_loop_jacobian_is_one_matrix_with_views_as_blocks():
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8, 3))
     params = list(model.encoder.parameters())
     _, losses = forward(model, x, y)
-    matrix, blocks = jacobian_matrix(losses, params, method="loop")
+    jac = Jacobian.compute(losses, params, method="loop")
+    matrix, blocks = jac.matrix(), jac.blocks
     assert matrix is not None and matrix.shape == (3, sum(p.numel() for p in params))
     for block, p in zip(blocks, params):
         assert block.shape == (3, *p.shape)

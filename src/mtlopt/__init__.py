@@ -18,14 +18,27 @@ from .weighting import (
     MGDA,
     FixedWeights,
     GradNorm,
+    GramianWeighting,
+    LossOutput,
+    LossWeighting,
+    Method,
     ParetoMTL,
     PCGrad,
     UncertaintyWeighting,
-    Weighting,
     WeightingOutput,
     circle_preferences,
     non_uniformity,
 )
+
+
+
+def __getattr__(name: str) -> object:
+    if name == "Weighting":  # deprecated alias (see mtlopt.weighting)
+        from . import weighting
+
+        return weighting.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__ = version("mtlopt")
@@ -42,7 +55,11 @@ __all__ = [
     "BackwardResult",
     "FixedWeights",
     "GradNorm",
+    "GramianWeighting",
     "IdealPoint",
+    "LossOutput",
+    "LossWeighting",
+    "Method",
     "MinNormResult",
     "NonFiniteError",
     "PCGrad",
@@ -51,7 +68,6 @@ __all__ = [
     "PopulationStepResult",
     "Transfer",
     "UncertaintyWeighting",
-    "Weighting",
     "WeightingOutput",
     "__version__",
     "backward",

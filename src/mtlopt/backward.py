@@ -7,15 +7,19 @@ r"""One multi-task backward pass: per-task gradients → weights → ``.grad``.
 - of every other parameter the losses reach (task heads): :math:`\sum_t c_t \nabla L_t` with
   :math:`c = w` or :math:`c = 1`, as the weighting's ``head_weighting`` says.
 
-Three paths, by what the weighting needs:
+The path is chosen by what the method reads (see :mod:`mtlopt.weighting`) and where its gradients are
+taken, never by which method it is:
 
-``weighting.needs_gramian`` is False (EW, fixed weights)
-    One ordinary backward pass of :math:`\sum_t w_t L_t`.
-``shared_params=...`` (e.g. exact MGDA)
+a :class:`~mtlopt.LossWeighting` (EW, fixed weights, uncertainty weighting)
+    One ordinary backward pass of the method's objective (:math:`\sum_t w_t L_t` by default).
+a :class:`~mtlopt.GramianWeighting` with ``update="loss"`` (GradNorm)
+    The Gramian of the task gradients at the method's own layer (its ``probe``), or at
+    ``shared_params``/``features``, the weights, then one backward pass of :math:`\sum_t w_t L_t`.
+a :class:`~mtlopt.GramianWeighting` with ``update="combined"`` and ``shared_params=...`` (exact MGDA)
     The K×P Jacobian w.r.t. the shared parameters (batched or looped autograd; the loop writes it into
     one matrix), its Gramian (one matmul), the weights, then :math:`\sum_t w_t g_t` (one
     matrix-vector product) written per parameter and one backward through the heads only.
-``features=z`` (e.g. MGDA-UB)
+the same with ``features=z`` (MGDA-UB)
     The per-task gradients w.r.t. the representation Z, its Gramian, the weights, and one backward
     pass of the encoder with :math:`\sum_t w_t \nabla_Z L_t` reaching Z. When every task reaches Z
     through nodes of its own (separate heads, the usual case), this is **one** backward pass, the one EW
@@ -38,20 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses, check_num_tasks
-from .distributed import (
-    all_reduce_mean_,
-    all_reduce_sum_,
-    grads_of,
-    resolve_group,
-    world_size,
-)
-from .distributed import (
-    scale_of as _scale_of,
-)
+from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
+from ._graph import HeadPlan, leaves, plan_head_pass
+from ._task_step import StepContext, checked_gramian, fill_nan
+from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
+from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import JacobianMethod, choose_method, gramian, jacobian_blocks, jacobian_matrix
-from .weighting._base import Weighting
+from .gradients import Jacobian, JacobianMethod, choose_method
+from .weighting._base import GramianWeighting, LossWeighting, Method, WeightingOutput
+from .weighting._legacy import as_method
 
 __all__ = ["BackwardResult", "backward"]
 
@@ -65,7 +64,8 @@ class BackwardResult:
         losses: the K loss values, detached.
         weights: the K weights applied to the shared gradients (float64, CPU).
         gramian: the K×K Gramian the weights were computed from (float64, CPU), or None.
-        diagnostics: the weighting's diagnostics (e.g. solver iterations, KKT residual).
+        diagnostics: the method's diagnostics (e.g. solver iterations, KKT residual), and
+            ``"weight_sum"``: the sum of the weights this update applied.
     """
 
     task_names: list[str]
@@ -81,7 +81,7 @@ class BackwardResult:
 
 def backward(
     losses: LossesLike,
-    weighting: Weighting,
+    weighting: Method,
     *,
     shared_params: Iterable[Tensor] | nn.Module | None = None,
     features: Tensor | None = None,
@@ -89,18 +89,20 @@ def backward(
     method: JacobianMethod = "auto",
     check_finite: bool = True,
     retain_graph: bool = False,
-    sync: Any = "auto",
-    scaler: Any | None = None,
+    sync: Sync = "auto",
+    scaler: torch.amp.GradScaler | None = None,
+    weight_total: float | None = None,
 ) -> BackwardResult:
     """Accumulate the multi-task update of ``weighting`` into ``.grad``.
 
     Args:
         losses: K scalar losses (sequence, ``{name: loss}`` mapping, or a 1-D tensor).
-        weighting: e.g. :class:`mtlopt.EW` or :class:`mtlopt.MGDA`.
+        weighting: the method, e.g. :class:`mtlopt.EW` or :class:`mtlopt.MGDA`.
         shared_params: the shared parameters (a module or an iterable of tensors): per-task gradients
             are taken w.r.t. them (exact MGDA). Frozen parameters of a module are skipped.
         features: the shared representation Z: per-task gradients are taken w.r.t. it (MGDA-UB).
-            Give exactly one of ``shared_params`` and ``features`` when the weighting needs the Gramian.
+            A Gramian weighting needs exactly one of ``shared_params`` and ``features``, unless it
+            names its own layer (GradNorm).
         head_params: the task-specific parameters, used with ``shared_params``; by default every
             other tensor requiring grad that the losses reach (found by walking the autograd graph).
         method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
@@ -113,117 +115,177 @@ def backward(
             rank then writes the gradient one process would compute on the concatenated batches. Do
             not also wrap the model in ``DistributedDataParallel``.
         scaler: a ``torch.amp.GradScaler`` for float16 mixed precision. The losses are scaled before
-            differentiation and the Gramian unscaled before the weighting sees it; ``.grad`` is left
+            differentiation and the Gramian unscaled before the method sees it; ``.grad`` is left
             scaled for ``scaler.step(optimizer)``. On overflow ``.grad`` is set to NaN, so that the
             scaler skips the step and lowers its scale.
+        weight_total: rescale this step's update so that its weights sum to this value (e.g. 1), for
+            comparisons of methods at one learning rate (weights of both signs, as Pareto MTL's
+            warm-up: :math:`\sum_t |w_t|`; all-zero weights stay zero); None (default): the method's own total
+            (see its ``weight_sum``). The shared update and weighted heads are rescaled; so is a loss
+            method's whole objective (a constant factor, which keeps its stationary points).
 
     Returns:
         The weights, losses, Gramian and diagnostics of this step.
     """
+    weighting = as_method(weighting)
     names, items, loss_vector = as_loss_vector(losses)
-    check_num_tasks(names, weighting.num_tasks, weighting.min_tasks, type(weighting).__name__)
+    weighting.check_num_tasks(len(names), names)
+    if weight_total is not None and not (weight_total > 0 and weight_total < float("inf")):
+        raise ValueError(f"weight_total must be a finite number > 0 or None, got {weight_total!r}")
     group = resolve_group(sync)
     scale = _scale_of(scaler, loss_vector)
     check_grads = check_finite and scale == 1.0
     detached = loss_vector.detach().clone()
-    all_reduce_mean_([detached], group)  # weightings see the global batch's losses
+    all_reduce_mean_([detached], group)  # methods see the global batch's losses
     if check_finite:  # after the all-reduce: a NaN on one rank makes every rank raise, none waits
         check_finite_losses(names, detached if group is not None else loss_vector)
     shared, shared_names = _shared_parameters(shared_params)
-
-    weighting.sync_group = group
-    if not weighting.needs_gramian:
-        weighting.prepare(items)
-        output = weighting.compute(None, detached)
-        objective = weighting.objective(loss_vector, output)
-        # Leaves of the objective: the model's parameters and any the weighting adds (uncertainty's).
-        leaves = _leaves([objective]) if group is not None or not shared else shared
-        torch.autograd.backward(objective * scale, retain_graph=retain_graph)
-        all_reduce_mean_(grads_of(leaves), group)
-        if check_grads:
-            _check_finite_grads(leaves, shared_names if leaves is shared else None)
-        return _result(names, detached, output.weights, None, output.diagnostics)
-
+    ctx = _Context(
+        StepContext(names, items, scale, group, check_grads, method),
+        loss_vector,
+        weighting,
+        retain_graph,
+        detached,
+        weight_total,
+    )
+    if isinstance(weighting, LossWeighting):
+        output = weighting(loss_vector, detached)
+        factor = ctx.factor(output.weights)
+        leaves_ = leaves([output.objective]) if group is not None or not shared else shared
+        _loss_backward(ctx, output.objective * factor, leaves_, shared_names if leaves_ is shared else None)
+        return ctx.result(output.weights * factor, None, output.diagnostics)
+    if not isinstance(weighting, GramianWeighting):
+        raise TypeError(
+            f"the method must be a LossWeighting or a GramianWeighting (e.g. mtlopt.EW(), mtlopt.MGDA()), "
+            f"got {type(weighting).__name__}"
+        )
+    probe = weighting.probe
+    if probe is not None:
+        if features is not None:
+            raise ValueError(
+                f"{type(weighting).__name__} reads its Gramian at its own layer: do not pass features=..."
+            )
+        _check_every_task_reaches(ctx.items, names, probe, type(weighting).__name__)
+        return _parameter_backward(ctx, list(probe), _names_of(probe, "probe"), head_params)
     if (shared_params is None) == (features is None):
         raise ValueError(
             f"{type(weighting).__name__} needs per-task gradients: pass exactly one of "
             "shared_params=... (gradients w.r.t. the shared parameters, e.g. exact MGDA) or "
             "features=... (gradients w.r.t. the shared representation, e.g. MGDA-UB)"
         )
-    context = _Context(
-        names, items, loss_vector, weighting, method, check_grads, retain_graph, group, scale, detached
-    )
     if features is not None:
-        return _features_backward(context, features)
-    return _shared_backward(context, shared, shared_names, head_params)
+        return _features_backward(ctx, features)
+    return _parameter_backward(ctx, shared, shared_names, head_params)
 
 
 @dataclass
 class _Context:
-    names: list[str]
-    items: list[Tensor]
+    step: StepContext
     loss_vector: Tensor
-    weighting: Weighting
-    method: JacobianMethod
-    check_finite: bool
+    weighting: GramianWeighting | LossWeighting
     retain_graph: bool
-    group: Any
-    scale: float
     global_losses: Tensor
+    weight_total: float | None
+
+    @property
+    def items(self) -> list[Tensor]:
+        return self.step.items
+
+    @property
+    def scale(self) -> float:
+        return self.step.scale
+
+    @property
+    def group(self) -> Any:
+        return self.step.group
 
     def scaled(self) -> tuple[list[Tensor], Tensor]:
         if self.scale == 1.0:
             return self.items, self.loss_vector
-        return [loss * self.scale for loss in self.items], self.loss_vector * self.scale
+        return self.step.scaled_items(), self.loss_vector * self.scale
+
+    def factor(self, weights: Tensor) -> float:
+        """The rescaling that gives the weights the total ``weight_total`` (1.0 without one)."""
+        if self.weight_total is None:
+            return 1.0
+        total = float(weights.abs().sum())  # the sum itself for non-negative weights
+        return self.weight_total / total if total > 0 else 1.0
+
+    def weigh(self, G: Tensor) -> tuple[WeightingOutput, Tensor]:
+        """The method's output and the weights to apply (rescaled to ``weight_total``)."""
+        assert isinstance(self.weighting, GramianWeighting)
+        output = self.weighting.compute(G, self.global_losses)
+        return output, output.weights * self.factor(output.weights)
+
+    def head_coefficients(self, weights: Tensor, loss_vector: Tensor) -> Tensor:
+        if self.weighting.head_weighting == "unweighted":
+            return torch.ones_like(loss_vector)
+        return weights.to(loss_vector.device, loss_vector.dtype)
+
+    def result(self, weights: Tensor, G: Tensor | None, diagnostics: dict[str, Any]) -> BackwardResult:
+        applied = weights.detach().to("cpu", torch.float64)
+        return BackwardResult(
+            task_names=self.step.names,
+            losses=self.global_losses,
+            weights=applied,
+            gramian=G,
+            diagnostics={**diagnostics, "weight_sum": float(applied.sum())},
+        )
+
+    def skip(self, params: Iterable[Tensor]) -> BackwardResult:
+        """An overflow under a GradScaler: NaN gradients make ``scaler.step`` skip this step."""
+        fill_nan(params)
+        nan = torch.full((len(self.step.names),), float("nan"))
+        return self.result(nan, None, {"skipped": "non-finite scaled gradients"})
 
 
-def _shared_backward(
+def _loss_backward(
+    ctx: _Context, objective: Tensor, params: list[Tensor], names: Sequence[str] | None
+) -> None:
+    """One ordinary backward pass of a (reweighted) loss, averaged across ranks and checked."""
+    torch.autograd.backward(objective * ctx.scale, retain_graph=ctx.retain_graph)
+    all_reduce_mean_(grads_of(params), ctx.group)
+    if ctx.step.check_finite:
+        _check_finite_grads(params, names)
+
+
+def _parameter_backward(
     ctx: _Context, shared: list[Tensor], shared_names: list[str], head_params: Iterable[Tensor] | None
 ) -> BackwardResult:
     if not shared:
         raise ValueError("shared_params is empty: no parameter requires grad")
     shared_ids = {id(p) for p in shared}
-    leaves = _leaves(ctx.items)
-    method = choose_method(ctx.items, shared) if ctx.method == "auto" else ctx.method
-    reached = {id(leaf) for leaf in leaves}
+    leaves_ = leaves(ctx.items)
+    method = choose_method(ctx.items, shared) if ctx.step.method == "auto" else ctx.step.method
+    reached = {id(leaf) for leaf in leaves_}
     unreached = [name for p, name in zip(shared, shared_names) if id(p) not in reached]
     items, loss_vector = ctx.scaled()
-    matrix, blocks = jacobian_matrix(items, shared, method=method, retain_graph=True)
-    # The global batch's per-task gradients, before any weighting (one tensor when there is a matrix).
-    all_reduce_mean_(blocks if matrix is None else [matrix], ctx.group)
-    G = _gramian_cpu(
-        gramian(blocks if matrix is None else matrix), ctx, "the shared parameters", shared, matrix
-    )
-    heads = [p for p in leaves if id(p) not in shared_ids] if head_params is None else list(head_params)
+    jac = Jacobian.compute(items, shared, method=method, retain_graph=True)
+    G = checked_gramian(ctx.step, jac, "the shared parameters", shared)
+    heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
     if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
-        return _skip_step(ctx, [p for p in shared if id(p) in reached] + heads)
-    output = ctx.weighting.compute(G, ctx.global_losses)
-    w = output.weights.to(blocks[0].device, blocks[0].dtype)
-    if matrix is not None:  # one matrix-vector product; each parameter's slice is a view of it
-        combined = w @ matrix
-        directions, offset = [], 0
-        for p in shared:
-            directions.append(combined[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-    else:
-        directions = [torch.tensordot(w, block, dims=1) for block in blocks]
-    for p, direction in zip(shared, directions):
+        return ctx.skip([p for p in shared if id(p) in reached] + heads)
+    output, w = ctx.weigh(G)
+    diagnostics = dict(output.diagnostics)
+    if unreached:
+        diagnostics["unreached_shared_params"] = unreached
+    if ctx.weighting.update == "loss":  # GradNorm: one backward pass of the reweighted loss
+        _loss_backward(ctx, _reweighted(w, ctx.loss_vector), leaves_, None)
+        return ctx.result(w, G, diagnostics)
+    for p, direction in zip(shared, jac.combine(w)):
         if id(p) not in reached:
             continue
         direction = direction.to(p.dtype)
         p.grad = direction if p.grad is None else p.grad.add_(direction)
     if heads:
-        coefficients = _head_coefficients(ctx.weighting, output.weights, loss_vector)
+        coefficients = ctx.head_coefficients(w, loss_vector)
         torch.autograd.backward(
             (coefficients * loss_vector).sum(), inputs=heads, retain_graph=ctx.retain_graph
         )
         all_reduce_mean_(grads_of(heads), ctx.group)
-        if ctx.check_finite:
+        if ctx.step.check_finite:
             _check_finite_grads(heads, None, what="task-specific parameter")
-    diagnostics = dict(output.diagnostics)
-    if unreached:
-        diagnostics["unreached_shared_params"] = unreached
-    return _result(ctx.names, ctx.global_losses, output.weights, G, diagnostics)
+    return ctx.result(w, G, diagnostics)
 
 
 def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
@@ -232,28 +294,35 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
             f"features must be one torch.Tensor (the shared representation), got {type(features).__name__}"
         )
     as_tensors(features, "features", hint="pass the encoder's output before any .detach()")
-    if ctx.weighting.feature_batch == "sum" and features.ndim < 2:
+    assert isinstance(ctx.weighting, GramianWeighting)
+    feature_batch = ctx.weighting.feature_batch
+    if feature_batch == "sum" and features.ndim < 2:
         raise ValueError(
             f"feature_batch='sum' needs features of shape (batch, ...), got shape {tuple(features.shape)}"
         )
     items, loss_vector = ctx.scaled()
-    plan = (
-        _plan_head_pass(ctx.items, features, ctx.weighting.head_weighting) if ctx.method == "auto" else None
-    )
-    if _can_take_one_pass(ctx, features, plan):
+    combined = ctx.weighting.update == "combined"
+    plan = None
+    if ctx.step.method == "auto" and combined:
+        plan = plan_head_pass(ctx.items, features, ctx.weighting.head_weighting != "unweighted")
+    if plan is not None and _can_take_one_pass(ctx, features, plan):
         return _features_one_pass(ctx, features, plan)
     if plan is not None:
         block, head_grads = _head_pass(plan, items, features, ctx.retain_graph)
-        exact = True
+        jac = Jacobian([block])
     else:
-        (block,) = jacobian_blocks(items, [features], method=ctx.method, retain_graph=True)
-        exact = ctx.method == "loop" or (ctx.method == "auto" and choose_method(items, [features]) == "loop")
-    G = _gramian_cpu(_feature_gramian(ctx, block), ctx, "the features", [features], block if exact else None)
+        jac = Jacobian.compute(items, [features], method=ctx.step.method, retain_graph=True)
+        (block,) = jac.blocks
+    G = checked_gramian(ctx.step, jac, "the features", [features], feature_batch)
     if G is None:
-        return _skip_step(ctx, _leaves(ctx.items))
-    output = ctx.weighting.compute(G, ctx.global_losses)
-    w = output.weights.to(block.device, block.dtype)
-    feature_grad = torch.tensordot(w, block, dims=1).to(features.dtype)
+        return ctx.skip(leaves(ctx.items))
+    output, w = ctx.weigh(G)
+    if not combined:  # a reweighted loss, backpropagated through everything
+        params = leaves(ctx.items)
+        _loss_backward(ctx, _reweighted(w, ctx.loss_vector), params, None)
+        return ctx.result(w, G, dict(output.diagnostics))
+    (feature_grad,) = jac.combine(w)
+    feature_grad = feature_grad.to(features.dtype)
     if plan is not None:
         # The heads are differentiated already: their gradients are written, and only the encoder is
         # left, backpropagated once from Z with the combined gradient.
@@ -269,35 +338,26 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
                 p.grad.add_(grad)
         torch.autograd.backward(features, feature_grad, retain_graph=ctx.retain_graph)
     else:
-        coefficients = _head_coefficients(ctx.weighting, output.weights, loss_vector)
+        coefficients = ctx.head_coefficients(w, loss_vector)
         handle = features.register_hook(lambda _grad: feature_grad)
         try:
             torch.autograd.backward((coefficients * loss_vector).sum(), retain_graph=ctx.retain_graph)
         finally:
             handle.remove()
     if ctx.group is not None:
-        all_reduce_mean_(grads_of(_leaves(ctx.items)), ctx.group)
-    return _result(ctx.names, ctx.global_losses, output.weights, G, dict(output.diagnostics))
+        all_reduce_mean_(grads_of(leaves(ctx.items)), ctx.group)
+    return ctx.result(w, G, dict(output.diagnostics))
 
 
-def _feature_gramian(ctx: _Context, block: Tensor) -> Tensor:
-    """The Gramian of the representation gradients (K, B, ...), synchronized across processes."""
-    if ctx.weighting.feature_batch == "sum":
-        per_task = block.sum(dim=1)
-        all_reduce_mean_([per_task], ctx.group)  # sums over each rank's samples of batch-mean losses
-        return gramian(per_task)
-    local_gramian = gramian(block)
-    if ctx.group is not None:  # a sum over samples: Σ_r G_r / W² for the mean over W equal batches
-        all_reduce_sum_([local_gramian], ctx.group)
-        local_gramian = local_gramian / world_size(ctx.group) ** 2
-    return local_gramian
+def _reweighted(weights: Tensor, loss_vector: Tensor) -> Tensor:
+    return (weights.to(loss_vector.device, loss_vector.dtype) * loss_vector).sum()
 
 
-def _can_take_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan | None) -> bool:
+def _can_take_one_pass(ctx: _Context, features: Tensor, plan: HeadPlan) -> bool:
     """Whether :func:`_features_one_pass` applies; otherwise the head pass or the plain loop is used."""
     return (
-        plan is not None  # every task reaches Z through consumers of its own
-        and ctx.weighting.head_weighting == "unweighted"  # head gradients need no weights (not known yet)
+        ctx.weighting.head_weighting == "unweighted"  # head gradients need no weights (not known yet)
+        and ctx.weight_total is None  # likewise
         and ctx.group is None  # one process
         and ctx.scale == 1.0  # no GradScaler: a skipped step must write no gradient, and the heads' are
         and not features.is_leaf  # the weights are computed in a hook on the node that produced Z
@@ -305,7 +365,7 @@ def _can_take_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan | None) 
     )
 
 
-def _features_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan) -> BackwardResult:
+def _features_one_pass(ctx: _Context, features: Tensor, plan: HeadPlan) -> BackwardResult:
     r"""MGDA-UB in one backward pass, the pass EW takes (one process, no scaler, unweighted heads).
 
     Hooks on the consumers of Z collect each task's gradient w.r.t. Z while the heads are
@@ -318,16 +378,17 @@ def _features_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan) -> Back
     node, position = edge.node, edge.output_nr
     collected, handles = _collect_consumer_grads(plan)
     found: dict[str, Any] = {}
+    assert isinstance(ctx.weighting, GramianWeighting)
+    feature_batch = ctx.weighting.feature_batch
 
     def combine(grad_outputs: Any) -> Any:
-        block = _stack_rows(collected, features)
-        G = _gramian_cpu(_feature_gramian(ctx, block), ctx, "the features", [features], block)
+        jac = Jacobian([_stack_rows(collected, features)])
+        G = checked_gramian(ctx.step, jac, "the features", [features], feature_batch)
         assert G is not None  # no scaler on this path: a non-finite Gramian raised above
-        output = ctx.weighting.compute(G, ctx.global_losses)
-        w = output.weights.to(block.device, block.dtype)
-        found.update(G=G, output=output)
+        output, w = ctx.weigh(G)
+        found.update(G=G, output=output, w=w)
         grads = list(grad_outputs)
-        grads[position] = torch.tensordot(w, block, dims=1).to(features.dtype)
+        grads[position] = jac.combine(w)[0].to(features.dtype)
         return tuple(grads)
 
     handles.append(node.register_prehook(combine))
@@ -336,80 +397,10 @@ def _features_one_pass(ctx: _Context, features: Tensor, plan: _HeadPlan) -> Back
     finally:
         for handle in handles:
             handle.remove()
-    output = found["output"]
-    return _result(ctx.names, ctx.global_losses, output.weights, found["G"], dict(output.diagnostics))
+    return ctx.result(found["w"], found["G"], dict(found["output"].diagnostics))
 
 
-@dataclass
-class _HeadPlan:
-    """How one backward pass through the heads yields every task's gradient w.r.t. Z.
-
-    Attributes:
-        consumers: per task, the autograd nodes that take Z as an input (with the input positions);
-            no node is a consumer for two tasks.
-        heads: the leaves reached from the losses without passing through Z (task parameters).
-        owners: per head leaf, the one task that reaches it, or None when several do.
-    """
-
-    consumers: list[list[tuple[Any, list[int]]]]
-    heads: list[Tensor]
-    owners: list[int | None]
-
-
-def _plan_head_pass(items: list[Tensor], features: Tensor, head_weighting: str) -> _HeadPlan | None:
-    """The plan of :func:`_head_pass`, or None when two tasks reach Z through a common node.
-
-    One walk of each task's graph down to Z (the heads only). With ``head_weighting="weighted"``, a head
-    parameter reached by two tasks needs per-task gradients: None as well (the loop is used).
-    """
-    edge = torch.autograd.graph.get_gradient_edge(features)
-    target, target_nr = edge.node, edge.output_nr
-    owner_of_consumer: dict[Any, int] = {}
-    consumers: list[list[tuple[Any, list[int]]]] = []
-    leaf_index: dict[int, int] = {}
-    heads: list[Tensor] = []
-    owners: list[int | None] = []
-    for t, loss in enumerate(items):
-        found = []
-        # Walked inline, not with gradients.walk_graph: the generator and a second read of next_functions
-        # (a new tuple per read) made this walk and _leaves' 1.5-2x slower (about 90 us a step at 40 heads).
-        seen = {target}  # the nodes themselves (kept alive: identity is stable); Z's node is not entered
-        stack = [loss.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            children = node.next_functions
-            if not children:  # a leaf's AccumulateGrad (or a node with no inputs to differentiate)
-                variable = getattr(node, "variable", None)
-                if isinstance(variable, Tensor):
-                    index = leaf_index.get(id(variable))
-                    if index is None:
-                        leaf_index[id(variable)] = len(heads)
-                        heads.append(variable)
-                        owners.append(t)
-                    elif owners[index] != t:
-                        owners[index] = None
-                continue
-            positions = []
-            for i, (child, nr) in enumerate(children):
-                if child is target:
-                    if nr == target_nr:
-                        positions.append(i)
-                else:
-                    stack.append(child)
-            if positions:
-                if owner_of_consumer.setdefault(node, t) != t:
-                    return None
-                found.append((node, positions))
-        consumers.append(found)
-    if head_weighting != "unweighted" and any(owner is None for owner in owners):
-        return None
-    return _HeadPlan(consumers, heads, owners)
-
-
-def _collect_consumer_grads(plan: _HeadPlan) -> tuple[list[list[Tensor]], list[Any]]:
+def _collect_consumer_grads(plan: HeadPlan) -> tuple[list[list[Tensor]], list[Any]]:
     """Hooks on the consumers of Z that append the gradient each sends to Z to its task's list."""
     collected: list[list[Tensor]] = [[] for _ in plan.consumers]
     handles = []
@@ -439,7 +430,7 @@ def _stack_rows(collected: list[list[Tensor]], features: Tensor) -> Tensor:
 
 
 def _head_pass(
-    plan: _HeadPlan, items: list[Tensor], features: Tensor, retain_graph: bool
+    plan: HeadPlan, items: list[Tensor], features: Tensor, retain_graph: bool
 ) -> tuple[Tensor, list[Tensor | None]]:
     r"""Every task's gradient w.r.t. Z, shape (K, *Z.shape), and the head parameters' gradients of
     :math:`\sum_t L_t`, from one backward pass through the heads (the encoder is not entered).
@@ -459,59 +450,6 @@ def _head_pass(
     return _stack_rows(collected, features), list(grads[1:])
 
 
-def _skip_step(ctx: _Context, params: Iterable[Tensor]) -> BackwardResult:
-    """An overflow under a GradScaler: NaN gradients make ``scaler.step`` skip this step."""
-    _fill_nan(params)
-    return _result(
-        ctx.names,
-        ctx.global_losses,
-        torch.full((len(ctx.names),), float("nan")),
-        None,
-        {"skipped": "non-finite scaled gradients"},
-    )
-
-
-def _fill_nan(params: Iterable[Tensor]) -> None:
-    for p in params:
-        p.grad = torch.full_like(p, float("nan"))
-
-
-def _head_coefficients(weighting: Weighting, weights: Tensor, loss_vector: Tensor) -> Tensor:
-    if weighting.head_weighting == "unweighted":
-        return torch.ones_like(loss_vector)
-    return weights.to(loss_vector.device, loss_vector.dtype)
-
-
-def _gramian_cpu(
-    G: Tensor, ctx: _Context, what: str, inputs: list[Tensor], rows: Tensor | None = None
-) -> Tensor | None:
-    """The unscaled float64 Gramian on the CPU; None on overflow under a scaler; errors otherwise.
-
-    ``rows``: the per-task gradients (K, ...) when each row is exactly its task's (loop or head pass);
-    the error path then reads the culprits from them instead of differentiating again.
-    """
-    G64 = G.detach().to("cpu", torch.float64) / ctx.scale**2
-    if bool(torch.isfinite(G64).all()):
-        return G64
-    if ctx.scale != 1.0:
-        return None
-    if not ctx.check_finite:
-        return G64
-    bad = []
-    if rows is not None:
-        finite = torch.isfinite(rows.reshape(rows.shape[0], -1)).all(dim=1).tolist()
-        bad = [name for name, ok in zip(ctx.names, finite) if not ok]
-    else:
-        # Recompute task by task, since a batched backward can spread one task's NaN to every row
-        # (vmap sends all rows through every node, and 0 · inf = NaN).
-        for name, loss in zip(ctx.names, ctx.items):
-            grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-            if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                bad.append(name)
-    detail = f"task(s) {', '.join(map(repr, bad))}" if bad else "the tasks (combined)"
-    raise NonFiniteError(f"the gradient of {detail} w.r.t. {what} contains NaN or inf")
-
-
 def _shared_parameters(
     shared_params: Iterable[Tensor] | nn.Module | None,
 ) -> tuple[list[Tensor], list[str]]:
@@ -526,26 +464,6 @@ def _shared_parameters(
         hint="pass only trainable shared parameters (or the shared module: its frozen ones are skipped)",
     )
     return params, [f"shared_params[{i}]" for i in range(len(params))]
-
-
-def _leaves(items: list[Tensor]) -> list[Tensor]:
-    """Leaf tensors requiring grad that the losses reach (one walk of the graph, inline for speed)."""
-    leaves = []
-    seen: set[Any] = set()  # the nodes themselves: keeps them alive, so identity is stable
-    stack = [loss.grad_fn for loss in items]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        children = node.next_functions
-        if children:
-            stack.extend([child for child, _ in children])
-        else:  # only AccumulateGrad nodes (leaves) have no inputs
-            variable = getattr(node, "variable", None)
-            if isinstance(variable, Tensor):
-                leaves.append(variable)
-    return leaves
 
 
 def _check_finite_grads(
@@ -564,13 +482,19 @@ def _check_finite_grads(
     raise NonFiniteError(f"the gradient of {', '.join(bad)} contains NaN or inf (the losses were finite)")
 
 
-def _result(
-    names: list[str], losses: Tensor, weights: Tensor, G: Tensor | None, diagnostics: dict[str, Any]
-) -> BackwardResult:
-    return BackwardResult(
-        task_names=names,
-        losses=losses,
-        weights=weights.detach().to("cpu", torch.float64),
-        gramian=G,
-        diagnostics=diagnostics,
-    )
+def _check_every_task_reaches(
+    items: Sequence[Tensor], names: Sequence[str], probe: Sequence[Tensor], who: str
+) -> None:
+    """A method that reads its Gramian at its own layer needs every task's loss to go through it."""
+    wanted = {id(p) for p in probe}
+    for name, loss in zip(names, items):
+        if not wanted & {id(leaf) for leaf in leaves([loss])}:
+            raise ValueError(
+                f"{who}: the loss of task {name} does not depend on the parameters the method reads its "
+                "Gramian at (its probe); pass a shared layer that every task's loss goes through "
+                "(GradNorm: the last shared layer)"
+            )
+
+
+def _names_of(tensors: Sequence[Tensor], what: str) -> list[str]:
+    return [f"{what}[{i}]" for i in range(len(tensors))]

@@ -10,7 +10,7 @@ Two ways to compute J, with the same result:
 - ``"batched"``: one call of ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over the K
   one-hot output gradients);
 - ``"loop"``: K calls of ``torch.autograd.grad``, each writing its row of one preallocated K×P matrix
-  (:func:`jacobian_matrix`): the Jacobian is held once, and its per-parameter blocks are views.
+  (:class:`Jacobian`): the Jacobian is held once, and its per-parameter blocks are views.
 
 ``"auto"`` (:func:`choose_method`) decides from the structure of the graph, with no timing:
 
@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from ._checks import LossesLike, as_loss_vector, as_tensors
+from ._graph import walk_graph
+from ._options import choices
 
-__all__ = ["JacobianMethod", "feature_jacobian", "gramian", "jacobian"]
+__all__ = ["Jacobian", "JacobianMethod", "feature_jacobian", "gramian", "jacobian"]
 
 JacobianMethod = Literal["auto", "batched", "loop"]
-_METHODS = ("auto", "batched", "loop")
 # Backward nodes for which vmap over the backward pass is slower than a loop of backward calls.
 _SLOW_UNDER_VMAP = ("Convolution", "Conv2D", "Conv3D", "SlowConv", "Cudnn", "Mkldnn")
 
@@ -61,10 +62,7 @@ def jacobian(
     """
     _, items, _ = as_loss_vector(losses)
     inputs = as_tensors(params, "params")
-    matrix, blocks = jacobian_matrix(items, inputs, method=method, retain_graph=retain_graph)
-    if matrix is not None:
-        return matrix
-    return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
+    return Jacobian.compute(items, inputs, method=method, retain_graph=retain_graph).matrix()
 
 
 def feature_jacobian(
@@ -109,6 +107,111 @@ def gramian(jacobian: Tensor | Sequence[Tensor]) -> Tensor:
     return total
 
 
+class Jacobian:
+    """Per-task gradients w.r.t. some inputs: one block of shape (K, *input.shape) per input.
+
+    With the loop method (and inputs of one dtype and device) each task's gradients are written into
+    one preallocated (K, P) matrix and the blocks are views of it: the Jacobian is held once, its
+    Gramian is one matmul and a combination of its rows one matrix-vector product. Call sites use the
+    methods below and never ask which of the two layouts they have.
+
+    Attributes:
+        blocks: the per-input blocks.
+        exact_rows: whether row t is task t's gradient alone (loop); a batched computation may spread
+            one task's NaN to every row (vmap sends all rows through every node, and 0 · inf = NaN).
+    """
+
+    def __init__(self, blocks: list[Tensor], matrix: Tensor | None = None, exact_rows: bool = True) -> None:
+        self.blocks = blocks
+        self._matrix = matrix
+        self.exact_rows = exact_rows
+
+    @classmethod
+    def compute(
+        cls,
+        losses: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        *,
+        method: JacobianMethod = "auto",
+        retain_graph: bool = True,
+    ) -> Jacobian:
+        """The Jacobian of K scalar losses w.r.t. ``inputs`` (an input a loss does not reach: zero rows)."""
+        if method not in choices(JacobianMethod):
+            expected = ", ".join(choices(JacobianMethod))
+            raise ValueError(f"unknown Jacobian method {method!r}; expected one of {expected}")
+        K = len(losses)
+        if method == "auto":
+            method = choose_method(losses, inputs)
+        if method == "loop" and len({(t.dtype, t.device) for t in inputs}) == 1:
+            sizes = [t.numel() for t in inputs]
+            matrix = torch.empty(K, sum(sizes), dtype=inputs[0].dtype, device=inputs[0].device)
+            for t, loss in enumerate(losses):
+                grads = torch.autograd.grad(
+                    loss,
+                    inputs,
+                    retain_graph=retain_graph or t < K - 1,
+                    allow_unused=True,
+                    materialize_grads=True,
+                )
+                torch.cat([g.reshape(-1) for g in grads], out=matrix[t])
+            blocks, offset = [], 0
+            for tensor, size in zip(inputs, sizes):
+                blocks.append(matrix[:, offset : offset + size].view(K, *tensor.shape))
+                offset += size
+            return cls(blocks, matrix)
+        blocks = _jacobian_blocks(losses, inputs, method, retain_graph)
+        # An input no loss reaches comes back from the batched call as zeros of the input's own shape.
+        blocks = [
+            b if b.shape == (K, *x.shape) else b.new_zeros((K, *x.shape)) for b, x in zip(blocks, inputs)
+        ]
+        return cls(blocks, exact_rows=method == "loop")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.blocks[0].shape[0]
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors holding the Jacobian (the matrix, or the blocks): to reduce or check in place."""
+        return [self._matrix] if self._matrix is not None else self.blocks
+
+    def matrix(self) -> Tensor:
+        """The (K, P) Jacobian (a copy only when the blocks are separate tensors)."""
+        if self._matrix is not None:
+            return self._matrix
+        K = self.num_tasks
+        return torch.cat([b.reshape(K, -1) for b in self.blocks], dim=1)
+
+    def gramian(self) -> Tensor:
+        """:math:`J J^\\top`, K×K, in the Jacobian's dtype and device."""
+        return gramian(self.tensors())
+
+    def div_(self, value: float) -> None:
+        """Divide every gradient by ``value`` in place (e.g. a loss scale)."""
+        for tensor in self.tensors():
+            tensor.div_(value)
+
+    def combine(self, weights: Tensor) -> list[Tensor]:
+        r""":math:`\sum_t w_t J_t` per input (views of one matrix-vector product when there is a matrix)."""
+        w = weights.to(self.blocks[0].device, self.blocks[0].dtype)
+        if self._matrix is None:
+            return [torch.tensordot(w, block, dims=1) for block in self.blocks]
+        combined = w @ self._matrix
+        directions, offset = [], 0
+        for block in self.blocks:
+            size = block[0].numel()
+            directions.append(combined[offset : offset + size].view(block.shape[1:]))
+            offset += size
+        return directions
+
+    def finite_rows(self) -> list[bool]:
+        """Per task, whether its row is finite (meaningful as a culprit only with ``exact_rows``)."""
+        K = self.num_tasks
+        flags = torch.ones(K, dtype=torch.bool, device=self.blocks[0].device)
+        for tensor in self.tensors():
+            flags &= torch.isfinite(tensor.reshape(K, -1)).all(dim=1)
+        return flags.tolist()
+
+
 def jacobian_blocks(
     losses: Sequence[Tensor],
     inputs: Sequence[Tensor],
@@ -117,46 +220,7 @@ def jacobian_blocks(
     retain_graph: bool = True,
 ) -> list[Tensor]:
     """Per-input Jacobian blocks of shape (K, *input.shape) for K scalar losses."""
-    return jacobian_matrix(losses, inputs, method=method, retain_graph=retain_graph)[1]
-
-
-def jacobian_matrix(
-    losses: Sequence[Tensor],
-    inputs: Sequence[Tensor],
-    *,
-    method: JacobianMethod = "auto",
-    retain_graph: bool = True,
-) -> tuple[Tensor | None, list[Tensor]]:
-    """The K×P Jacobian (when it is one tensor) and its per-input blocks of shape (K, *input.shape).
-
-    With the loop method (and inputs of one dtype and device), each task's gradients are written into
-    one preallocated (K, P) matrix and the blocks are views of it: the Jacobian is held once (not as K
-    rows plus a stacked copy), its Gramian is one matmul, and a combination of its rows one
-    matrix-vector product. The batched method returns one block per input (the matrix is None).
-    """
-    if method not in _METHODS:
-        raise ValueError(f"unknown Jacobian method {method!r}; expected one of {', '.join(_METHODS)}")
-    K = len(losses)
-    if method == "auto":
-        method = choose_method(losses, inputs)
-    if method == "loop" and len({(t.dtype, t.device) for t in inputs}) == 1:
-        sizes = [t.numel() for t in inputs]
-        matrix = torch.empty(K, sum(sizes), dtype=inputs[0].dtype, device=inputs[0].device)
-        for t, loss in enumerate(losses):
-            grads = torch.autograd.grad(
-                loss,
-                inputs,
-                retain_graph=retain_graph or t < K - 1,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-            torch.cat([g.reshape(-1) for g in grads], out=matrix[t])
-        blocks, offset = [], 0
-        for tensor, size in zip(inputs, sizes):
-            blocks.append(matrix[:, offset : offset + size].view(K, *tensor.shape))
-            offset += size
-        return matrix, blocks
-    return None, _jacobian_blocks(losses, inputs, method, retain_graph)
+    return Jacobian.compute(losses, inputs, method=method, retain_graph=retain_graph).blocks
 
 
 def _jacobian_blocks(
@@ -219,18 +283,3 @@ def graph_has_slow_vmap_ops(losses: Tensor | Sequence[Tensor], inputs: Sequence[
 def _is_slow_under_vmap(node: object) -> bool:
     name = type(node).__name__
     return any(marker in name for marker in _SLOW_UNDER_VMAP)
-
-
-def walk_graph(roots: Sequence[object], stops: set[object] | None = None) -> Iterable[object]:
-    """Depth-first walk over autograd nodes from ``roots``, not entering nodes in ``stops``."""
-    stops = stops or set()
-    seen: set[object] = set()  # the nodes themselves: keeps them alive, so identity is stable
-    stack = list(roots)
-    pop, push, mark = stack.pop, stack.extend, seen.add
-    while stack:
-        node = pop()
-        if node is None or node in seen or node in stops:
-            continue
-        mark(node)
-        yield node
-        push([child for child, _ in node.next_functions])

@@ -56,7 +56,8 @@ from ._checks import (
 from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import JacobianMethod, jacobian_matrix
+from ._task_step import StepContext, checked_jacobian, fill_nan
+from .gradients import JacobianMethod
 
 __all__ = ["MAO"]
 
@@ -162,7 +163,7 @@ class MAO(torch.optim.Optimizer):
         r"""Per-task gradients of the shared parameters and ordinary gradients of the others.
 
         The shared parameters' per-task gradients come from one Jacobian computation
-        (:func:`mtlopt.gradients.jacobian_matrix`); task-specific parameters get ``.grad`` from one
+        (:class:`mtlopt.gradients.Jacobian`, the step :func:`mtlopt.backward` takes too); task-specific parameters get ``.grad`` from one
         backward pass of :math:`\sum_t L_t` restricted to them (each head receives its own task's
         gradient). With ``sync`` (see :mod:`mtlopt.distributed`) the per-task gradients are averaged
         across processes before the moments see them. With a ``GradScaler`` the losses are scaled and the
@@ -180,32 +181,14 @@ class MAO(torch.optim.Optimizer):
         scale = _scale_of(scaler, vector)
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         others = [p for p in self.task_specific_parameters() if p.requires_grad]
-        scaled = items if scale == 1.0 else [loss * scale for loss in items]
-        matrix, blocks = jacobian_matrix(
-            scaled, shared, method=method, retain_graph=bool(others) or retain_graph
-        )
-        all_reduce_mean_(blocks if matrix is None else [matrix], group)
-        if scale != 1.0:
-            if matrix is None:
-                blocks = [block / scale for block in blocks]
-            else:
-                matrix.div_(scale)  # the blocks are views of it
-        finite = all_finite(blocks if matrix is None else [matrix])  # one host synchronization
-        if not finite:
-            if scale != 1.0:  # overflow: NaN gradients make scaler.step skip this step
-                for p in shared:
-                    p.grad = torch.full_like(p, float("nan"))
-                self._task_grads.clear()
-                return vector.detach()
-            if check_finite:
-                bad = [
-                    n
-                    for t, n in enumerate(names)
-                    if not all(bool(torch.isfinite(b[t]).all()) for b in blocks)
-                ]
-                raise NonFiniteError(
-                    f"the gradient of task(s) {', '.join(map(repr, bad))} w.r.t. a shared parameter contains NaN or inf"
-                )
+        ctx = StepContext(names, items, scale, group, check_finite and scale == 1.0, method)
+        scaled = ctx.scaled_items()
+        jac = checked_jacobian(ctx, shared, "a shared parameter", retain_graph=bool(others) or retain_graph)
+        if jac is None:  # overflow: NaN gradients make scaler.step skip this step
+            fill_nan(shared)
+            self._task_grads.clear()
+            return vector.detach()
+        blocks = jac.blocks
         self.set_task_gradients(dict(zip(shared, blocks)))
         if scale != 1.0 and not others and shared:
             # scaler.step needs a .grad to record its inf check on; the update reads the per-task gradients

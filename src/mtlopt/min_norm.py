@@ -44,10 +44,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._options import choices
+
 __all__ = ["SOLVERS", "MinNormResult", "min_norm", "two_point_weight"]
 
 Solver = Literal["auto", "two-task", "active-set", "frank-wolfe", "pgd"]
-SOLVERS: tuple[str, ...] = ("auto", "two-task", "active-set", "frank-wolfe", "pgd")
+SOLVERS: tuple[str, ...] = choices(Solver)
 
 # Defaults of the official code: STOP_CRIT = 1e-5 on the L1 change, MAX_ITER = 250 (intended).
 _ITERATIVE_TOL = 1e-5

@@ -44,6 +44,7 @@ looped) but faster with many small per-task ops (40 tasks, batch 64: 3.6× vs 21
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,11 +57,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from ._checks import check_finite_on_every_rank
 from .distributed import all_gather_stack, resolve_group, world_size
 from .preferences import check_preferences
-from .scalarization import IdealPoint, linear, tchebycheff
+from ._options import check_choice
+from .scalarization import IdealPoint, Tchebycheff, linear_scalarization
+from .weighting._base import LossWeighting
 
 __all__ = ["Population", "PopulationStepResult", "Transfer", "transfer_matrix"]
 
 Scalarization = Literal["linear", "tchebycheff"]
+Vectorize = Literal["auto", "always", "never"]
 Schedule = Literal["constant", "linear", "cosine"]
 
 
@@ -151,7 +155,11 @@ class Population:
         optimizer: builds the base optimizer from a list of tensors, e.g.
             ``functools.partial(torch.optim.SGD, lr=1e-3, momentum=0.9)``. It must act element-wise
             (SGD, Adam, ...), since in vectorized mode one optimizer holds every member's parameters.
-        scalarization: ``"linear"`` or ``"tchebycheff"`` (with a running ideal-point estimate).
+        scalarization: how each member's task losses become its objective: a function from a preference
+            vector to a :class:`mtlopt.LossWeighting` (one is built per member), or the name of one:
+            ``"linear"`` (:func:`mtlopt.scalarization.linear_scalarization`, fixed weights λ) or
+            ``"tchebycheff"`` (:class:`mtlopt.scalarization.Tchebycheff` reading the population's
+            running ideal-point estimate, lowered by every member's losses).
         transfer: the transfer settings; ``None`` or strength 0 for independent training.
         shared: predicate on parameter names selecting the shared trunk (for
             ``transfer.parameters="shared"``).
@@ -163,7 +171,7 @@ class Population:
             ``preferences``; every rank must feed the same batches. The transfer gathers the other
             ranks' parameters; checkpoints gather every member.
         scaler: a ``torch.amp.GradScaler`` for float16 mixed precision (the step goes through it).
-        weightings: instead of a scalarization, one :class:`mtlopt.Weighting` per (local) member, e.g.
+        weightings: instead of a scalarization, one :class:`mtlopt.GramianWeighting` per (local) member, e.g.
             Pareto MTL or EPO for that member's preference: each member's update is then
             ``mtlopt.backward(its losses, its weighting, shared_params=member)`` (per-member loop).
         check_finite: raise :class:`mtlopt.NonFiniteError` naming the member and task when a loss is
@@ -177,10 +185,10 @@ class Population:
         preferences: Tensor,
         optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
         *,
-        scalarization: Scalarization = "linear",
+        scalarization: Scalarization | Callable[[Tensor], LossWeighting] = "linear",
         transfer: Transfer | None = None,
         shared: Callable[[str], bool] | None = None,
-        vectorize: Literal["auto", "always", "never"] = "auto",
+        vectorize: Vectorize = "auto",
         total_steps: int | None = None,
         ideal_margin: float = 1e-3,
         sync: Any = "auto",
@@ -215,10 +223,14 @@ class Population:
                 )
             vectorize = "never"
         self.weightings = weightings
-        if scalarization not in ("linear", "tchebycheff"):
-            raise ValueError(f"scalarization must be 'linear' or 'tchebycheff', got {scalarization!r}")
-        if vectorize not in ("auto", "always", "never"):
-            raise ValueError(f"vectorize must be 'auto', 'always' or 'never', got {vectorize!r}")
+        if isinstance(scalarization, str):
+            check_choice("Population", "scalarization", scalarization, Scalarization)
+        elif not callable(scalarization):
+            raise TypeError(
+                "scalarization must be 'linear', 'tchebycheff' or a function from a preference vector to a "
+                f"loss weighting, got {type(scalarization).__name__}"
+            )
+        check_choice("Population", "vectorize", vectorize, Vectorize)
         names = [n for n, _ in models[0].named_parameters()]
         for k, model in enumerate(models[1:], start=1):
             if [n for n, _ in model.named_parameters()] != names:
@@ -239,8 +251,25 @@ class Population:
             raise ValueError(
                 f"a {self.transfer.schedule!r} transfer schedule needs total_steps >= 1, got {total_steps}"
             )
-        self.scalarization: Scalarization = scalarization
+        self.scalarization = scalarization
+        # The population's ideal point: every member's losses lower it (across ranks), then the members'
+        # Tchebycheff scalarizations read it.
         self.ideal = IdealPoint(self.preferences.shape[1], ideal_margin)
+        if scalarization == "linear":
+            make: Callable[[Tensor], LossWeighting] = linear_scalarization
+        elif scalarization == "tchebycheff":
+            make = functools.partial(Tchebycheff, ideal=self.ideal)
+        else:
+            make = scalarization  # type: ignore[assignment]
+        self.scalarizations: list[LossWeighting] = []
+        for preference in self.preferences[self.local]:
+            member = make(preference)
+            if not isinstance(member, LossWeighting):
+                raise TypeError(
+                    f"scalarization({preference.tolist()}) returned a {type(member).__name__}, expected a "
+                    "loss weighting (e.g. mtlopt.FixedWeights); gradient methods go in weightings="
+                )
+            self.scalarizations.append(member)
         self.total_steps = total_steps
         self.steps = 0
         self._make_optimizer = optimizer
@@ -424,15 +453,17 @@ class Population:
         )
 
     def _scalarize(self, losses: Tensor) -> Tensor:
-        preferences = self.preferences[self.local]
-        if self.scalarization == "linear":
-            return linear(losses, preferences)
+        """Each member's scalarized loss, (K,), from its task losses (K, m)."""
+        if self.scalarization == "tchebycheff":  # the members read the population's ideal point
+            self._update_ideal(losses)
+        return torch.stack([member(row).objective for member, row in zip(self.scalarizations, losses)])
+
+    def _update_ideal(self, losses: Tensor) -> None:
         self.ideal.update(losses)
         if self.group is not None:  # the ideal point over every rank's members, reduced where the losses are
             minimum = self.ideal.minimum.to(losses.device)
             torch.distributed.all_reduce(minimum, op=torch.distributed.ReduceOp.MIN, group=self.group)
             self.ideal.minimum = minimum.to("cpu", torch.float64)
-        return tchebycheff(losses, preferences, self.ideal.value)
 
     def _mixed_member_tensors(self) -> dict[str, Tensor | list[Tensor]]:
         """Per transferred name: the stacked tensor (vectorized) or each member's parameter."""

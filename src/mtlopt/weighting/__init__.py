@@ -1,6 +1,26 @@
-"""Weightings: task weights from the Gramian of the task gradients (and the losses)."""
+"""The methods that weigh the tasks, by what they read.
 
-from ._base import Weighting, WeightingOutput
+- :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting);
+- :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
+  Pareto MTL, EPO).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ._base import (
+    FeatureBatch,
+    GramianWeighting,
+    HeadWeighting,
+    LossOutput,
+    LossWeighting,
+    Method,
+    Update,
+    WeightingOutput,
+    WeightSum,
+)
 from .epo import EPO, non_uniformity
 from .ew import EW
 from .fixed import FixedWeights
@@ -14,13 +34,35 @@ __all__ = [
     "EPO",
     "EW",
     "MGDA",
+    "FeatureBatch",
     "FixedWeights",
     "GradNorm",
+    "GramianWeighting",
+    "HeadWeighting",
+    "LossOutput",
+    "LossWeighting",
+    "Method",
     "PCGrad",
     "ParetoMTL",
     "UncertaintyWeighting",
-    "Weighting",
+    "Update",
+    "WeightSum",
     "WeightingOutput",
     "circle_preferences",
     "non_uniformity",
 ]
+
+# Every method exported here, for `mtlopt list`, the contract tests and the docs table.
+METHODS: tuple[type[Method], ...] = (EW, FixedWeights, UncertaintyWeighting, MGDA, PCGrad, GradNorm, ParetoMTL, EPO)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Weighting":  # the 0.1 interface, importable for one more release
+        warnings.warn(
+            "mtlopt.Weighting is deprecated since 0.2: it is mtlopt.Method, the base of mtlopt.LossWeighting "
+            "and mtlopt.GramianWeighting",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Method
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,24 +1,58 @@
-"""The interface shared by every weighting: task weights from the Gramian and the losses."""
+r"""The two method protocols, chosen by what a method reads.
+
+- :class:`LossWeighting` reads the K losses (and its own state) and returns the scalar objective to
+  differentiate, with the weights for logging: EW, fixed weights, uncertainty weighting, the
+  scalarizations of a population. :func:`mtlopt.backward` then takes one ordinary backward pass.
+- :class:`GramianWeighting` reads the K×K Gramian of the task gradients (and the losses) and returns
+  task weights. Where the gradients are taken is the caller's choice (``shared_params=`` or
+  ``features=`` of :func:`mtlopt.backward`) unless the method names its own layer (:attr:`probe`, as
+  GradNorm's balanced layer). How the weights are applied is the method's :attr:`update`:
+  ``"combined"`` writes :math:`\sum_t w_t g_t` into the shared parameters (MGDA, PCGrad, ...);
+  ``"loss"`` backpropagates the reweighted loss :math:`\sum_t w_t L_t` (GradNorm).
+
+Both check their input once, here, before the method sees it: the number of tasks, shapes, finiteness.
+Both state the total weight their default update puts on the tasks (:attr:`Method.weight_sum`).
+"""
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
+
+from .._options import check_choice
+from ..errors import NonFiniteError
+
+__all__ = [
+    "FeatureBatch",
+    "GramianWeighting",
+    "HeadWeighting",
+    "LossOutput",
+    "LossWeighting",
+    "Method",
+    "Update",
+    "WeightSum",
+    "WeightingOutput",
+]
 
 HeadWeighting = Literal["weighted", "unweighted"]
 FeatureBatch = Literal["flatten", "sum"]
+Update = Literal["combined", "loss"]
+# The total weight a method's default update puts on the tasks: 1, K, the sum of fixed weights, or
+# something that depends on the data (learned or conflict-dependent weights).
+WeightSum = Literal["1", "K", "sum of the weights", "data-dependent"]
 
 
 @dataclass(frozen=True)
 class WeightingOutput:
-    """Task weights and what the weighting wants logged.
+    """Task weights and what the method wants logged.
 
     Attributes:
-        weights: shape (K,); the shared update is :math:`\\sum_t w_t \\nabla L_t`.
+        weights: shape (K,), float64; the shared update is :math:`\\sum_t w_t \\nabla L_t`.
         diagnostics: scalars worth logging (e.g. a solver's iterations and residual).
     """
 
@@ -26,66 +60,184 @@ class WeightingOutput:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
-class Weighting(ABC):
-    """Maps the Gramian of the task gradients (and the task losses) to task weights.
+@dataclass(frozen=True)
+class LossOutput:
+    """What a :class:`LossWeighting` returns for one step.
 
-    Subclasses set:
-
-    - ``needs_gramian``: False for weightings computed from the losses alone (then
-      :func:`mtlopt.backward` does a single ordinary backward pass of :math:`\\sum_t w_t L_t`);
-    - ``min_tasks``: the fewest tasks the method accepts;
-    - ``head_weighting``: whether task-specific parameters receive :math:`w_t \\nabla L_t`
-      (``"weighted"``) or :math:`\\nabla L_t` (``"unweighted"``);
-    - ``feature_batch``: how gradients w.r.t. a representation Z of shape (B, ...) enter the Gramian:
-      ``"flatten"`` (one vector of B·D entries per task) or ``"sum"`` (per-sample gradients summed
-      over the batch first).
-
-    Stateless weightings are pure functions of their input; stateful ones override :meth:`reset`,
-    :meth:`state_dict` and :meth:`load_state_dict`.
-
-    Weightings with ``needs_gramian = False`` may also override two hooks of :func:`mtlopt.backward`:
-    :meth:`prepare`, called first with the graph-attached losses (e.g. GradNorm measures per-task
-    gradient norms there), and :meth:`objective`, the differentiable scalar that is backpropagated
-    (by default :math:`\\sum_t w_t L_t`; uncertainty weighting adds its learned terms).
+    Attributes:
+        objective: the differentiable scalar to backpropagate.
+        weights: the K task weights the objective applies (detached, float64, CPU), for logging.
+        diagnostics: scalars worth logging.
     """
 
-    needs_gramian: ClassVar[bool] = True
+    objective: Tensor
+    weights: Tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """What every method shares: the number of tasks it takes, its state and its weight convention.
+
+    Class attributes a method may set: ``min_tasks`` (the fewest tasks it accepts), ``num_tasks`` (the
+    K it was built for, or None for any K), ``head_weighting`` (task-specific parameters receive
+    :math:`w_t \\nabla L_t`, ``"weighted"``, or :math:`\\nabla L_t`, ``"unweighted"``) and
+    ``weight_sum`` (see :data:`WeightSum`). Stateless methods are pure functions of their input;
+    stateful ones override :meth:`reset`, :meth:`state_dict` and :meth:`load_state_dict`.
+    """
+
     min_tasks: ClassVar[int] = 1
-    # Set by mtlopt.backward to the process group it synchronizes over (None in one process): a weighting
-    # that measures gradients or losses itself (in prepare) averages them over this group.
-    sync_group: Any = None
-    head_weighting: HeadWeighting = "weighted"
-    feature_batch: FeatureBatch = "flatten"
     num_tasks: int | None = None
+    head_weighting: HeadWeighting = "weighted"
+    weight_sum: WeightSum = "1"
+    # Where num_tasks comes from, for error messages ("preference has {n} entries (tasks)").
+    num_tasks_source: ClassVar[str] = "was set up for {n} tasks"
 
-    @abstractmethod
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
-        """Weights for one step.
-
-        Args:
-            gramian: K×K float64 Gramian on the CPU (None when ``needs_gramian`` is False).
-            losses: the K detached loss values.
-        """
-
-    def prepare(self, losses: Sequence[Tensor]) -> None:
-        """Hook called by :func:`mtlopt.backward` with the graph-attached task losses (no-op)."""
-
-    def objective(self, losses: Tensor, output: WeightingOutput) -> Tensor:
-        r"""The scalar backpropagated when ``needs_gramian`` is False: :math:`\sum_t w_t L_t`."""
-        return (output.weights.to(losses.device, losses.dtype) * losses).sum()
-
-    def __call__(self, gramian: Tensor | None, losses: Tensor) -> Tensor:
-        """The weights alone (see :meth:`compute`)."""
-        return self.compute(gramian, losses).weights
+    def check_num_tasks(self, K: int, names: list[str] | None = None) -> None:
+        """Raise a ``ValueError`` when K losses do not fit this method."""
+        who = type(self).__name__
+        if self.num_tasks is not None and K != self.num_tasks:
+            listed = f" ({', '.join(names)})" if names else ""
+            raise ValueError(f"{who} was set up for {self.num_tasks} tasks but got {K} losses{listed}")
+        if K < self.min_tasks:
+            raise ValueError(f"{who} needs at least {self.min_tasks} tasks, got {K}")
 
     def reset(self) -> None:
-        """Forget any state accumulated over steps (no-op for stateless weightings)."""
+        """Forget any state accumulated over steps (no-op for stateless methods)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless weightings)."""
+        """State to checkpoint (empty for stateless methods)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         if state:
             raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
+
+
+class LossWeighting(Method):
+    r"""A method that reads the K losses: its update is one backward pass of :meth:`objective`.
+
+    Subclasses implement :meth:`weigh` (the K weights of this step from the detached loss values) and
+    may override :meth:`objective` (by default :math:`\sum_t w_t L_t`; uncertainty weighting adds its
+    learned terms). Call the method on the graph-attached (K,) loss vector to get a
+    :class:`LossOutput`; under several processes pass the global batch's loss values as ``values``.
+    """
+
+    head_weighting: HeadWeighting = "weighted"
+
+    @abstractmethod
+    def weigh(self, values: Tensor) -> WeightingOutput:
+        """The weights of this step from the K detached loss values (float64, CPU, finite)."""
+
+    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
+        """Deprecated (0.1): the weights of :meth:`weigh` for the loss values ``losses``."""
+        _deprecated(self, "compute(None, values)", "weigh(values) or call the method on the losses")
+        return self.weigh(_check_vector(self, losses, "losses").detach().to("cpu", torch.float64))
+
+    def objective(self, losses: Tensor, output: WeightingOutput) -> Tensor:
+        r"""The scalar to backpropagate: :math:`\sum_t w_t L_t`."""
+        return (output.weights.to(losses.device, losses.dtype) * losses).sum()
+
+    def __call__(self, losses: Tensor, values: Tensor | None = None) -> LossOutput:
+        """One step: ``losses`` the graph-attached (K,) vector, ``values`` the loss values the weights are
+        computed from (the detached ``losses`` when None; the global batch's under several processes)."""
+        losses = _check_vector(self, losses, "losses")
+        values = losses.detach() if values is None else _check_vector(self, values, "values")
+        if values.shape != losses.shape:
+            raise ValueError(
+                f"{type(self).__name__} got values of shape {tuple(values.shape)} for losses of shape "
+                f"{tuple(losses.shape)}"
+            )
+        self.check_num_tasks(losses.shape[0])
+        # Not checked for finiteness: mtlopt.backward does (naming the task), unless told not to.
+        output = self.weigh(values.detach().to("cpu", torch.float64))
+        return LossOutput(self.objective(losses, output), _weights64(output.weights), output.diagnostics)
+
+
+class GramianWeighting(Method):
+    r"""A method that reads the K×K Gramian of the task gradients (and the losses).
+
+    Subclasses implement :meth:`weigh`. They may set:
+
+    - ``update``: ``"combined"`` (the shared parameters get :math:`\sum_t w_t g_t`) or ``"loss"``
+      (one backward pass of :math:`\sum_t w_t L_t`);
+    - ``feature_batch``: how gradients w.r.t. a representation Z of shape (B, ...) enter the Gramian,
+      ``"flatten"`` (one vector of B·D entries per task) or ``"sum"`` (per-sample gradients summed
+      over the batch first);
+    - ``probe``: the tensors at which the method reads its Gramian, when it names them itself
+      (GradNorm's balanced layer); None: where the caller of :func:`mtlopt.backward` says.
+
+    :meth:`compute` (and calling the method, for the weights alone) checks the Gramian (square, K×K, finite) and the losses ((K,), finite) once and
+    passes :meth:`weigh` float64 CPU copies; a non-finite entry raises :class:`mtlopt.NonFiniteError`.
+    """
+
+    update: ClassVar[Update] = "combined"
+    feature_batch: FeatureBatch = "flatten"
+    probe: list[Tensor] | None = None
+    head_weighting: HeadWeighting = "weighted"
+
+    @abstractmethod
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
+        """Weights for one step from the checked K×K float64 Gramian and the K loss values."""
+
+    def __call__(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The weights alone (see :meth:`compute`)."""
+        return self.compute(gramian, losses).weights
+
+    def compute(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
+        """The checked weights and diagnostics of one step (see :meth:`weigh`)."""
+        who = type(self).__name__
+        if not isinstance(gramian, Tensor):
+            raise TypeError(f"{who} needs the K×K Gramian as a torch.Tensor, got {type(gramian).__name__}")
+        if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
+            raise ValueError(f"{who} needs a square K×K Gramian, got shape {tuple(gramian.shape)}")
+        losses = _check_vector(self, losses, "losses")
+        K = gramian.shape[0]
+        if self.num_tasks is not None and K != self.num_tasks:
+            source = self.num_tasks_source.format(n=self.num_tasks)
+            raise ValueError(f"{who} {source} but the Gramian is {K}×{K}")
+        if losses.shape != (K,):
+            raise ValueError(f"{who} got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
+        self.check_num_tasks(K)
+        G = _finite64(self, gramian, "Gramian")
+        output = self.weigh(G, _finite64(self, losses, "loss"))
+        weights = _weights64(output.weights)
+        if weights.shape != (K,):
+            raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
+        return WeightingOutput(weights, output.diagnostics)
+
+
+def check_method_options(method: Method, **options: tuple[object, Any]) -> None:
+    """``check_choice`` for each ``option=(value, LiteralType)`` of a method's constructor."""
+    for name, (value, kind) in options.items():
+        check_choice(type(method).__name__, name, value, kind)
+
+
+def _deprecated(method: Method, old: str, new: str) -> None:
+    warnings.warn(
+        f"{type(method).__name__}.{old} is deprecated since mtlopt 0.2; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _check_vector(method: Method, values: Any, what: str) -> Tensor:
+    who = type(method).__name__
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{who} needs the {what} as a 1-D torch.Tensor, got {type(values).__name__}")
+    if values.ndim != 1:
+        raise ValueError(f"{who} needs the {what} as a 1-D tensor of K entries, got shape {tuple(values.shape)}")
+    return values
+
+
+def _finite64(method: Method, tensor: Tensor, what: str) -> Tensor:
+    values = tensor.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        bad = sorted({int(i) for i in (~torch.isfinite(values)).nonzero()[:, 0]})
+        where = "tasks" if values.ndim == 1 else "rows"
+        raise NonFiniteError(f"{type(method).__name__}: non-finite {what} entries in {where} {bad}")
+    return values
+
+
+def _weights64(weights: Tensor) -> Tensor:
+    return torch.as_tensor(weights).detach().to("cpu", torch.float64)

@@ -81,7 +81,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import HeadWeighting, Weighting, WeightingOutput
+from .._options import check_choice
+from ._base import HeadWeighting, GramianWeighting, WeightingOutput, WeightSum
 
 __all__ = ["EPO", "non_uniformity"]
 
@@ -113,7 +114,7 @@ def non_uniformity(
     return mu, torch.from_numpy(a)
 
 
-class EPO(Weighting):
+class EPO(GramianWeighting):
     """Task weights of EPO search for one preference vector r (one member of a set).
 
     Args:
@@ -129,6 +130,7 @@ class EPO(Weighting):
     """
 
     min_tasks = 2
+    num_tasks_source = "preference has {n} entries (tasks)"
 
     def __init__(
         self,
@@ -143,9 +145,9 @@ class EPO(Weighting):
         eps = float(eps)
         if not (math.isfinite(eps) and eps >= 0.0):
             raise ValueError(f"EPO eps must be finite and >= 0, got {eps!r}")
-        _check_choice("descent", descent, ("restricted", "relaxed"))
-        _check_choice("weight_scale", weight_scale, ("one", "num-tasks"))
-        _check_choice("head_weighting", head_weighting, ("weighted", "unweighted"))
+        check_choice("EPO", "descent", descent, Descent)
+        check_choice("EPO", "weight_scale", weight_scale, WeightScale)
+        check_choice("EPO", "head_weighting", head_weighting, HeadWeighting)
         self.preference = torch.from_numpy(r)
         self.num_tasks = r.shape[0]
         self.eps = eps
@@ -180,9 +182,13 @@ class EPO(Weighting):
 
     # --- weights -----------------------------------------------------------------------------------------
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
+    @property
+    def weight_sum(self) -> WeightSum:  # type: ignore[override]
+        return "1" if self.weight_scale == "one" else "K"
+
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         linprog = _linprog()
-        G = _check_inputs(gramian, losses, self.num_tasks)
+        G = _symmetric(gramian)
         K = G.shape[0]
         L = losses.detach().to("cpu", torch.float64).numpy()
         negative = [t for t in range(K) if L[t] < 0]
@@ -291,25 +297,7 @@ def _check_preference(preference: Any) -> np.ndarray:
     return r
 
 
-def _check_inputs(gramian: Tensor | None, losses: Tensor, num_tasks: int) -> np.ndarray:
-    if gramian is None:
-        raise ValueError("EPO needs the Gramian of the task gradients")
-    G = gramian.detach().to("cpu", torch.float64).numpy()
-    if G.ndim != 2 or G.shape[0] != G.shape[1]:
-        raise ValueError(f"EPO needs a square K×K Gramian, got shape {tuple(G.shape)}")
-    K = G.shape[0]
-    if K != num_tasks:
-        raise ValueError(f"EPO preference has {num_tasks} entries (tasks) but the Gramian is {K}×{K}")
-    if tuple(losses.shape) != (K,):
-        raise ValueError(f"EPO got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
-    if not np.isfinite(G).all():
-        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(G)).ravel()})
-        raise ValueError(f"EPO: the Gramian has non-finite entries in rows/columns {bad}")
-    if not bool(torch.isfinite(losses.detach()).all()):
-        raise ValueError(f"EPO: non-finite losses {losses.detach().cpu().tolist()}")
+def _symmetric(gramian: Tensor) -> np.ndarray:
+    G = gramian.numpy()
     return 0.5 * (G + G.T)
 
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"EPO {name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._base import Weighting, WeightingOutput
+from ._base import LossWeighting, WeightingOutput, WeightSum
 
 __all__ = ["FixedWeights"]
 
 
-class FixedWeights(Weighting):
-    """Constant weights :math:`c_1, \\dots, c_K` (finite, non-negative, not all zero)."""
+class FixedWeights(LossWeighting):
+    """Constant weights :math:`c_1, \\dots, c_K` (finite, non-negative, not all zero); total :math:`\\sum_t c_t`."""
 
-    needs_gramian = False
+    weight_sum: WeightSum = "sum of the weights"
 
     def __init__(self, weights: Sequence[float]) -> None:
         values = [float(w) for w in weights]
@@ -34,7 +34,7 @@ class FixedWeights(Weighting):
         self.weights = values
         self.num_tasks = len(values)
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
+    def weigh(self, values: Tensor) -> WeightingOutput:
         return WeightingOutput(torch.tensor(self.weights, dtype=torch.float64))
 
     def __repr__(self) -> str:

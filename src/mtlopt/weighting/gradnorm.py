@@ -18,7 +18,7 @@ with the targets :math:`[\operatorname{mean}_j G_j]\, r_t^\alpha` held constant.
 autograd: :math:`\partial L_{\text{grad}} / \partial w_t = \operatorname{sign}(G_t - \text{target}_t)\,
 n_t` (0 where the two are equal, as autograd's ``abs``). Then (Algorithm 1 of the paper)
 
-1. the model update uses the weights :math:`w(t)` *before* this step's change: :meth:`compute` returns
+1. the model update uses the weights :math:`w(t)` *before* this step's change: :meth:`weigh` returns
    them and :func:`mtlopt.backward` backpropagates :math:`\sum_t w_t(t) L_t`;
 2. :math:`w` takes one step on :math:`\nabla_w L_{\text{grad}}` of size ``lr``;
 3. :math:`w` is clamped to at least ``min_weight`` (a guard: the paper does not say what happens to a
@@ -51,8 +51,14 @@ leaves w unchanged); if every loss ratio is 0 the rates are taken as equal (:mat
 the task; a non-finite gradient norm raises :class:`mtlopt.NonFiniteError`; a task whose loss does not
 depend on W raises a ``ValueError``.
 
-Use: ``mtlopt.backward(losses, GradNorm(K, model.encoder.last_layer))`` (one backward pass of
-:math:`\sum_t w_t L_t`, after K gradient computations on W with the graph retained).
+GradNorm is a Gramian weighting that reads the Gramian at its own layer (its ``probe``, the balanced
+parameters W: :math:`n_t = \sqrt{G_{tt}}`) and updates with the reweighted loss (``update = "loss"``).
+So :func:`mtlopt.backward` gives it what it gives every gradient method: the per-task gradients at W
+averaged across processes, the losses scaled and the Gramian unscaled under a ``GradScaler`` (a step
+that overflows is skipped, and w is not updated), and finite checks that name the task.
+
+Use: ``mtlopt.backward(losses, GradNorm(K, model.encoder.last_layer))`` (the per-task gradients at W,
+then one backward pass of :math:`\sum_t w_t L_t`). Total weight: :math:`\sum_t w_t = K`.
 ``state_dict()`` holds w, :math:`L(0)`, the step count and the Adam moments; ``reset()`` starts over.
 """
 
@@ -66,16 +72,15 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import as_tensors
-from ..distributed import all_reduce_mean_
-from ..errors import NonFiniteError
-from ._base import Weighting, WeightingOutput
+from .._options import check_choice
+from ._base import GramianWeighting, WeightingOutput, WeightSum
 
 __all__ = ["GradNorm"]
 
 WeightOptimizer = Literal["sgd", "adam"]
 
 
-class GradNorm(Weighting):
+class GradNorm(GramianWeighting):
     r"""Gradient-norm balancing task weights (Chen et al. 2018).
 
     Args:
@@ -91,8 +96,9 @@ class GradNorm(Weighting):
         min_weight: the floor applied to w before renormalization (> 0).
     """
 
-    needs_gramian = False
     min_tasks = 1
+    update = "loss"
+    weight_sum: WeightSum = "K"
 
     def __init__(
         self,
@@ -118,8 +124,7 @@ class GradNorm(Weighting):
         for name, value in (("alpha", alpha), ("lr", lr), ("eps", eps)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"GradNorm {name} must be finite and >= 0, got {value}")
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"GradNorm optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        check_choice("GradNorm", "optimizer", optimizer, WeightOptimizer)
         if optimizer == "adam" and eps == 0:
             raise ValueError(
                 "GradNorm eps must be > 0 with optimizer='adam' (a zero gradient would give 0/0)"
@@ -130,6 +135,7 @@ class GradNorm(Weighting):
             raise ValueError(f"GradNorm min_weight must be in (0, 1), got {min_weight}")
         self.num_tasks = num_tasks
         self.balanced_params = params
+        self.probe = params  # where mtlopt.backward takes the per-task gradients for this method
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.optimizer: WeightOptimizer = optimizer
@@ -151,7 +157,6 @@ class GradNorm(Weighting):
         self.step_count = 0
         self.exp_avg = torch.zeros(K, dtype=torch.float64)
         self.exp_avg_sq = torch.zeros(K, dtype=torch.float64)
-        self._pending: WeightingOutput | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -179,76 +184,34 @@ class GradNorm(Weighting):
         self.exp_avg = tensors["exp_avg"]
         self.exp_avg_sq = tensors["exp_avg_sq"]
         self.step_count = int(state["step"])
-        self._pending = None
 
     # -- the method -------------------------------------------------------------------------------
 
-    def gradient_norms(self, losses: Sequence[Tensor]) -> Tensor:
-        r""":math:`n_t = \|\nabla_W L_t\|` for each task (float64, CPU), keeping the graph."""
-        per_task = []
-        for t, loss in enumerate(losses):
-            grads = torch.autograd.grad(loss, self.balanced_params, retain_graph=True, allow_unused=True)
-            present = [g for g in grads if g is not None]
-            if not present:
-                raise ValueError(
-                    f"GradNorm: the loss of task {t} does not depend on the balanced parameters; pass a "
-                    "shared layer that every task's loss goes through (the paper: the last shared layer)"
-                )
-            per_task.append(present)
-        # Across processes: the norms of the global batch's gradients (the mean of the ranks' gradients).
-        all_reduce_mean_([g for grads in per_task for g in grads], self.sync_group)
-        norms = [torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt() for grads in per_task]
-        values = torch.stack(norms).to("cpu")
-        if not bool(torch.isfinite(values).all()):
-            bad = [t for t in range(len(losses)) if not math.isfinite(float(values[t]))]
-            raise NonFiniteError(
-                f"GradNorm: the gradient of task(s) {bad} w.r.t. the balanced layer is NaN or inf"
-            )
-        return values
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
+        """The weights of this step (w before the update), then one step of w on :math:`L_{\\text{grad}}`.
 
-    def prepare(self, losses: Sequence[Tensor]) -> None:
-        """Measure :math:`n_t` and update w by one step on :math:`L_{\\text{grad}}`, keeping the old w.
-
-        The weights before the update are those :meth:`compute` returns next (for this step).
+        ``gramian``: the Gramian of the task gradients at the balanced parameters;
+        :math:`n_t = \\sqrt{G_{tt}}`.
         """
         K = self.num_tasks
-        if len(losses) != K:
-            raise ValueError(f"GradNorm was set up for {K} tasks but got {len(losses)} losses")
-        values = torch.stack([loss.detach() for loss in losses]).to(torch.float64)
-        all_reduce_mean_([values], self.sync_group)  # the global batch's losses
-        values = values.cpu()
-        negative = [t for t in range(K) if values[t] < 0]
+        negative = [t for t in range(K) if losses[t] < 0]
         if negative:
             raise ValueError(
                 f"GradNorm needs non-negative losses (the rate r_t**alpha); task(s) {negative} have "
-                f"{[float(values[t]) for t in negative]}"
+                f"{[float(losses[t]) for t in negative]}"
             )
         if self.initial_losses is None:
-            self.initial_losses = self._check_initial(values, when="at the first step")
-        norms = self.gradient_norms(losses)
+            self.initial_losses = self._check_initial(losses, when="at the first step")
+        norms = gramian.diagonal().clamp_min(0.0).sqrt()
         used = self.weights.clone()
         G = used * norms
-        ratios = values / self.initial_losses
+        ratios = losses / self.initial_losses
         mean_ratio = ratios.mean()
         rates = ratios / mean_ratio if mean_ratio > 0 else torch.ones(K, dtype=torch.float64)
         targets = G.mean() * rates.pow(self.alpha)
         gradnorm_loss = (G - targets).abs().sum()
         self._update(torch.sign(G - targets) * norms)
-        self._pending = WeightingOutput(
-            used, {"gradnorm_loss": float(gradnorm_loss), "mean_grad_norm": float(G.mean())}
-        )
-
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
-        """The weights of this step: those before :meth:`prepare`'s update (current w without it)."""
-        if losses.shape != (self.num_tasks,):
-            raise ValueError(
-                f"GradNorm was set up for {self.num_tasks} tasks but got losses of shape "
-                f"{tuple(losses.shape)}"
-            )
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            return pending
-        return WeightingOutput(self.weights.clone())
+        return WeightingOutput(used, {"gradnorm_loss": float(gradnorm_loss), "mean_grad_norm": float(G.mean())})
 
     def _update(self, grad: Tensor) -> None:
         self.step_count += 1

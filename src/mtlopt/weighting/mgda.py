@@ -54,17 +54,17 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..min_norm import SOLVERS, Solver, min_norm
-from ._base import FeatureBatch, HeadWeighting, Weighting, WeightingOutput
+from ..min_norm import Solver, min_norm
+from .._options import check_choice
+from ._base import FeatureBatch, GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
 __all__ = ["MGDA"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 WeightScale = Literal["one", "num-tasks"]
-_NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-class MGDA(Weighting):
+class MGDA(GramianWeighting):
     """Min-norm task weights (Sener & Koltun 2018); MGDA-UB when used with ``features=``.
 
     Args:
@@ -93,11 +93,11 @@ class MGDA(Weighting):
         tol: float | None = None,
         max_iter: int | None = None,
     ) -> None:
-        _check_choice("solver", solver, SOLVERS)
-        _check_choice("normalization", normalization, _NORMALIZATIONS)
-        _check_choice("head_weighting", head_weighting, ("weighted", "unweighted"))
-        _check_choice("feature_batch", feature_batch, ("flatten", "sum"))
-        _check_choice("weight_scale", weight_scale, ("one", "num-tasks"))
+        check_choice("MGDA", "solver", solver, Solver)
+        check_choice("MGDA", "normalization", normalization, Normalization)
+        check_choice("MGDA", "head_weighting", head_weighting, HeadWeighting)
+        check_choice("MGDA", "feature_batch", feature_batch, FeatureBatch)
+        check_choice("MGDA", "weight_scale", weight_scale, WeightScale)
         clip = (float(clip[0]), float(clip[1]))
         if not 0.0 <= clip[0] <= clip[1] <= 1.0:
             raise ValueError(f"MGDA clip must satisfy 0 <= clip[0] <= clip[1] <= 1, got {clip}")
@@ -134,16 +134,15 @@ class MGDA(Weighting):
             n = loss_values * norms
         return torch.where(n > 0, n, torch.ones_like(n))
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
-        if gramian is None:
-            raise ValueError("MGDA needs the Gramian of the task gradients")
+    @property
+    def weight_sum(self) -> WeightSum:  # type: ignore[override]
+        """Σα = 1 (``weight_scale="one"``) or K."""
+        return "1" if self.weight_scale == "one" else "K"
+
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
-        if K < self.min_tasks:
-            raise ValueError(f"MGDA needs at least {self.min_tasks} tasks, got {K}")
-        if losses.shape != (K,):
-            raise ValueError(f"MGDA got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
         n = self.normalizers(gramian, losses)
-        G = gramian.detach().to("cpu", torch.float64) / torch.outer(n, n)
+        G = gramian / torch.outer(n, n)
         result = min_norm(G, solver=self.solver, tol=self.tol, max_iter=self.max_iter, clip=self.clip)
         weights = result.weights * (K if self.weight_scale == "num-tasks" else 1.0)
         diagnostics = {
@@ -171,7 +170,3 @@ class MGDA(Weighting):
         )
         return f"MGDA({options})"
 
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"MGDA {name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -63,7 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import HeadWeighting, Weighting, WeightingOutput
+from .._options import check_choice
+from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
 __all__ = ["PCGrad"]
 
@@ -71,7 +72,7 @@ Order = Literal["shuffled", "fixed"]
 Reduction = Literal["sum", "mean"]
 
 
-class PCGrad(Weighting):
+class PCGrad(GramianWeighting):
     """Projecting conflicting gradients (Yu et al. 2020), computed from the Gramian.
 
     Args:
@@ -93,14 +94,9 @@ class PCGrad(Weighting):
         include_self: bool = False,
         head_weighting: HeadWeighting = "unweighted",
     ) -> None:
-        if order not in ("shuffled", "fixed"):
-            raise ValueError(f"PCGrad order must be 'shuffled' or 'fixed', got {order!r}")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"PCGrad reduction must be 'sum' or 'mean', got {reduction!r}")
-        if head_weighting not in ("weighted", "unweighted"):
-            raise ValueError(
-                f"PCGrad head_weighting must be 'weighted' or 'unweighted', got {head_weighting!r}"
-            )
+        check_choice("PCGrad", "order", order, Order)
+        check_choice("PCGrad", "reduction", reduction, Reduction)
+        check_choice("PCGrad", "head_weighting", head_weighting, HeadWeighting)
         self.seed = int(seed)
         self.order: Order = order
         self.reduction: Reduction = reduction
@@ -158,14 +154,13 @@ class PCGrad(Weighting):
                     C[i, j] -= dot / norms_sq[j]
         return torch.from_numpy(C)
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
-        if gramian is None:
-            raise ValueError("PCGrad needs the Gramian of the task gradients (pass shared_params=...)")
-        if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-            raise ValueError(f"PCGrad needs a square K×K Gramian, got shape {tuple(gramian.shape)}")
+    @property
+    def weight_sum(self) -> WeightSum:  # type: ignore[override]
+        """K (``"sum"``) or 1 (``"mean"``) when no two gradients conflict; each projection changes it."""
+        return "K" if self.reduction == "sum" else "1"
+
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
-        if losses.shape != (K,):
-            raise ValueError(f"PCGrad got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
         C = self.coefficients(gramian, self.orders(K))
         weights = C.sum(dim=0)
         if self.reduction == "mean":

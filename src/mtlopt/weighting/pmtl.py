@@ -84,8 +84,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..min_norm import SOLVERS, MinNormResult, Solver, min_norm
-from ._base import HeadWeighting, Weighting, WeightingOutput
+from ..min_norm import MinNormResult, Solver, min_norm
+from .._options import check_choice
+from ._base import HeadWeighting, GramianWeighting, WeightingOutput, WeightSum
 
 __all__ = ["ParetoMTL", "circle_preferences"]
 
@@ -111,7 +112,7 @@ def circle_preferences(num_vectors: int, min_angle: float = 0.0, max_angle: floa
     return torch.stack([torch.cos(t), torch.sin(t)], dim=1).clamp_min(0.0)
 
 
-class ParetoMTL(Weighting):
+class ParetoMTL(GramianWeighting):
     """Task weights of Pareto MTL for member ``index`` of a set of preference regions.
 
     Args:
@@ -131,6 +132,7 @@ class ParetoMTL(Weighting):
     """
 
     min_tasks = 2
+    num_tasks_source = "preferences have {n} entries (tasks)"
 
     def __init__(
         self,
@@ -168,10 +170,10 @@ class ParetoMTL(Weighting):
         tolerance = float(tolerance)
         if not (math.isfinite(tolerance) and tolerance >= 0.0):
             raise ValueError(f"ParetoMTL tolerance must be finite and >= 0, got {tolerance!r}")
-        _check_choice("constraint_normalization", constraint_normalization, ("none", "l2"))
-        _check_choice("weight_scale", weight_scale, ("none", "num-tasks"))
-        _check_choice("solver", solver, SOLVERS)
-        _check_choice("head_weighting", head_weighting, ("weighted", "unweighted"))
+        check_choice("ParetoMTL", "constraint_normalization", constraint_normalization, ConstraintNormalization)
+        check_choice("ParetoMTL", "weight_scale", weight_scale, WeightScale)
+        check_choice("ParetoMTL", "solver", solver, Solver)
+        check_choice("ParetoMTL", "head_weighting", head_weighting, HeadWeighting)
         clip = (float(clip[0]), float(clip[1]))
         if not 0.0 <= clip[0] <= clip[1] <= 1.0:
             raise ValueError(f"ParetoMTL clip must satisfy 0 <= clip[0] <= clip[1] <= 1, got {clip}")
@@ -223,8 +225,14 @@ class ParetoMTL(Weighting):
                 L = L / float(np.linalg.norm(L))
         return torch.from_numpy(self._directions @ L)
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
-        G = _check_inputs("ParetoMTL", gramian, losses, self.num_tasks)
+    @property
+    def weight_sum(self) -> WeightSum:  # type: ignore[override]
+        """Data-dependent (eq. 18's weights; warm-up steps weigh the violated constraints); K with
+        ``weight_scale="num-tasks"`` in the main phase."""
+        return "data-dependent"
+
+    def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
+        G = _symmetric(gramian)
         K = G.shape[0]
         negative = [t for t, value in enumerate(losses.detach().tolist()) if value < 0]
         if negative:
@@ -315,26 +323,7 @@ def _check_preference_rows(preferences: Any) -> Tensor:
     return vectors.clone()
 
 
-def _check_inputs(who: str, gramian: Tensor | None, losses: Tensor, num_tasks: int) -> np.ndarray:
-    """The Gramian as a symmetric float64 array after checking its shape against the preferences."""
-    if gramian is None:
-        raise ValueError(f"{who} needs the Gramian of the task gradients")
-    G = gramian.detach().to("cpu", torch.float64).numpy()
-    if G.ndim != 2 or G.shape[0] != G.shape[1]:
-        raise ValueError(f"{who} needs a square K×K Gramian, got shape {tuple(G.shape)}")
-    K = G.shape[0]
-    if K != num_tasks:
-        raise ValueError(f"{who} preferences have {num_tasks} entries (tasks) but the Gramian is {K}×{K}")
-    if tuple(losses.shape) != (K,):
-        raise ValueError(f"{who} got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
-    if not np.isfinite(G).all():
-        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(G)).ravel()})
-        raise ValueError(f"{who}: the Gramian has non-finite entries in rows/columns {bad}")
-    if not bool(torch.isfinite(losses.detach()).all()):
-        raise ValueError(f"{who}: non-finite losses {losses.detach().cpu().tolist()}")
+def _symmetric(gramian: Tensor) -> np.ndarray:
+    G = gramian.numpy()
     return 0.5 * (G + G.T)
 
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"ParetoMTL {name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

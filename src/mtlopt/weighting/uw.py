@@ -58,10 +58,10 @@ pulls every :math:`\sigma_t` towards 1, so give them their own parameter group w
     result = mtlopt.backward(losses, uw)  # one backward pass of the total; writes uw.log_variances.grad
     optimizer.step()
 
-:meth:`~UncertaintyWeighting.compute` returns the current weights :math:`c_t e^{-s_t}` (detached,
+:meth:`~UncertaintyWeighting.weigh` returns the current weights :math:`c_t e^{-s_t}` (detached,
 float64, for logging); :meth:`~UncertaintyWeighting.objective` the differentiable total, regularizer
 included. ``state_dict()``/``load_state_dict()`` are those of :class:`torch.nn.Module` (the class
-lists ``nn.Module`` first, so its methods win over the stateless defaults of :class:`Weighting`); the
+lists ``nn.Module`` first, so its methods win over the stateless defaults of :class:`LossWeighting`); the
 module follows ``.to(device)`` like any other.
 """
 
@@ -74,7 +74,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._base import Weighting, WeightingOutput
+from .._options import check_choice
+from ._base import LossOutput, LossWeighting, WeightingOutput, WeightSum
 
 __all__ = ["UncertaintyWeighting"]
 
@@ -84,7 +85,7 @@ _COEFFICIENT = {"regression": 0.5, "classification": 1.0}
 _DEFAULT_INIT = {"paper": 0.0, "libmtl": -0.5}
 
 
-class UncertaintyWeighting(nn.Module, Weighting):
+class UncertaintyWeighting(nn.Module, LossWeighting):
     r"""Learned homoscedastic-uncertainty task weights (Kendall, Gal & Cipolla 2018).
 
     Args:
@@ -100,8 +101,8 @@ class UncertaintyWeighting(nn.Module, Weighting):
     Add ``uw.parameters()`` to the optimizer: the log-variances are trained by it.
     """
 
-    needs_gramian = False
     min_tasks = 1
+    weight_sum: WeightSum = "data-dependent"  # Σ c_t e^{-s_t}: K/2 at the start for regression tasks
 
     def __init__(
         self,
@@ -114,10 +115,7 @@ class UncertaintyWeighting(nn.Module, Weighting):
         super().__init__()
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"UncertaintyWeighting num_tasks must be a positive int, got {num_tasks!r}")
-        if convention not in _DEFAULT_INIT:
-            raise ValueError(
-                f"UncertaintyWeighting convention must be 'paper' or 'libmtl', got {convention!r}"
-            )
+        check_choice("UncertaintyWeighting", "convention", convention, Convention)
         if task_types is None:
             types = ("regression",) * num_tasks
         else:
@@ -157,7 +155,8 @@ class UncertaintyWeighting(nn.Module, Weighting):
         r"""The differentiable weights :math:`c_t e^{-s_t}` (shape (K,), the parameter's dtype)."""
         return self.coefficients.to(self.log_variances.dtype) * torch.exp(-self.log_variances)
 
-    def compute(self, gramian: Tensor | None, losses: Tensor) -> WeightingOutput:
+    def weigh(self, values: Tensor) -> WeightingOutput:
+        losses = values
         self._check_losses(losses)
         weights = self.effective_weights().detach().to("cpu", torch.float64)
         return WeightingOutput(weights)
@@ -169,9 +168,9 @@ class UncertaintyWeighting(nn.Module, Weighting):
         c = self.coefficients.to(losses.device, losses.dtype)
         return (c * torch.exp(-s) * losses).sum() + 0.5 * s.sum()
 
-    def forward(self, gramian: Tensor | None, losses: Tensor) -> Tensor:
-        """The weights alone, as ``Weighting.__call__`` (``nn.Module.__call__`` dispatches here)."""
-        return self.compute(gramian, losses).weights
+    def forward(self, losses: Tensor, values: Tensor | None = None) -> LossOutput:
+        """One step, as ``LossWeighting.__call__`` (``nn.Module.__call__`` dispatches here)."""
+        return LossWeighting.__call__(self, losses, values)
 
     def _check_losses(self, losses: Tensor) -> None:
         if losses.shape != (self.num_tasks,):
