@@ -1,0 +1,88 @@
+"""One example of every exported method for K tasks, and the fixed inputs of the contract tests.
+
+A method exported from :mod:`mtlopt.weighting` without an entry in :data:`BUILDERS` fails the contract
+test: a new method gets the contract by being exported and listed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import mtlopt
+from mtlopt.weighting import Method
+
+F64 = torch.float64
+
+
+def _probe(K: int) -> list[torch.Tensor]:
+    return [nn.Parameter(torch.ones(K, dtype=F64))]
+
+
+# name → (builder for K tasks and, for a method that names its own layer, that layer; symmetric under
+# a relabeling of the tasks?)
+BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
+    "EW": (lambda K, layer=None: mtlopt.EW(), True),
+    "FixedWeights": (lambda K, layer=None: mtlopt.FixedWeights([1.0 + t for t in range(K)]), False),
+    "UncertaintyWeighting": (lambda K, layer=None: mtlopt.UncertaintyWeighting(K).double(), True),
+    "MGDA": (lambda K, layer=None: mtlopt.MGDA(), True),
+    "PCGrad": (lambda K, layer=None: mtlopt.PCGrad(seed=3), False),  # random orders: equivariant in law
+    "GradNorm": (lambda K, layer=None: mtlopt.GradNorm(K, layer or _probe(K)), True),
+    "ParetoMTL": (
+        lambda K, layer=None: mtlopt.ParetoMTL(mtlopt.preference_vectors(K, 6 if K == 3 else K), 1),
+        False,
+    ),
+    "EPO": (lambda K, layer=None: mtlopt.EPO([1.0 + 0.5 * t for t in range(K)]), False),
+}
+
+
+def exported_methods() -> list[str]:
+    """The concrete method classes exported by mtlopt.weighting."""
+    names = []
+    for name in mtlopt.weighting.__all__:
+        value = getattr(mtlopt.weighting, name)
+        bases = (Method, mtlopt.LossWeighting, mtlopt.GramianWeighting)
+        if isinstance(value, type) and issubclass(value, Method) and value not in bases:
+            names.append(name)
+    return sorted(names)
+
+
+def fixed_inputs(K: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A Gramian with a conflict (task 0 against task 2), positive losses, and its Jacobian."""
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((K, 6))
+    J[-1] = -0.7 * J[0] + 0.3 * J[-1]
+    losses = np.linspace(0.8, 2.0, K)
+    return torch.from_numpy(J @ J.T), torch.from_numpy(losses), J
+
+
+def outputs(method: Method, G: torch.Tensor, L: torch.Tensor) -> mtlopt.WeightingOutput:
+    """One step of either protocol on fixed inputs: the weights and diagnostics."""
+    if isinstance(method, mtlopt.LossWeighting):
+        out = method(L.clone().requires_grad_(True))
+        return mtlopt.WeightingOutput(out.weights, out.diagnostics)
+    return method.compute(G, L)
+
+
+def golden_steps(name: str, K: int = 3) -> list[list[float]]:
+    """The weights of three consecutive steps (the state matters) on fixed inputs, as floats."""
+    method = BUILDERS[name][0](K)
+    G, L, _ = fixed_inputs(K)
+    rows = []
+    for step in range(3):
+        scale = 1.0 + 0.5 * step
+        rows.append(outputs(method, G * scale, L / scale).weights.tolist())
+    return rows
+
+
+if __name__ == "__main__":  # regenerate the golden values: python tests/weighting/cases.py
+    import json
+    from pathlib import Path
+
+    golden = {name: golden_steps(name) for name in sorted(BUILDERS)}
+    path = Path(__file__).with_name("golden.json")
+    path.write_text(json.dumps(golden, indent=1) + "\n")
+    print(f"wrote {path}")
