@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from mtlopt.benchmarks import speed
 from mtlopt.benchmarks.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import speed_targets  # tools/speed_targets.py: the acceptance targets, outside the package
 
 TINY = ["--repeats", "2", "--min-rounds", "2", "--steps", "1", "--warmup", "1", "--budget", "1"]
 
@@ -30,6 +34,7 @@ def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     assert "speed.md" in capsys.readouterr().out
+    assert speed_targets.main([str(out)]) == 0  # the targets section, judged from speed.json
     rows = read_rows(out / "speed.csv")
     ours = [name for name, method in speed.METHODS.items() if method.peer is None]
     expected = {("lenet", "2"), ("lenet", "3"), ("mlp", "2")}
@@ -110,7 +115,7 @@ def tiny_config(**overrides) -> speed.SpeedConfig:
 
 
 def test_missing_peers_are_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(speed, "import_peer", lambda peer: None)
+    monkeypatch.setattr(speed.peers, "import_peer", lambda peer: None)
     report = speed.run_speed(tiny_config(peers=("torchjd", "libmtl")), log=lambda line: None)
     assert len(report.notes) == 2
     assert "torchjd is not installed" in report.notes[0] and "LibMTL is not installed" in report.notes[1]
@@ -135,16 +140,16 @@ def test_a_failing_method_is_reported_not_fatal(monkeypatch):
 
 
 def test_a_step_past_the_time_limit_is_abandoned():
-    if not hasattr(speed.signal, "setitimer"):
+    if not hasattr(speed.timing.signal, "setitimer"):
         pytest.skip("no interval timer on this platform")
     with pytest.raises(speed.StepTimeout, match="slow did not finish within 0.05 s"):
-        with speed._time_limit(0.05, "slow"):
+        with speed.time_limit(0.05, "slow"):
             while True:
                 pass
 
 
 def setup_for(model: str, tasks: int, batch: int = 8) -> speed.Setup:
-    return speed._setup(tiny_config(), speed.MODELS[model], tasks, batch, torch.device("cpu"))
+    return speed.make_setup(tiny_config(), speed.MODELS[model], tasks, batch, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("model", "tasks"), [("lenet", 2), ("lenet", 3), ("mlp", 9)])
@@ -224,7 +229,7 @@ def test_targets_are_judged_with_reasons():
     )
     solver = speed.SolverRow(40, "mtlopt (default)", [0.0005] * 3, [0.0, 1e-15], [2e-14])
     report = speed.SpeedReport(tiny_config(), {}, [small, large], [solver], [])
-    targets = {t["target"]: t for t in speed.evaluate_targets(report)}
+    targets = {t["target"]: t for t in speed_targets.evaluate_targets(report)}
     by_start = {key.split(":")[0].split(" (")[0]: value for key, value in targets.items()}
     assert by_start["min-norm solve at K = 40"]["met"] == "yes"
     assert targets["MGDA-UB step ≤ 1.03× EW at K = 2"]["met"] == "yes"

@@ -101,7 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     speed = commands.add_parser(
         "speed",
-        help="time per step and peak memory of every method relative to EW; writes OUT/speed.md, .csv, .png",
+        help="time per step and peak memory of every method relative to EW; writes OUT/speed.md, .csv, .json, .png",
         description=(
             "Time per training step and peak memory of each method relative to EW on the same model and "
             "batch, measured in interleaved rounds of the same run (see mtlopt.benchmarks.speed). "

@@ -1,0 +1,65 @@
+"""Methods as the benchmark trainer runs them.
+
+A method is a :class:`MethodRunner`: it builds its model(s) and optimizer(s), takes one training step
+on a batch, predicts every task's output, and saves/restores its whole state. The trainer knows only
+this interface, so a new method plugs in by registering a runner (``@register``) with its name, a
+one-line description and the command-line options it accepts.
+
+The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.optimizers`
+(methods that schedule their own optimizer steps) and :mod:`.population` (one model per trade-off);
+the interface and the registry are in :mod:`._base`.
+"""
+
+# The import order is the registration order: the order of `mtlopt list`.
+# isort: off
+from ._base import METHODS, MethodRunner, OptimizerSettings, Option, get_method, method_options, register
+from .weightings import (
+    EWRunner,
+    GradNormRunner,
+    GridRunner,
+    MGDARunner,
+    MGDAUBRunner,
+    PCGradRunner,
+    SingleModelRunner,
+    UWRunner,
+    last_weight_layer,
+)
+from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
+from .population import (
+    EPORunner,
+    LSSweepRunner,
+    MTGDRunner,
+    ParetoMTLRunner,
+    PopulationRunner,
+    RaySetRunner,
+)
+# isort: on
+
+__all__ = [
+    "ADAPTIVE_LR_WARNING",
+    "METHODS",
+    "AlternatingRunner",
+    "EPORunner",
+    "EWRunner",
+    "GradNormRunner",
+    "GridRunner",
+    "LSSweepRunner",
+    "MAORunner",
+    "MGDARunner",
+    "MGDAUBRunner",
+    "MTGDRunner",
+    "MethodRunner",
+    "OptimizerSettings",
+    "Option",
+    "PCGradRunner",
+    "ParetoMTLRunner",
+    "PopulationRunner",
+    "RaySetRunner",
+    "STLRunner",
+    "SingleModelRunner",
+    "UWRunner",
+    "get_method",
+    "last_weight_layer",
+    "method_options",
+    "register",
+]
