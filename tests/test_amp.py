@@ -103,7 +103,9 @@ def test_gradnorm_under_a_grad_scaler_takes_the_unscaled_update():
             else:
                 scaler.step(optimizer)
                 scaler.update()
-        runs.append((torch.stack(weights), gradnorm.weights.clone(), [p.detach().clone() for p in model.parameters()]))
+        runs.append(
+            (torch.stack(weights), gradnorm.weights.clone(), [p.detach().clone() for p in model.parameters()])
+        )
     (w0, g0, p0), (w1, g1, p1) = runs
     torch.testing.assert_close(w1, w0, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)

@@ -296,7 +296,7 @@ def test_bad_input_is_rejected():
         mtlopt.MAO(model.parameters(), num_tasks=2)
     for kwargs, message in [
         ({"num_tasks": 0}, "num_tasks must be an integer >= 1"),
-        ({"num_tasks": 2, "reduction": "max"}, "reduction must be 'sum' or 'mean'"),
+        ({"num_tasks": 2, "reduction": "max"}, "reduction must be one of 'sum', 'mean'"),
         ({"num_tasks": 2, "rule": "sgd"}, "rule must be"),
         ({"num_tasks": 2, "rule": "rmsprop", "amsgrad": True}, "amsgrad applies to rule='adam' only"),
         ({"num_tasks": 2, "betas": (0.9, 1.0)}, "betas must be in"),

@@ -31,7 +31,6 @@ from .weighting import (
 )
 
 
-
 def __getattr__(name: str) -> object:
     if name == "Weighting":  # deprecated alias (see mtlopt.weighting)
         from . import weighting

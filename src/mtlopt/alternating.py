@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import all_finite, check_finite_on_every_rank
+from ._options import check_choice
 from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 
@@ -102,9 +103,9 @@ class AlternatingSteps:
         sync: Any = "auto",
         scaler: Any | None = None,
     ) -> None:
-        _check_choice("state", state, ("per-group", "shared"))
-        _check_choice("regroup", regroup, ("never", "epoch"))
-        _check_choice("order", order, ("fixed", "shuffled"))
+        check_choice("AlternatingSteps", "state", state, State)
+        check_choice("AlternatingSteps", "regroup", regroup, Regroup)
+        check_choice("AlternatingSteps", "order", order, Order)
         self.shared = _parameters(shared, "shared")
         self.heads = [_parameters(head, f"heads[{t}]") for t, head in enumerate(heads)]
         if not self.heads:
@@ -316,10 +317,3 @@ def _parameters(source: nn.Module | Iterable[Tensor], what: str) -> list[Tensor]
         if not isinstance(p, Tensor) or not p.requires_grad:
             raise ValueError(f"{what}[{i}] is not a tensor that requires grad")
     return params
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"AlternatingSteps {name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
-        )

@@ -93,7 +93,7 @@ def backward(
     scaler: torch.amp.GradScaler | None = None,
     weight_total: float | None = None,
 ) -> BackwardResult:
-    """Accumulate the multi-task update of ``weighting`` into ``.grad``.
+    r"""Accumulate the multi-task update of ``weighting`` into ``.grad``.
 
     Args:
         losses: K scalar losses (sequence, ``{name: loss}`` mapping, or a 1-D tensor).

@@ -48,15 +48,14 @@ from torch import Tensor
 
 from ._checks import (
     LossesLike,
-    all_finite,
     as_loss_vector,
     check_finite_on_every_rank,
     non_finite_loss_message,
 )
+from ._options import check_choice
+from ._task_step import StepContext, checked_jacobian, fill_nan
 from .distributed import all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
-from .errors import NonFiniteError
-from ._task_step import StepContext, checked_jacobian, fill_nan
 from .gradients import JacobianMethod
 
 __all__ = ["MAO"]
@@ -114,10 +113,8 @@ class MAO(torch.optim.Optimizer):
             raise ValueError(f"MAO eps must be >= 0, got {eps}")
         if not weight_decay >= 0.0:
             raise ValueError(f"MAO weight_decay must be >= 0, got {weight_decay}")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"MAO reduction must be 'sum' or 'mean', got {reduction!r}")
-        if rule not in ("adam", "rmsprop", "adagrad"):
-            raise ValueError(f"MAO rule must be 'adam', 'rmsprop' or 'adagrad', got {rule!r}")
+        check_choice("MAO", "reduction", reduction, Reduction)
+        check_choice("MAO", "rule", rule, Rule)
         if amsgrad and rule != "adam":
             raise ValueError("MAO amsgrad applies to rule='adam' only")
         if balance_beta is not None and not 0.0 <= balance_beta < 1.0:

@@ -55,9 +55,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ._checks import check_finite_on_every_rank
+from ._options import check_choice
 from .distributed import all_gather_stack, resolve_group, world_size
 from .preferences import check_preferences
-from ._options import check_choice
 from .scalarization import IdealPoint, Tchebycheff, linear_scalarization
 from .weighting._base import LossWeighting
 
@@ -65,6 +65,7 @@ __all__ = ["Population", "PopulationStepResult", "Transfer", "transfer_matrix"]
 
 Scalarization = Literal["linear", "tchebycheff"]
 Vectorize = Literal["auto", "always", "never"]
+TransferParameters = Literal["all", "shared"]
 Schedule = Literal["constant", "linear", "cosine"]
 
 
@@ -85,21 +86,17 @@ class Transfer:
     neighbours: int = 2
     schedule: Schedule = "constant"
     every: int = 1
-    parameters: Literal["all", "shared"] = "all"
+    parameters: TransferParameters = "all"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"transfer strength must be in [0, 1], got {self.strength}")
         if self.neighbours < 1:
             raise ValueError(f"transfer neighbours must be >= 1, got {self.neighbours}")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(
-                f"transfer schedule must be 'constant', 'linear' or 'cosine', got {self.schedule!r}"
-            )
+        check_choice("Transfer", "schedule", self.schedule, Schedule)
         if self.every < 1:
             raise ValueError(f"transfer every must be >= 1, got {self.every}")
-        if self.parameters not in ("all", "shared"):
-            raise ValueError(f"transfer parameters must be 'all' or 'shared', got {self.parameters!r}")
+        check_choice("Transfer", "parameters", self.parameters, TransferParameters)
 
     def strength_at(self, step: int, total_steps: int | None) -> float:
         """ρ at a (0-based) step under the schedule."""

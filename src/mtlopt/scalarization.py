@@ -77,12 +77,22 @@ class Tchebycheff(LossWeighting):
 
     weight_sum = "data-dependent"
 
-    def __init__(self, preference: Sequence[float] | Tensor, ideal: IdealPoint | None = None, margin: float = 1e-3) -> None:
+    def __init__(
+        self, preference: Sequence[float] | Tensor, ideal: IdealPoint | None = None, margin: float = 1e-3
+    ) -> None:
         weights = torch.as_tensor(preference, dtype=torch.float64).detach().cpu()
         if weights.ndim != 1 or weights.numel() == 0:
-            raise ValueError(f"Tchebycheff preference must be a vector of K entries, got shape {tuple(weights.shape)}")
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not bool((weights > 0).any()):
-            raise ValueError(f"Tchebycheff preference must be finite, >= 0 and not all 0, got {weights.tolist()}")
+            raise ValueError(
+                f"Tchebycheff preference must be a vector of K entries, got shape {tuple(weights.shape)}"
+            )
+        if (
+            not bool(torch.isfinite(weights).all())
+            or bool((weights < 0).any())
+            or not bool((weights > 0).any())
+        ):
+            raise ValueError(
+                f"Tchebycheff preference must be finite, >= 0 and not all 0, got {weights.tolist()}"
+            )
         self.preference = weights
         self.num_tasks = weights.numel()
         self.owns_ideal = ideal is None

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import BUILDERS, exported_methods, fixed_inputs, golden_steps, outputs
 
 import mtlopt
-from cases import BUILDERS, exported_methods, fixed_inputs, golden_steps, outputs
 
 GOLDEN = json.loads(Path(__file__).with_name("golden.json").read_text())
 NAMES = sorted(BUILDERS)
@@ -28,7 +28,9 @@ def test_every_exported_method_has_a_contract_case_and_golden_values():
 
 def matches_golden(name: str) -> bool:
     rows = golden_steps(name)
-    return all(row == pytest.approx(expected, rel=1e-9, abs=1e-12) for row, expected in zip(rows, GOLDEN[name]))
+    return all(
+        row == pytest.approx(expected, rel=1e-9, abs=1e-12) for row, expected in zip(rows, GOLDEN[name])
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import BUILDERS
 from torch import nn
 
 import mtlopt
-from cases import BUILDERS
 
 F64 = torch.float64
 DOCS = Path(__file__).parents[2] / "docs" / "conventions.md"

@@ -53,7 +53,16 @@ __all__ = [
 ]
 
 # Every method exported here, for `mtlopt list`, the contract tests and the docs table.
-METHODS: tuple[type[Method], ...] = (EW, FixedWeights, UncertaintyWeighting, MGDA, PCGrad, GradNorm, ParetoMTL, EPO)
+METHODS: tuple[type[Method], ...] = (
+    EW,
+    FixedWeights,
+    UncertaintyWeighting,
+    MGDA,
+    PCGrad,
+    GradNorm,
+    ParetoMTL,
+    EPO,
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -75,7 +75,7 @@ class LossOutput:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
-class Method(ABC):
+class Method:
     """What every method shares: the number of tasks it takes, its state and its weight convention.
 
     Class attributes a method may set: ``min_tasks`` (the fewest tasks it accepts), ``num_tasks`` (the
@@ -114,7 +114,7 @@ class Method(ABC):
             raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
 
 
-class LossWeighting(Method):
+class LossWeighting(Method, ABC):
     r"""A method that reads the K losses: its update is one backward pass of :meth:`objective`.
 
     Subclasses implement :meth:`weigh` (the K weights of this step from the detached loss values) and
@@ -154,7 +154,7 @@ class LossWeighting(Method):
         return LossOutput(self.objective(losses, output), _weights64(output.weights), output.diagnostics)
 
 
-class GramianWeighting(Method):
+class GramianWeighting(Method, ABC):
     r"""A method that reads the K×K Gramian of the task gradients (and the losses).
 
     Subclasses implement :meth:`weigh`. They may set:
@@ -226,7 +226,9 @@ def _check_vector(method: Method, values: Any, what: str) -> Tensor:
     if not isinstance(values, Tensor):
         raise TypeError(f"{who} needs the {what} as a 1-D torch.Tensor, got {type(values).__name__}")
     if values.ndim != 1:
-        raise ValueError(f"{who} needs the {what} as a 1-D tensor of K entries, got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"{who} needs the {what} as a 1-D tensor of K entries, got shape {tuple(values.shape)}"
+        )
     return values
 
 

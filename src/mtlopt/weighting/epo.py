@@ -82,7 +82,7 @@ import torch
 from torch import Tensor
 
 from .._options import check_choice
-from ._base import HeadWeighting, GramianWeighting, WeightingOutput, WeightSum
+from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
 __all__ = ["EPO", "non_uniformity"]
 
@@ -300,4 +300,3 @@ def _check_preference(preference: Any) -> np.ndarray:
 def _symmetric(gramian: Tensor) -> np.ndarray:
     G = gramian.numpy()
     return 0.5 * (G + G.T)
-

@@ -211,7 +211,9 @@ class GradNorm(GramianWeighting):
         targets = G.mean() * rates.pow(self.alpha)
         gradnorm_loss = (G - targets).abs().sum()
         self._update(torch.sign(G - targets) * norms)
-        return WeightingOutput(used, {"gradnorm_loss": float(gradnorm_loss), "mean_grad_norm": float(G.mean())})
+        return WeightingOutput(
+            used, {"gradnorm_loss": float(gradnorm_loss), "mean_grad_norm": float(G.mean())}
+        )
 
     def _update(self, grad: Tensor) -> None:
         self.step_count += 1

@@ -54,8 +54,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..min_norm import Solver, min_norm
 from .._options import check_choice
+from ..min_norm import Solver, min_norm
 from ._base import FeatureBatch, GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
 __all__ = ["MGDA"]
@@ -169,4 +169,3 @@ class MGDA(GramianWeighting):
             )
         )
         return f"MGDA({options})"
-

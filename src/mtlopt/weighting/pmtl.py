@@ -84,9 +84,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..min_norm import MinNormResult, Solver, min_norm
 from .._options import check_choice
-from ._base import HeadWeighting, GramianWeighting, WeightingOutput, WeightSum
+from ..min_norm import MinNormResult, Solver, min_norm
+from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
 __all__ = ["ParetoMTL", "circle_preferences"]
 
@@ -170,7 +170,9 @@ class ParetoMTL(GramianWeighting):
         tolerance = float(tolerance)
         if not (math.isfinite(tolerance) and tolerance >= 0.0):
             raise ValueError(f"ParetoMTL tolerance must be finite and >= 0, got {tolerance!r}")
-        check_choice("ParetoMTL", "constraint_normalization", constraint_normalization, ConstraintNormalization)
+        check_choice(
+            "ParetoMTL", "constraint_normalization", constraint_normalization, ConstraintNormalization
+        )
         check_choice("ParetoMTL", "weight_scale", weight_scale, WeightScale)
         check_choice("ParetoMTL", "solver", solver, Solver)
         check_choice("ParetoMTL", "head_weighting", head_weighting, HeadWeighting)
@@ -326,4 +328,3 @@ def _check_preference_rows(preferences: Any) -> Tensor:
 def _symmetric(gramian: Tensor) -> np.ndarray:
     G = gramian.numpy()
     return 0.5 * (G + G.T)
-
