@@ -174,6 +174,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default="off",
         help="mixed precision: bfloat16 autocast, or float16 autocast with a GradScaler",
     )
+    training.add_argument(
+        "--weight-total",
+        type=_positive_float,
+        help="rescale every method's shared update to this total weight on the tasks (e.g. 1), so that "
+        "methods compare at one learning rate (default: each method's own total; see docs/conventions.md)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-root",
@@ -382,6 +388,7 @@ def _config(
         weight_decay=args.weight_decay,
         lr_decay_every=args.lr_decay_every,
         lr_decay=args.lr_decay,
+        weight_total=args.weight_total,
         seed=seed,
         data=DataOptions(
             data_root=args.data_root,

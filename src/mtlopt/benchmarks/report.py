@@ -353,6 +353,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
         + f", batch {training['batch_size']}; seeds {seeds}",
         f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s) per run"
         + (f", mixed precision {env['amp']}" if env.get("amp", "off") != "off" else ""),
+        _weight_scale_line(by_label),
         "- test metrics, mean ± std over seeds" + ("; " + "; ".join(deltas) if deltas else ""),
         f"- best validation epoch: the {selection_note.removeprefix('epoch with the ')}"
         if selection_note
@@ -360,7 +361,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
         "",
     ]
     if singles:
-        header = ["method", "seeds"] + [
+        header = ["method", "seeds", "Σw"] + [
             f"{task} {metric.replace('_', '-')} {'↑' if direction == 'higher' else '↓'}"
             for task, metric, direction in metrics
         ]
@@ -375,7 +376,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             )
             lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for label in singles:
-                row = [f"`{label}`", str(len(table[label]["seeds"]))]
+                row = [f"`{label}`", str(len(table[label]["seeds"])), weight_sum_cell(by_label[label])]
                 for task, metric, _ in metrics:
                     mean, std, seeds = table[label][selection]["cells"][(task, metric)]
                     row.append(_mean_std(mean, std, seeds, 2 if metric == "accuracy" else 4))
@@ -408,6 +409,40 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
         if (path.parent / f"balance_{_file_label(label)}.png").exists():
             lines += [f"![balance of {label}](balance_{_file_label(label)}.png)", ""]
     path.write_text("\n".join(line for line in lines if line is not None))
+
+
+def weight_sum_cell(runs: list[dict[str, Any]]) -> str:
+    """The method's total weight on the tasks: its convention, and the measured mean when it varies."""
+    recorded = [run.get("weight_sum") for run in runs if run.get("weight_sum")]
+    if not recorded:
+        return "–"
+    convention = recorded[0]["convention"]
+    total = recorded[0].get("weight_total")
+    if total is not None:
+        return f"{total:g} ({convention})"
+    measured = [
+        value for run in runs for record in run["history"] for value in record["train"].get("weight_sum", [])
+    ]
+    if convention == "data-dependent" and measured:
+        return f"data-dependent (mean {statistics.fmean(measured):.3g})"
+    return convention
+
+
+def _weight_scale_line(by_label: dict[str, list[dict[str, Any]]]) -> str:
+    totals = {run["identity"].get("weight_total") for runs in by_label.values() for run in runs}
+    if totals == {None}:
+        return (
+            "- weight scale: each method's own total weight on the tasks (Σw: 1, K, or data-dependent; "
+            "see docs/conventions.md), so one lr gives some methods a larger step"
+        )
+    shown = ", ".join(
+        "native" if t is None else f"{t:g}" for t in sorted(totals, key=lambda t: (t is None, t))
+    )
+    return (
+        f"- weight scale: every shared update rescaled to total weight {shown} (--weight-total); Σw shows "
+        "the total used and, in brackets, the method's own convention; methods whose update cannot be "
+        "rescaled show their own"
+    )
 
 
 def _hypervolume_section(hv, first) -> list[str]:

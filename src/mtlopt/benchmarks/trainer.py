@@ -64,6 +64,7 @@ class TrainConfig:
     progress: bool = True
     eval_batch_size: int = 1000
     amp: str = "off"  # "off", "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    weight_total: float | None = None  # rescale every shared update to this total weight (None: native)
     label: str | None = None  # how reports name this run (e.g. "grid[task-weights=0.3,0.7]")
 
     def resolved(self) -> TrainConfig:
@@ -104,6 +105,13 @@ class TrainConfig:
             ("threads", config.threads, config.threads >= 1, "an integer >= 1"),
             ("optimizer", config.optimizer, config.optimizer in ("sgd", "adam"), "'sgd' or 'adam'"),
             ("amp", config.amp, config.amp in ("off", "bf16", "fp16"), "'off', 'bf16' or 'fp16'"),
+            (
+                "weight-total",
+                config.weight_total,
+                config.weight_total is None
+                or (math.isfinite(config.weight_total) and config.weight_total > 0),
+                "a number > 0",
+            ),
         ]
         for name, value, ok, expected in checks:
             if not ok:
@@ -131,6 +139,7 @@ class TrainConfig:
             "seed": self.seed,
             "data": data,
             **({"amp": self.amp} if self.amp != "off" else {}),
+            **({"weight_total": self.weight_total} if self.weight_total is not None else {}),
         }
 
 
@@ -160,6 +169,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             f"--batch-size {config.batch_size} must be a multiple of the {world} processes (it is the global batch)"
         )
     runner.scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    runner.weight_total = config.weight_total
     torch.manual_seed(config.seed)
     optimizer = OptimizerSettings(config.optimizer, config.lr, config.momentum, config.weight_decay)
     steps_per_epoch = math.ceil(data.size("train") / config.batch_size) - (
@@ -202,8 +212,8 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             config.lr_decay ** (epoch // config.lr_decay_every) if config.lr_decay_every else 1.0
         )
         for opt in runner.optimizers():
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:  # lr_scale: a runner's fixed factor for one group
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         runner.on_epoch_start(epoch)
         runner.set_training(True)
         order = torch.randperm(

@@ -48,6 +48,10 @@ class MethodRunner(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     produces_set: ClassVar[bool] = False  # True for methods that train one model per trade-off
     scaler: Any = None  # a torch.amp.GradScaler under float16 mixed precision (set by the trainer)
+    # --weight-total: rescale the shared update to this total weight on the tasks (set by the trainer
+    # before build; None: the method's own total). Methods that cannot rescale leave it and say so in
+    # weight_convention().
+    weight_total: float | None = None
     steps_per_epoch: int = 1  # training steps per epoch (set by the trainer before build)
 
     def __init__(self, options: dict[str, Any], num_tasks: int, seed: int = 0) -> None:
@@ -113,9 +117,24 @@ class MethodRunner(ABC):
         for optimizer, saved in zip(self.optimizers(), state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
 
+    def weight_convention(self) -> str:
+        """The total weight this method's default shared update puts on the tasks ("1", "K", ...)."""
+        return "1"
+
+    def rescaled(self) -> bool:
+        """Whether ``weight_total`` rescales this method's update (False: it runs at its own total)."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         """Name and options, as written to result files."""
-        return {"method": self.name, "options": dict(self.config)}
+        return {
+            "method": self.name,
+            "options": dict(self.config),
+            "weight_sum": {
+                "convention": self.weight_convention(),
+                "weight_total": self.weight_total if self.rescaled() else None,
+            },
+        }
 
 
 METHODS: dict[str, type[MethodRunner]] = {}

@@ -80,6 +80,21 @@ class AlternatingRunner(MethodRunner):
             seed=self.seed,
             scaler=self.scaler,
         )
+        if self.weight_total is not None:  # each group's step has weight 1 on the shared parameters
+            factor = self.weight_total / self.groups()
+            for p in self.model.encoder.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda grad, factor=factor: grad * factor)
+
+    def groups(self) -> int:
+        size = self.config["group-size"] or 1
+        return -(-self.num_tasks // size)
+
+    def weight_convention(self) -> str:
+        return "K" if (self.config["group-size"] or 1) == 1 else "number of groups"
+
+    def rescaled(self) -> bool:
+        return True
 
     def train_step(self, x, targets):
         task_losses: dict[int, Tensor] = {}
@@ -169,8 +184,17 @@ class MAORunner(MethodRunner):
             amsgrad=self.config["amsgrad"] == "on",
             balance_beta=0.99 if self.config["balance"] == "on" else None,
         )
+        if self.weight_total is not None:  # the shared step is a sum of K task steps (or their mean)
+            total = self.num_tasks if self.config["reduction"] == "sum" else 1
+            self.optimizer.param_groups[0]["lr_scale"] = self.weight_total / total
         names = [name for name, _ in self.model.encoder.named_parameters(prefix="encoder")]
         self.layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names))
+
+    def weight_convention(self) -> str:
+        return "K" if self.config["reduction"] == "sum" else "1"
+
+    def rescaled(self) -> bool:
+        return True
 
     def train_step(self, x, targets):
         self.optimizer.zero_grad()

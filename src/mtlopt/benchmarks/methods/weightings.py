@@ -26,7 +26,7 @@ class SingleModelRunner(MethodRunner):
             groups.append({"params": learned, "weight_decay": 0.0})
         self.optimizer = optimizer.make(groups)
 
-    def weighting(self) -> mtlopt.Weighting:
+    def weighting(self) -> mtlopt.Method:
         """The method's weighting (called in ``build``, after the model exists)."""
         raise NotImplementedError
 
@@ -37,9 +37,22 @@ class SingleModelRunner(MethodRunner):
         self.optimizer.zero_grad(set_to_none=True)
         z = self.model.encoder(x)
         losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
-        result = mtlopt.backward(losses, self._weighting, scaler=self.scaler, **self.backward_kwargs(z))
+        result = mtlopt.backward(
+            losses,
+            self._weighting,
+            scaler=self.scaler,
+            weight_total=self.weight_total,
+            **self.backward_kwargs(z),
+        )
         self._step(self.optimizer)
-        return {"loss": result.losses, "weights": result.weights}
+        weight_sum = torch.tensor(result.diagnostics["weight_sum"], dtype=torch.float64)
+        return {"loss": result.losses, "weights": result.weights, "weight_sum": weight_sum}
+
+    def weight_convention(self) -> str:
+        return self._weighting.weight_sum
+
+    def rescaled(self) -> bool:
+        return True
 
     def predict(self, x):
         return self.model(x)
