@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from mtlopt.benchmarks.data.dense import DENSE_METRICS
 from mtlopt.benchmarks.metrics import delta_m, delta_p
 from mtlopt.benchmarks.report import SELECTIONS, summarize
 from mtlopt.benchmarks.suite import CLASSIFICATION_METRICS
-from mtlopt.benchmarks.vision_data import DENSE_METRICS
 
 
 def _direction(metric) -> str:

@@ -429,7 +429,7 @@ def weight_sum_cell(runs: list[dict[str, Any]]) -> str:
 
 
 def _weight_scale_line(by_label: dict[str, list[dict[str, Any]]]) -> str:
-    totals = {run["identity"].get("weight_total") for runs in by_label.values() for run in runs}
+    totals = {run.get("identity", {}).get("weight_total") for runs in by_label.values() for run in runs}
     if totals == {None}:
         return (
             "- weight scale: each method's own total weight on the tasks (Σw: 1, K, or data-dependent; "

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 import mtlopt
+from mtlopt import alternating, mao
+from mtlopt._options import choices
 
 from ._base import MethodRunner, Option, _positive_int, register
 
@@ -57,13 +59,13 @@ class AlternatingRunner(MethodRunner):
             "state",
             "per-group",
             "one optimizer per group (IO) or one shared optimizer (IUS)",
-            ("per-group", "shared"),
+            choices(alternating.State),
         ),
         Option(
             "group-size", None, "tasks per random group (default: one group per task)", parse=_positive_int
         ),
-        Option("order", "fixed", "group order within a batch", ("fixed", "shuffled")),
-        Option("regroup", "never", "draw a new random grouping every epoch", ("never", "epoch")),
+        Option("order", "fixed", "group order within a batch", choices(alternating.Order)),
+        Option("regroup", "never", "draw a new random grouping every epoch", choices(alternating.Regroup)),
     )
 
     def build(self, make_model, optimizer, total_steps, tasks) -> None:
@@ -154,8 +156,8 @@ class MAORunner(MethodRunner):
     name = "mao"
     description = "MAO (Hervella et al. 2024): per-task adaptive (Adam) state for every shared parameter"
     options = (
-        Option("reduction", "sum", "combine the task steps by sum or mean", ("sum", "mean")),
-        Option("rule", "adam", "the per-task adaptive rule", ("adam", "rmsprop", "adagrad")),
+        Option("reduction", "sum", "combine the task steps by sum or mean", choices(mao.Reduction)),
+        Option("rule", "adam", "the per-task adaptive rule", choices(mao.Rule)),
         Option("amsgrad", "off", "AMSGrad maximum of the second moment", ("off", "on")),
         Option("balance", "on", "track the per-layer balance diagnostic", ("on", "off")),
     )

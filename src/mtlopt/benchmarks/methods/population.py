@@ -12,7 +12,10 @@ import torch
 from torch import Tensor, nn
 
 import mtlopt
+from mtlopt import population
+from mtlopt._options import choices
 from mtlopt.distributed import resolve_group, world_size
+from mtlopt.weighting import epo, pmtl
 
 from ._base import MethodRunner, Option, _fraction, _non_negative, _positive_int, register
 
@@ -20,7 +23,7 @@ _SET_OPTIONS = (
     Option(
         "num-models", 5, "models in the set, one per evenly spaced preference vector", parse=_positive_int
     ),
-    Option("scalarization", "linear", "scalarization of each subproblem", ("linear", "tchebycheff")),
+    Option("scalarization", "linear", "scalarization of each subproblem", choices(population.Scalarization)),
     Option(
         "preferences",
         "ends",
@@ -138,13 +141,13 @@ class MTGDRunner(PopulationRunner):
         Option(
             "transfer-neighbours", 2, "most similar subproblems each model mixes with", parse=_positive_int
         ),
-        Option("transfer-schedule", "constant", "rho over training", ("constant", "linear", "cosine")),
+        Option("transfer-schedule", "constant", "rho over training", choices(population.Schedule)),
         Option("transfer-every", 1, "steps between transfers", parse=_positive_int),
         Option(
             "transfer-params",
             "shared",
             "parameters transferred: the shared trunk (as the MGD code) or all",
-            ("shared", "all"),
+            choices(population.TransferParameters)[::-1],
         ),
         Option(
             "init",
@@ -219,7 +222,7 @@ class ParetoMTLRunner(RaySetRunner):
             "weight-scale",
             "none",
             "main-phase weights as in the paper or rescaled to sum |w| = K (official code)",
-            ("none", "num-tasks"),
+            choices(pmtl.WeightScale),
         ),
     )
 
@@ -246,13 +249,13 @@ class EPORunner(RaySetRunner):
     )
     options = (
         *_RAY_SET_OPTIONS,
-        Option("descent", "restricted", "descent-mode linear program", ("restricted", "relaxed")),
+        Option("descent", "restricted", "descent-mode linear program", choices(epo.Descent)),
         Option("eps", 1e-4, "non-uniformity threshold between balance and descent mode", parse=float),
         Option(
             "weight-scale",
             "one",
             "sum of the weights: 1 (paper) or the number of tasks (official MultiMNIST script)",
-            ("one", "num-tasks"),
+            choices(epo.WeightScale),
         ),
     )
     # The official MultiMNIST runs: rays strictly inside the quadrant (EPO needs r > 0).

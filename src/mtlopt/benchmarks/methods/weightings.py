@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 import mtlopt
+from mtlopt._options import choices
+from mtlopt.min_norm import Solver
+from mtlopt.weighting import FeatureBatch, HeadWeighting, gradnorm, mgda, pcgrad, uw
 
 from ._base import MethodRunner, Option, _float_list, _float_pair, register
 
@@ -81,15 +84,13 @@ class EWRunner(SingleModelRunner):
 
 
 _MGDA_OPTIONS = (
-    Option("solver", "auto", "min-norm solver", ("auto", "active-set", "frank-wolfe", "pgd", "two-task")),
-    Option(
-        "normalization", "none", "gradient normalization before the solve", ("none", "l2", "loss", "loss+")
-    ),
+    Option("solver", "auto", "min-norm solver", choices(Solver)),
+    Option("normalization", "none", "gradient normalization before the solve", choices(mgda.Normalization)),
     Option(
         "head-weighting",
         "unweighted",
         "heads get grad L_t (paper) or alpha_t grad L_t (official)",
-        ("unweighted", "weighted"),
+        choices(HeadWeighting)[::-1],
     ),
     Option(
         "clip",
@@ -97,7 +98,7 @@ _MGDA_OPTIONS = (
         "end-of-segment weights of the two-point rule, e.g. 0.001,0.999 (official)",
         parse=_float_pair,
     ),
-    Option("weight-scale", "one", "weights sum to 1 or to K", ("one", "num-tasks")),
+    Option("weight-scale", "one", "weights sum to 1 or to K", choices(mgda.WeightScale)),
 )
 
 
@@ -135,7 +136,7 @@ class MGDAUBRunner(SingleModelRunner):
             "feature-batch",
             "flatten",
             "representation Gramian: flatten (official) or sum (LibMTL)",
-            ("flatten", "sum"),
+            choices(FeatureBatch),
         ),
     )
 
@@ -168,7 +169,7 @@ class UWRunner(SingleModelRunner):
             "convention",
             "paper",
             "the paper's per-task-type terms or LibMTL's regression form for every task",
-            ("paper", "libmtl"),
+            choices(uw.Convention),
         ),
     )
 
@@ -220,7 +221,9 @@ class GradNormRunner(SingleModelRunner):
     options = (
         Option("alpha", 1.5, "asymmetry alpha", parse=float),
         Option("weight-lr", 0.025, "step size of the task-weight update", parse=float),
-        Option("weight-optimizer", "adam", "update of the task weights", ("adam", "sgd")),
+        Option(
+            "weight-optimizer", "adam", "update of the task weights", choices(gradnorm.WeightOptimizer)[::-1]
+        ),
     )
 
     def weighting(self):
@@ -245,8 +248,10 @@ class PCGradRunner(SingleModelRunner):
     name = "pcgrad"
     description = "PCGrad (Yu et al. 2020): task gradients projected off each other's conflicting parts"
     options = (
-        Option("order", "shuffled", "task order of the projections", ("shuffled", "fixed")),
-        Option("reduction", "sum", "combine the projected gradients by sum or mean", ("sum", "mean")),
+        Option("order", "shuffled", "task order of the projections", choices(pcgrad.Order)),
+        Option(
+            "reduction", "sum", "combine the projected gradients by sum or mean", choices(pcgrad.Reduction)
+        ),
     )
 
     def weighting(self):

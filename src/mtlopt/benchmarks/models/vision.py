@@ -19,7 +19,7 @@ parameter, ``heads[t]`` the parameters of task t alone, and ``forward(x)`` retur
 - :class:`SegNetMTAN`: MTAN (``im2im_pred/model_segnet_mtan.py``): the same shared SegNet plus, for each
   task, soft-attention masks at every encoder and decoder block.
 
-:func:`binary_cross_entropy_losses` and :func:`dense_losses` (cross-entropy ignoring label -1, L1 depth
+:func:`segmentation_loss`, :func:`depth_loss` and :func:`normal_loss` (cross-entropy ignoring label -1, L1 depth
 and 1 − cosine normal losses over the pixels with non-zero ground truth, as MTAN's ``model_fit``) give
 the per-task losses.
 
@@ -117,7 +117,7 @@ class VGGMultiTask(MultiTaskModel):
     """Pascal et al.'s CelebA CNN: a VGG-like encoder to a 512-d feature, one Linear(512→1) head per task.
 
     Input: (B, 3, 64, 64) (any size ≥ 8: the global average pool makes the feature size-independent).
-    Output: ``num_tasks`` tensors of logits (B, 1), for :func:`binary_cross_entropy_losses`.
+    Output: ``num_tasks`` tensors of logits (B, 1), for a binary cross-entropy per task (the CelebA adapter's ``task_loss``).
 
     ``track_running_stats=False`` reproduces the authors' BatchNorm, which uses batch statistics in
     evaluation too; the default keeps running statistics, as ordinary BatchNorm.
@@ -138,14 +138,6 @@ class VGGMultiTask(MultiTaskModel):
             nn.Linear(512, 512), nn.BatchNorm1d(512, track_running_stats=t), nn.ReLU(),
         )  # fmt: skip
         self.heads = nn.ModuleList(nn.Linear(512, 1) for _ in range(num_tasks))
-
-
-def binary_cross_entropy_losses(outputs: Sequence[Tensor], targets: Tensor) -> list[Tensor]:
-    """Mean binary cross-entropy of each task's logits, (B,) or (B, 1), against column t of ``targets`` (0/1)."""
-    return [
-        F.binary_cross_entropy_with_logits(output.reshape(-1), targets[:, t].to(output.dtype))
-        for t, output in enumerate(outputs)
-    ]
 
 
 # --- SegNet ------------------------------------------------------------------------------------------
@@ -389,9 +381,3 @@ def normal_loss(prediction: Tensor, target: Tensor) -> Tensor:
     """1 − mean cosine similarity over the pixels whose ground-truth normal is non-zero; (B, 3, H, W) each."""
     valid = (target != 0).any(dim=1)
     return 1 - (prediction * target).sum(dim=1).mul(valid).sum() / valid.sum().clamp_min(1)
-
-
-def dense_losses(outputs: Sequence[Tensor], targets: dict[str, Tensor], tasks: Sequence[str]) -> list[Tensor]:
-    """The losses of :class:`SegNetSplit` / :class:`SegNetMTAN` outputs; ``targets`` as the dense datasets give."""
-    loss = {"segmentation": segmentation_loss, "depth": depth_loss, "normal": normal_loss}
-    return [loss[task](output, targets[task]) for task, output in zip(tasks, outputs, strict=True)]
