@@ -76,13 +76,7 @@ def checked_gramian(
         all_reduce_mean_(jac.tensors(), ctx.group)
         G = jac.gramian()
     G64 = G.detach().to("cpu", torch.float64) / ctx.scale**2
-    if bool(torch.isfinite(G64).all()):
-        return G64
-    if ctx.scale != 1.0:
-        return None
-    if ctx.check_finite:
-        _raise_non_finite(ctx, jac, what, inputs)
-    return G64
+    return G64 if _usable(ctx, bool(torch.isfinite(G64).all()), jac, what, inputs) else None
 
 
 def checked_jacobian(
@@ -96,13 +90,19 @@ def checked_jacobian(
     all_reduce_mean_(jac.tensors(), ctx.group)
     if ctx.scale != 1.0:
         jac.div_(ctx.scale)
-    if all_finite(jac.tensors()):  # one host synchronization
-        return jac
+    return jac if _usable(ctx, all_finite(jac.tensors()), jac, what, inputs) else None
+
+
+def _usable(ctx: StepContext, finite: bool, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> bool:
+    """Finite: usable. Otherwise an overflow under a scaler (not usable: the step is skipped), or an error
+    naming the tasks (unless ``check_finite`` is off: used as it is)."""
+    if finite:
+        return True
     if ctx.scale != 1.0:
-        return None
+        return False
     if ctx.check_finite:
         _raise_non_finite(ctx, jac, what, inputs)
-    return jac
+    return True
 
 
 def fill_nan(params: Iterable[Tensor]) -> None:

@@ -50,6 +50,24 @@ def exported_methods() -> list[str]:
     return sorted(names)
 
 
+def scalar_losses(values, dtype=F64):
+    """K losses L_t = θ_t: each ∇_θ L_t is the unit vector e_t, so θ.grad is the weight vector."""
+    theta = nn.Parameter(torch.tensor(values, dtype=dtype))
+    return theta, list(theta.unbind())
+
+
+def per_task_gradients(losses, params):
+    return [
+        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+        for loss in losses
+    ]
+
+
+def set_log_variances(uw, values):
+    with torch.no_grad():
+        uw.log_variances.copy_(torch.tensor(values, dtype=F64))
+
+
 def fixed_inputs(K: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """A Gramian with a conflict (task 0 against task 2), positive losses, and its Jacobian."""
     rng = np.random.default_rng(seed)

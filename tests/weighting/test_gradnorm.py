@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from cases import per_task_gradients
 from torch import nn
 from torch.nn import functional as F
 
@@ -14,24 +15,6 @@ from models import make_problem
 from mtlopt.weighting.gradnorm import GradNorm
 
 F64 = torch.float64
-
-
-def scalar_losses(values, dtype=F64):
-    """K losses L_t = θ_t: each ∇_θ L_t is the unit vector e_t, so θ.grad is the weight vector."""
-    theta = nn.Parameter(torch.tensor(values, dtype=dtype))
-    return theta, list(theta.unbind())
-
-
-def per_task_gradients(losses, params):
-    return [
-        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-        for loss in losses
-    ]
-
-
-def set_log_variances(uw, values):
-    with torch.no_grad():
-        uw.log_variances.copy_(torch.tensor(values, dtype=F64))
 
 
 class RegressionNet(nn.Module):

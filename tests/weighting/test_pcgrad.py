@@ -7,33 +7,15 @@ import io
 import numpy as np
 import pytest
 import torch
+from cases import per_task_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import mtlopt
 from models import make_problem
 from mtlopt.weighting.pcgrad import PCGrad
 
 F64 = torch.float64
-
-
-def scalar_losses(values, dtype=F64):
-    """K losses L_t = θ_t: each ∇_θ L_t is the unit vector e_t, so θ.grad is the weight vector."""
-    theta = nn.Parameter(torch.tensor(values, dtype=dtype))
-    return theta, list(theta.unbind())
-
-
-def per_task_gradients(losses, params):
-    return [
-        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-        for loss in losses
-    ]
-
-
-def set_log_variances(uw, values):
-    with torch.no_grad():
-        uw.log_variances.copy_(torch.tensor(values, dtype=F64))
 
 
 def pcgrad_reference(J: np.ndarray, orders) -> np.ndarray:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import per_task_gradients, scalar_losses, set_log_variances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -17,24 +18,6 @@ from models import make_problem
 from mtlopt.weighting.uw import UncertaintyWeighting
 
 F64 = torch.float64
-
-
-def scalar_losses(values, dtype=F64):
-    """K losses L_t = θ_t: each ∇_θ L_t is the unit vector e_t, so θ.grad is the weight vector."""
-    theta = nn.Parameter(torch.tensor(values, dtype=dtype))
-    return theta, list(theta.unbind())
-
-
-def per_task_gradients(losses, params):
-    return [
-        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-        for loss in losses
-    ]
-
-
-def set_log_variances(uw, values):
-    with torch.no_grad():
-        uw.log_variances.copy_(torch.tensor(values, dtype=F64))
 
 
 @settings(max_examples=150)
