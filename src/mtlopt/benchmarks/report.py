@@ -429,19 +429,26 @@ def weight_sum_cell(runs: list[dict[str, Any]]) -> str:
 
 
 def _weight_scale_line(by_label: dict[str, list[dict[str, Any]]]) -> str:
-    totals = {run.get("identity", {}).get("weight_total") for runs in by_label.values() for run in runs}
+    def total(run: dict[str, Any]) -> float | None:
+        return run.get("identity", {}).get("weight_total")
+
+    totals = {total(run) for runs in by_label.values() for run in runs}
     if totals == {None}:
         return (
             "- weight scale: each method's own total weight on the tasks (Σw: 1, K, or data-dependent; "
             "see docs/conventions.md), so one lr gives some methods a larger step"
         )
-    shown = ", ".join(
-        "native" if t is None else f"{t:g}" for t in sorted(totals, key=lambda t: (t is None, t))
-    )
+    rescaled = ", ".join(f"{t:g}" for t in sorted(t for t in totals if t is not None))
+    native = [label for label, runs in by_label.items() if all(total(run) is None for run in runs)]
     return (
-        f"- weight scale: every shared update rescaled to total weight {shown} (--weight-total); Σw shows "
+        f"- weight scale: every shared update rescaled to total weight {rescaled} (--weight-total); Σw shows "
         "the total used and, in brackets, the method's own convention; methods whose update cannot be "
         "rescaled show their own"
+        + (
+            f"; trained without --weight-total: {', '.join(f'`{label}`' for label in native)}"
+            if native
+            else ""
+        )
     )
 
 
