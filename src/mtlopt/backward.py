@@ -11,7 +11,7 @@ The path is chosen by what the method reads (see :mod:`mtlopt.weighting`) and wh
 taken, never by which method it is:
 
 a :class:`~mtlopt.LossWeighting` (EW, fixed weights, uncertainty weighting)
-    One ordinary backward pass of the method's objective (:math:`\sum_t w_t L_t` by default).
+    One ordinary backward pass of the loss the method returns (:math:`\sum_t w_t L_t` by default).
 a :class:`~mtlopt.GramianWeighting` with ``update="loss"`` (GradNorm)
     The Gramian of the task gradients at the method's own layer (its ``probe``), or at
     ``shared_params``/``features``, the weights, then one backward pass of :math:`\sum_t w_t L_t`.
@@ -122,7 +122,7 @@ def backward(
             comparisons of methods at one learning rate (weights of both signs, as Pareto MTL's
             warm-up: :math:`\sum_t |w_t|`; all-zero weights stay zero); None (default): the method's own total
             (see its ``weight_sum``). The shared update and weighted heads are rescaled; so is a loss
-            method's whole objective (a constant factor, which keeps its stationary points).
+            method's whole returned loss (a constant factor, which keeps its stationary points).
 
     Returns:
         The weights, losses, Gramian and diagnostics of this step.
@@ -151,8 +151,8 @@ def backward(
     if isinstance(weighting, LossWeighting):
         output = weighting(loss_vector, detached)
         factor = ctx.factor(output.weights)
-        leaves_ = leaves([output.objective]) if group is not None or not shared else shared
-        _loss_backward(ctx, output.objective * factor, leaves_, shared_names if leaves_ is shared else None)
+        leaves_ = leaves([output.loss]) if group is not None or not shared else shared
+        _loss_backward(ctx, output.loss * factor, leaves_, shared_names if leaves_ is shared else None)
         return ctx.result(output.weights * factor, None, output.diagnostics)
     if not isinstance(weighting, GramianWeighting):
         raise TypeError(
@@ -240,10 +240,10 @@ class _Context:
 
 
 def _loss_backward(
-    ctx: _Context, objective: Tensor, params: list[Tensor], names: Sequence[str] | None
+    ctx: _Context, total: Tensor, params: list[Tensor], names: Sequence[str] | None
 ) -> None:
     """One ordinary backward pass of a (reweighted) loss, averaged across ranks and checked."""
-    torch.autograd.backward(objective * ctx.scale, retain_graph=ctx.retain_graph)
+    torch.autograd.backward(total * ctx.scale, retain_graph=ctx.retain_graph)
     all_reduce_mean_(grads_of(params), ctx.group)
     if ctx.step.check_finite:
         _check_finite_grads(params, names)

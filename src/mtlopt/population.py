@@ -453,7 +453,7 @@ class Population:
         """Each member's scalarized loss, (K,), from its task losses (K, m)."""
         if self.scalarization == "tchebycheff":  # the members read the population's ideal point
             self._update_ideal(losses)
-        return torch.stack([member(row).objective for member, row in zip(self.scalarizations, losses)])
+        return torch.stack([member(row).loss for member, row in zip(self.scalarizations, losses)])
 
     def _update_ideal(self, losses: Tensor) -> None:
         self.ideal.update(losses)

@@ -65,12 +65,12 @@ class LossOutput:
     """What a :class:`LossWeighting` returns for one step.
 
     Attributes:
-        objective: the differentiable scalar to backpropagate.
-        weights: the K task weights the objective applies (detached, float64, CPU), for logging.
+        loss: the differentiable scalar to backpropagate (the method's objective).
+        weights: the K task weights it applies (detached, float64, CPU), for logging.
         diagnostics: scalars worth logging.
     """
 
-    objective: Tensor
+    loss: Tensor
     weights: Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
