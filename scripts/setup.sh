@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv and install mtlopt with its extras. Safe to re-run: it skips what is already done.
+#   bash scripts/setup.sh [EXTRAS]     EXTRAS: comma-separated extras, default bench,pareto,dev
+#   VENV=.venv-core bash scripts/setup.sh none
+#                                      `pip install .` (not editable) without any extra: the core only,
+#                                      as a user installs it (scripts/core_check.sh); reinstalled on
+#                                      every call, so that it is the current source.
 #
 # torch is installed first, pinned: on a machine without an NVIDIA GPU the CPU build (torch==X+cpu),
 # found either on the configured package indexes or on the PyTorch CPU index; never the multi-GB
@@ -10,7 +15,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
-EXTRAS="${1:-bench,dev}"
+EXTRAS="${1:-bench,pareto,dev}"
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV with $($PYTHON --version)"
@@ -46,7 +51,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
 fi
 
 stamp="$VENV/.mtlopt-installed-$EXTRAS"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ "$EXTRAS" = none ]; then
+    # Built from a temporary copy of the files git knows (tracked, or new and not ignored): a stale
+    # build/lib in the checkout would otherwise put deleted modules into the wheel.
+    echo "[setup] installing mtlopt without extras (pip install .)"
+    src="$(mktemp -d)"
+    trap 'rm -rf "$src"' EXIT
+    git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+        [ -e "$f" ] && printf '%s\0' "$f"
+    done | tar --null -T - -cf - | tar -xf - -C "$src"
+    "${PIP[@]}" install "$src"
+elif [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "[setup] installing mtlopt[$EXTRAS] (editable)"
     "${PIP[@]}" install -e ".[$EXTRAS]"
     touch "$stamp"
