@@ -4,25 +4,25 @@ The hypervolume of points P with respect to a reference point r is the measure o
 :math:`[p, r]` over the points :math:`p \le r`; points that do not dominate r contribute nothing.
 It grows with the number of points: report the number of points beside it.
 
-``moocore`` is an optional dependency (``pip install moocore``, part of ``mtlopt[bench]``).
+``moocore`` is an optional dependency (``pip install "mtlopt[pareto]"``, also part of ``mtlopt[bench]``);
+without it these functions raise an ImportError that says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 from torch import Tensor
 
+from ._optional import require
+
 __all__ = ["hypervolume", "non_dominated"]
 
 
-def _moocore():
-    try:
-        import moocore
-    except ImportError as error:  # pragma: no cover - exercised only without the extra
-        raise ImportError("the hypervolume needs moocore: pip install moocore (or mtlopt[bench])") from error
-    return moocore
+def _moocore() -> ModuleType:
+    return require("moocore", extra="pareto", needed_by="the hypervolume (and non_dominated)")
 
 
 def _as_points(points: Tensor | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

@@ -74,13 +74,14 @@ script scales its step by 10·max(μ, 0.1); that is the training loop's business
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._optional import require
 from .._options import check_choice
 from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum
 
@@ -117,6 +118,9 @@ def non_uniformity(
 class EPO(GramianWeighting):
     """Task weights of EPO search for one preference vector r (one member of a set).
 
+    Needs scipy (``pip install "mtlopt[pareto]"``) for its LP solver: without it the constructor
+    raises an ImportError that says so.
+
     Args:
         preference: r, K finite entries > 0; the member converges to the Pareto point with
             r ⊙ L ∝ 1 (L_t ∝ 1/r_t).
@@ -142,6 +146,7 @@ class EPO(GramianWeighting):
         head_weighting: HeadWeighting = "weighted",
     ) -> None:
         r = _check_preference(preference)
+        _linprog()  # a missing scipy is refused here, with an install hint, not at the first step
         eps = float(eps)
         if not (math.isfinite(eps) and eps >= 0.0):
             raise ValueError(f"EPO eps must be finite and >= 0, got {eps!r}")
@@ -264,14 +269,15 @@ class EPO(GramianWeighting):
         return f"EPO({self.preference.tolist()}, {options})"
 
 
-def _linprog() -> Any:
-    try:
-        from scipy.optimize import linprog
-    except ImportError as error:
-        raise ImportError(
-            "EPO solves a small linear program with scipy.optimize.linprog (HiGHS), but scipy is not "
-            "installed; install it with `pip install scipy` (or `pip install mtlopt[dev]`)"
-        ) from error
+def _linprog() -> Callable[..., Any]:
+    """scipy's ``linprog``; refused with an install hint when scipy is missing (``mtlopt[pareto]``)."""
+    optimize = require(
+        "scipy.optimize",
+        extra="pareto",
+        needed_by="EPO",
+        purpose=" (its linprog, to solve a small LP per step)",
+    )
+    linprog: Callable[..., Any] = optimize.linprog
     return linprog
 
 
