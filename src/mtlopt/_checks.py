@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import NonFiniteError
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 LossesLike = Sequence[Tensor] | Mapping[str, Tensor] | Tensor
 
@@ -88,7 +91,7 @@ def non_finite_loss_message(names: Sequence[str], loss_vector: Tensor) -> str:
 
 
 def check_finite_on_every_rank(
-    values: Tensor, group: Any | None, describe: Callable[[], str], what: str = "a loss"
+    values: Tensor, group: ProcessGroup | None, describe: Callable[[], str], what: str = "a loss"
 ) -> None:
     """Raise NonFiniteError on every rank when ``values`` is non-finite on any (one flag all-reduce under
     a process group), so that no rank is left waiting in its next collective. ``describe()`` gives the
@@ -107,7 +110,7 @@ def as_tensors(
 ) -> list[Tensor]:
     """The tensors as a non-empty list, each a Tensor that requires grad (errors name the bad one)."""
     single = isinstance(tensors, Tensor)
-    items = [tensors] if single else list(tensors)
+    items = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     if not items:
         raise ValueError(f"{what} is empty: nothing to differentiate with respect to")
     for i, tensor in enumerate(items):

@@ -11,6 +11,7 @@ The walks keep the nodes themselves in their ``seen`` sets, which keeps them ali
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import Tensor
 __all__ = ["HeadPlan", "leaves", "plan_head_pass", "walk_graph"]
 
 
-def walk_graph(roots: Sequence[object], stops: set[object] | None = None) -> Iterable[object]:
+def walk_graph(roots: Sequence[object], stops: AbstractSet[object] | None = None) -> Iterable[object]:
     """Depth-first walk over autograd nodes from ``roots``, not entering nodes in ``stops``."""
     stops = stops or set()
     seen: set[object] = set()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from ._checks import all_finite
 from .distributed import all_reduce_mean_, all_reduce_sum_, world_size
 from .errors import NonFiniteError
 from .gradients import Jacobian, JacobianMethod, gramian
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["StepContext", "checked_gramian", "checked_jacobian", "fill_nan"]
 
@@ -45,7 +48,7 @@ class StepContext:
     names: list[str]
     items: list[Tensor]
     scale: float
-    group: Any
+    group: ProcessGroup | None
     check_finite: bool
     method: JacobianMethod = "auto"
 

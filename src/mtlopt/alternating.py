@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ._checks import all_finite, check_finite_on_every_rank
 from ._options import check_choice
-from .distributed import all_reduce_mean_, grads_of, resolve_group
+from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .errors import NonFiniteError
 
 __all__ = ["AlternatingStepResult", "AlternatingSteps"]
@@ -100,8 +100,8 @@ class AlternatingSteps:
         order: Order = "fixed",
         seed: int = 0,
         track_distance: bool = True,
-        sync: Any = "auto",
-        scaler: Any | None = None,
+        sync: Sync = "auto",
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         check_choice("AlternatingSteps", "state", state, State)
         check_choice("AlternatingSteps", "regroup", regroup, Regroup)
@@ -160,13 +160,12 @@ class AlternatingSteps:
             group = self.groups[k]
             self._zero_grad()
             loss = _group_loss(closure(list(group)), group)
+
+            def describe(group: Sequence[int] = group, loss: Tensor = loss) -> str:
+                return f"the loss of the group of tasks {list(group)} is {float(loss.detach())}"
+
             check_finite_on_every_rank(
-                loss,
-                process_group,
-                lambda group=group, loss=loss: (
-                    f"the loss of the group of tasks {list(group)} is {float(loss.detach())}"
-                ),
-                f"the loss of the group of tasks {list(group)}",
+                loss, process_group, describe, f"the loss of the group of tasks {list(group)}"
             )
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             grads = grads_of(self._group_parameters(group))
@@ -252,7 +251,11 @@ class AlternatingSteps:
     def _group_parameters(self, group: Sequence[int]) -> list[Tensor]:
         return [*self.shared, *(p for t in group for p in self.heads[t])]
 
-    def _build_optimizers(self, groups, previous) -> list[torch.optim.Optimizer]:
+    def _build_optimizers(
+        self,
+        groups: Sequence[Sequence[int]],
+        previous: tuple[Sequence[Sequence[int]], list[torch.optim.Optimizer]] | None,
+    ) -> list[torch.optim.Optimizer]:
         if self.state_mode == "shared":
             if previous is not None:
                 return previous[1]  # one optimizer over everything: nothing to move

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,9 @@ from .errors import NonFiniteError
 from .gradients import Jacobian, JacobianMethod, choose_method
 from .weighting._base import GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["BackwardResult", "backward"]
 
@@ -196,7 +199,7 @@ class _Context:
         return self.step.scale
 
     @property
-    def group(self) -> Any:
+    def group(self) -> ProcessGroup | None:
         return self.step.group
 
     def scaled(self) -> tuple[list[Tensor], Tensor]:
@@ -239,9 +242,7 @@ class _Context:
         return self.result(nan, None, {"skipped": "non-finite scaled gradients"})
 
 
-def _loss_backward(
-    ctx: _Context, total: Tensor, params: list[Tensor], names: Sequence[str] | None
-) -> None:
+def _loss_backward(ctx: _Context, total: Tensor, params: list[Tensor], names: Sequence[str] | None) -> None:
     """One ordinary backward pass of a (reweighted) loss, averaged across ranks and checked."""
     torch.autograd.backward(total * ctx.scale, retain_graph=ctx.retain_graph)
     all_reduce_mean_(grads_of(params), ctx.group)
@@ -252,6 +253,7 @@ def _loss_backward(
 def _parameter_backward(
     ctx: _Context, shared: list[Tensor], shared_names: list[str], head_params: Iterable[Tensor] | None
 ) -> BackwardResult:
+    assert isinstance(ctx.weighting, GramianWeighting)
     if not shared:
         raise ValueError("shared_params is empty: no parameter requires grad")
     shared_ids = {id(p) for p in shared}

@@ -24,10 +24,13 @@ or gradients are reduced twice; start every rank from the same parameters with
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "all_gather_stack",
@@ -39,10 +42,11 @@ __all__ = [
     "world_size",
 ]
 
-Sync = Any  # "auto", True, False, None, or a ProcessGroup
+Sync: TypeAlias = 'Literal["auto"] | bool | ProcessGroup | None'
+"""What a ``sync=`` argument takes: ``"auto"``, ``True``, ``False``/``None`` or a ``ProcessGroup``."""
 
 
-def resolve_group(sync: Sync = "auto") -> Any | None:
+def resolve_group(sync: Sync = "auto") -> ProcessGroup | None:
     """The process group to synchronize over, or None for no synchronization.
 
     ``"auto"``: the default group when ``torch.distributed`` is initialized with more than one process;
@@ -60,11 +64,11 @@ def resolve_group(sync: Sync = "auto") -> Any | None:
     return sync
 
 
-def world_size(group: Any | None) -> int:
+def world_size(group: ProcessGroup | None) -> int:
     return 1 if group is None else torch.distributed.get_world_size(group)
 
 
-def all_reduce_sum_(tensors: Sequence[Tensor], group: Any | None) -> None:
+def all_reduce_sum_(tensors: Sequence[Tensor], group: ProcessGroup | None) -> None:
     """Sum the tensors across ranks, in place, with one collective call."""
     tensors = [t for t in tensors if t is not None]
     if group is None or not tensors:
@@ -79,7 +83,7 @@ def all_reduce_sum_(tensors: Sequence[Tensor], group: Any | None) -> None:
         offset += t.numel()
 
 
-def all_reduce_mean_(tensors: Sequence[Tensor], group: Any | None) -> None:
+def all_reduce_mean_(tensors: Sequence[Tensor], group: ProcessGroup | None) -> None:
     """Average the tensors across ranks, in place, with one collective call."""
     if group is None:
         return
@@ -90,7 +94,7 @@ def all_reduce_mean_(tensors: Sequence[Tensor], group: Any | None) -> None:
             t.div_(size)
 
 
-def any_rank(flag: bool, group: Any | None, device: torch.device | str = "cpu") -> bool:
+def any_rank(flag: bool, group: ProcessGroup | None, device: torch.device | str = "cpu") -> bool:
     """Whether ``flag`` holds on any rank (one collective; ``flag`` itself without a group).
 
     Lets every rank raise together when one finds a problem, instead of the others waiting forever in
@@ -103,17 +107,17 @@ def any_rank(flag: bool, group: Any | None, device: torch.device | str = "cpu") 
     return bool(value.item())
 
 
-def broadcast_module(module: nn.Module, src: int = 0, group: Any | None = "auto") -> None:
+def broadcast_module(module: nn.Module, src: int = 0, group: Sync = "auto") -> None:
     """Copy ``src``'s parameters and buffers to every rank (start all ranks from the same model)."""
-    group = resolve_group(group)
-    if group is None:
+    process_group = resolve_group(group)
+    if process_group is None:
         return
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
-            torch.distributed.broadcast(tensor.data, src=src, group=group)
+            torch.distributed.broadcast(tensor.data, src=src, group=process_group)
 
 
-def all_gather_stack(tensor: Tensor, group: Any | None) -> Tensor:
+def all_gather_stack(tensor: Tensor, group: ProcessGroup | None) -> Tensor:
     """Concatenate every rank's tensor along dim 0 (rank order); the tensor itself without a group."""
     if group is None:
         return tensor
@@ -122,7 +126,7 @@ def all_gather_stack(tensor: Tensor, group: Any | None) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
-def scale_of(scaler: Any | None, like: Tensor) -> float:
+def scale_of(scaler: torch.amp.GradScaler | None, like: Tensor) -> float:
     """A GradScaler's current scale (1.0 without one); ``scaler.scale`` creates the scale tensor lazily."""
     if scaler is None or not scaler.is_enabled():
         return 1.0

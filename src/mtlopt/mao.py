@@ -40,8 +40,8 @@ squared norm of the update the task contributes, :math:`b_k \leftarrow \beta b_k
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ from ._checks import (
 )
 from ._options import check_choice
 from ._task_step import StepContext, checked_jacobian, fill_nan
-from .distributed import all_reduce_mean_, grads_of, resolve_group
+from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .gradients import JacobianMethod
 
@@ -154,8 +154,8 @@ class MAO(torch.optim.Optimizer):
         method: JacobianMethod = "auto",
         check_finite: bool = True,
         retain_graph: bool = False,
-        sync: Any = "auto",
-        scaler: Any | None = None,
+        sync: Sync = "auto",
+        scaler: torch.amp.GradScaler | None = None,
     ) -> Tensor:
         r"""Per-task gradients of the shared parameters and ordinary gradients of the others.
 
@@ -191,7 +191,7 @@ class MAO(torch.optim.Optimizer):
             # scaler.step needs a .grad to record its inf check on; the update reads the per-task gradients
             shared[0].grad = torch.zeros_like(shared[0])
         if others:
-            torch.autograd.backward(sum(scaled), inputs=others, retain_graph=retain_graph)
+            torch.autograd.backward(sum(scaled[1:], scaled[0]), inputs=others, retain_graph=retain_graph)
             all_reduce_mean_(grads_of(others), group)
         return vector.detach()
 
@@ -218,8 +218,14 @@ class MAO(torch.optim.Optimizer):
 
     # --- the update ------------------------------------------------------------------------------
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

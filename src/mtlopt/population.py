@@ -56,10 +56,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ._checks import check_finite_on_every_rank
 from ._options import check_choice
-from .distributed import all_gather_stack, resolve_group, world_size
+from .distributed import Sync, all_gather_stack, resolve_group, world_size
 from .preferences import check_preferences
 from .scalarization import IdealPoint, Tchebycheff, linear_scalarization
-from .weighting._base import LossWeighting
+from .weighting._base import GramianWeighting, LossWeighting
 
 __all__ = ["Population", "PopulationStepResult", "Transfer", "transfer_matrix"]
 
@@ -188,9 +188,9 @@ class Population:
         vectorize: Vectorize = "auto",
         total_steps: int | None = None,
         ideal_margin: float = 1e-3,
-        sync: Any = "auto",
-        scaler: Any | None = None,
-        weightings: Sequence[Any] | None = None,
+        sync: Sync = "auto",
+        scaler: torch.amp.GradScaler | None = None,
+        weightings: Sequence[GramianWeighting] | None = None,
         check_finite: bool = True,
     ) -> None:
         models = list(models)
@@ -257,7 +257,7 @@ class Population:
         elif scalarization == "tchebycheff":
             make = functools.partial(Tchebycheff, ideal=self.ideal)
         else:
-            make = scalarization  # type: ignore[assignment]
+            make = scalarization
         self.scalarizations: list[LossWeighting] = []
         for preference in self.preferences[self.local]:
             member = make(preference)
@@ -315,7 +315,7 @@ class Population:
             loss_fn: ``loss_fn(outputs, targets)`` → the m task losses of one member, shape (m,).
         """
         if self.weightings is not None:
-            return self._weighted_step(inputs, targets, loss_fn)
+            return self._weighted_step(self.weightings, inputs, targets, loss_fn)
         if self.vectorized:
             try:
                 losses = self._vectorized_losses(inputs, targets, loss_fn)
@@ -354,13 +354,19 @@ class Population:
             "or pass check_finite=False to train on it"
         )
 
-    def _weighted_step(self, inputs, targets, loss_fn) -> PopulationStepResult:
+    def _weighted_step(
+        self,
+        weightings: Sequence[GramianWeighting],
+        inputs: Any,
+        targets: Any,
+        loss_fn: Callable[[Any, Any], Tensor],
+    ) -> PopulationStepResult:
         from .backward import backward
 
         self.optimizer.zero_grad(set_to_none=True)
         before = self._snapshot()
         rows, combined = [], []
-        for model, weighting in zip(self.models, self.weightings):
+        for model, weighting in zip(self.models, weightings):
             losses = loss_fn(model(inputs), targets)
             # A member lives on one rank and sees the whole batch: nothing to synchronize.
             result = backward(losses, weighting, shared_params=model, sync=False, scaler=self.scaler)
@@ -391,15 +397,16 @@ class Population:
 
     def state_dict(self) -> dict[str, Any]:
         """Every member's parameters and optimizer state (gathered from all ranks when distributed)."""
-        local = {
+        local: dict[str, Any] = {
             "members": self.member_state_dicts(),
             "optimizer": self.optimizer.state_dict(),
             "weightings": [w.state_dict() for w in self.weightings] if self.weightings is not None else None,
         }
         parts = [local]
         if self.group is not None:
-            parts = [None] * self.world
-            torch.distributed.all_gather_object(parts, local, group=self.group)
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, local, group=self.group)
+            parts = gathered
         return {
             "vectorized": self.vectorized,
             "weightings": [w for part in parts for w in part["weightings"]]
@@ -441,7 +448,7 @@ class Population:
     def _call(self, params, buffers, inputs):
         return functional_call(self._base, (params, buffers), (inputs,))
 
-    def _vectorized_losses(self, inputs, targets, loss_fn) -> Tensor:
+    def _vectorized_losses(self, inputs: Any, targets: Any, loss_fn: Callable[[Any, Any], Tensor]) -> Tensor:
         def member_losses(params, buffers, x, y):
             return loss_fn(self._call(params, buffers, x), y)
 

@@ -75,6 +75,7 @@ class Tchebycheff(LossWeighting):
     :math:`i^*` that attains the maximum, 0 elsewhere. Total weight: data-dependent (one λ entry).
     """
 
+    num_tasks: int  # always set: one weight per task
     weight_sum = "data-dependent"
 
     def __init__(

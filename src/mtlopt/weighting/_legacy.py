@@ -54,7 +54,7 @@ class _GramianAdapter(GramianWeighting):
         return self.legacy.compute(gramian, losses)
 
 
-def as_method(method: Any) -> Method:
+def as_method(method: Any) -> LossWeighting | GramianWeighting:
     """The method as :func:`mtlopt.backward` reads it (a 0.1 ``Weighting`` subclass adapted)."""
     if isinstance(method, (LossWeighting, GramianWeighting)):
         return method

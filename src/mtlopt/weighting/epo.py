@@ -94,7 +94,7 @@ _TINY = float(np.finfo(np.float64).eps)
 
 
 def non_uniformity(
-    preference: Tensor | Sequence[float], losses: Tensor | Sequence[float]
+    preference: Tensor | np.ndarray | Sequence[float], losses: Tensor | np.ndarray | Sequence[float]
 ) -> tuple[float, Tensor]:
     """μ(r ⊙ L) and the adjustment vector a (float64); see the module docstring.
 

@@ -97,6 +97,7 @@ class GradNorm(GramianWeighting):
     """
 
     min_tasks = 1
+    num_tasks: int  # always set: GradNorm is built for K tasks
     update = "loss"
     weight_sum: WeightSum = "K"
 
@@ -116,7 +117,7 @@ class GradNorm(GramianWeighting):
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"GradNorm num_tasks must be a positive int, got {num_tasks!r}")
         if isinstance(parameters, nn.Module):
-            params = [p for p in parameters.parameters() if p.requires_grad]
+            params: list[Tensor] = [p for p in parameters.parameters() if p.requires_grad]
             if not params:
                 raise ValueError("GradNorm parameters: the module has no parameter that requires grad")
         else:

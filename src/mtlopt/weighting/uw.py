@@ -102,6 +102,7 @@ class UncertaintyWeighting(nn.Module, LossWeighting):
     """
 
     min_tasks = 1
+    coefficients: Tensor  # a buffer: c_t of each task type
     weight_sum: WeightSum = "data-dependent"  # Σ c_t e^{-s_t}: K/2 at the start for regression tasks
 
     def __init__(
