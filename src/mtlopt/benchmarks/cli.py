@@ -244,7 +244,7 @@ def _pareto(args: argparse.Namespace) -> int:
     best = result["best_val"]
     print(
         f"{result['label']} seed {result['seed']}: test hypervolume {best['test_hypervolume']:.4f} at epoch {best['epoch']} "
-        f"(best validation; reference {tuple(hv_reference(result))}, {len(best['test_members'])} points); "
+        f"(best validation; reference {tuple(hv_reference(result) or ())}, {len(best['test_members'])} points); "
         f"plots: {Path(args.out) / 'front.png'}, {Path(args.out) / 'hypervolume.png'}"
     )
     return 0

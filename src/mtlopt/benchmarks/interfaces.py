@@ -121,7 +121,8 @@ class BenchmarkData(ABC):
 
 class _SumEvaluator:
     def __init__(self, data: BenchmarkData) -> None:
-        self.data, self.sums, self.count = data, None, 0
+        self.data, self.count = data, 0
+        self.sums: Tensor | None = None
 
     def update(self, outputs: Sequence[Tensor], targets: Any) -> None:
         sums = self.data.metric_sums(outputs, targets)

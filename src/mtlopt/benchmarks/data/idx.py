@@ -7,8 +7,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
-_DTYPES = {
+_DTYPES: dict[int, npt.DTypeLike] = {
     0x08: np.uint8,
     0x09: np.int8,
     0x0B: np.dtype(">i2"),

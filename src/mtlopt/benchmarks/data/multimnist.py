@@ -281,7 +281,7 @@ def _write_cache(path: Path, dataset: CompositeDataset) -> None:
     arrays["meta"] = np.array(json.dumps(dataset.meta))
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     with open(partial, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like allow_pickle
     os.replace(partial, path)
 
 

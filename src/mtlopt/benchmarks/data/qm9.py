@@ -160,7 +160,7 @@ def load_qm9(root: str | Path | None = None, cache_dir: str | Path | None = None
     cache.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     with open(partial, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like allow_pickle
     os.replace(partial, path)
     return Molecules(**arrays, origin=str(directory), sha256=_digest(arrays))
 
@@ -324,7 +324,7 @@ class QM9Graphs:
                 sources.append(local_source + start)
                 targets.append(local_target + start)
             source, target = np.concatenate(sources), np.concatenate(targets)
-            bond_pairs = set()
+            bond_pairs: set[tuple[int, int]] = set()
             for k, molecule in enumerate(molecules):
                 lo, hi = self.bond_offsets[molecule], self.bond_offsets[molecule + 1]
                 bond_pairs.update(
