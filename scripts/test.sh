@@ -1,21 +1,59 @@
 #!/usr/bin/env bash
-# Run the test suite (setting up .venv first if needed).
-#   bash scripts/test.sh            the default suite (slow tests excluded)
+# Run the checks and the test suite (setting up .venv first if needed).
+#   bash scripts/test.sh            lint (ruff check), format check (ruff format --check), type check
+#                                   (mypy), the core-only job (scripts/core_check.sh), then the default
+#                                   test suite (slow tests excluded); the time of each step is printed
 #   bash scripts/test.sh --slow     only the tests marked slow
-#   bash scripts/test.sh -- ARGS    the default suite with extra pytest arguments
+#   bash scripts/test.sh -- ARGS    the checks, then the default suite with extra pytest arguments
+# MTLOPT_SKIP_CORE=1 skips the core-only job (it builds a second venv, .venv-core).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh bench,dev || exit 1
+bash scripts/setup.sh || exit 1
 
 selection=(-m "not slow")
-if [ "${1:-}" = "--slow" ]; then selection=(-m slow); shift; fi
+slow=0
+if [ "${1:-}" = "--slow" ]; then selection=(-m slow); slow=1; shift; fi
 if [ "${1:-}" = "--" ]; then shift; fi
 
+timings=()
+step() {  # step NAME COMMAND...: run it, record its time, stop at the first failure
+    local name="$1" start end rc
+    shift
+    echo "[test] == $name"
+    start=$(date +%s)
+    "$@"
+    rc=$?
+    end=$(date +%s)
+    timings+=("$(printf '%-22s %4ss' "$name" $((end - start)))")
+    if [ $rc -ne 0 ]; then
+        echo "[test] $name failed (exit $rc)" >&2
+        report
+        exit $rc
+    fi
+}
+report() {
+    echo "[test] time per step:"
+    printf '[test]   %s\n' "${timings[@]}"
+}
+
+if [ $slow -eq 0 ]; then
+    step "ruff check" .venv/bin/ruff check
+    step "ruff format --check" .venv/bin/ruff format --check
+    step "mypy" .venv/bin/mypy
+    if [ "${MTLOPT_SKIP_CORE:-0}" != 1 ]; then
+        step "core-only job" bash scripts/core_check.sh
+    fi
+fi
+
+echo "[test] == tests"
+start=$(date +%s)
 .venv/bin/python -m pytest "${selection[@]}" "$@"
 rc=$?
+timings+=("$(printf '%-22s %4ss' "tests" $(($(date +%s) - start)))")
+report
 if [ $rc -eq 5 ]; then
     # pytest's "no tests collected": fine for an empty marker selection, an error for the default run.
-    if [ "${selection[1]}" = "slow" ]; then
+    if [ $slow -eq 1 ]; then
         echo "[test] no slow tests collected"
         exit 0
     fi
