@@ -236,7 +236,8 @@ def _pareto(args: argparse.Namespace) -> int:
     result = train(config)
     if not _main_process():  # under torchrun, rank 0 writes the plots and reports
         return 0
-    from .report import hv_reference, plot_front, plot_hypervolume
+    from .plots import plot_front, plot_hypervolume
+    from .records import hv_reference
 
     runs = {result["label"]: [result]}
     plot_hypervolume(Path(args.out), list(runs), runs)
