@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,20 @@ class DataOptions:
     data_seed: int = 0
     max_sources: int | None = None
     sizes: tuple[int, int, int] | None = None  # examples for train, val, test (protocol-specific default)
+
+
+class RunnerTasks(Protocol):
+    """What a method runner reads of the tasks (``MethodRunner.build``'s ``tasks``): their losses, their
+    kinds and training batches. :class:`BenchmarkData` has it; so has the speed suite's ``RunnerData``."""
+
+    @property
+    def task_types(self) -> tuple[str, ...]: ...
+
+    def batch(self, split: str, index: Tensor, device: torch.device) -> tuple[Any, Any]: ...
+
+    def task_loss(self, task: int, output: Tensor, targets: Any) -> Tensor: ...
+
+    def losses(self, outputs: Sequence[Tensor], targets: Any) -> list[Tensor]: ...
 
 
 class BenchmarkData(ABC):

@@ -67,7 +67,7 @@ class TrainConfig:
     weight_total: float | None = None  # rescale every shared update to this total weight (None: native)
     label: str | None = None  # how reports name this run (e.g. "grid[task-weights=0.3,0.7]")
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> ResolvedConfig:
         """A copy with defaults filled in and every value checked (ValueError naming the bad one)."""
         benchmark = get_benchmark(self.benchmark)
         get_method(self.method)
@@ -77,8 +77,13 @@ class TrainConfig:
                 f"unknown protocol {protocol!r} for {benchmark.name}; expected one of {', '.join(benchmark.protocols)}"
             )
         defaults = benchmark.defaults[protocol]
-        config = dataclasses.replace(
-            self,
+        unchanged = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in _FILLED_BY_RESOLVED
+        }
+        config = ResolvedConfig(
+            **unchanged,
             protocol=protocol,
             epochs=defaults.epochs if self.epochs is None else self.epochs,
             lr=defaults.lr if self.lr is None else self.lr,
@@ -141,6 +146,25 @@ class TrainConfig:
             **({"amp": self.amp} if self.amp != "off" else {}),
             **({"weight_total": self.weight_total} if self.weight_total is not None else {}),
         }
+
+
+@dataclass
+class ResolvedConfig(TrainConfig):
+    """A :class:`TrainConfig` after :meth:`~TrainConfig.resolved`: the protocol's defaults filled in, checked."""
+
+    protocol: str = field(kw_only=True)
+    epochs: int = field(kw_only=True)
+    lr: float = field(kw_only=True)
+    batch_size: int = field(kw_only=True)
+    optimizer: str = field(kw_only=True)
+    momentum: float = field(kw_only=True)
+    lr_decay_every: int = field(kw_only=True)
+    lr_decay: float = field(kw_only=True)
+    threads: int = field(kw_only=True)
+
+
+# The fields ResolvedConfig narrows (its keyword-only ones); resolved() copies the others unchanged.
+_FILLED_BY_RESOLVED = frozenset(f.name for f in dataclasses.fields(ResolvedConfig) if f.kw_only)
 
 
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..interfaces import MultiTaskModel
+from ..interfaces import MultiTaskModel, RunnerTasks
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,17 @@ class MethodRunner(ABC):
 
     @abstractmethod
     def build(
-        self, make_model: Callable[[], MultiTaskModel], optimizer: OptimizerSettings, total_steps: int
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
     ) -> None:
-        """Create the model(s) and optimizer(s); called once, after the seed is set."""
+        """Create the model(s) and optimizer(s); called once, after the seed is set.
+
+        ``total_steps``: the training steps of the run (None where unknown, as in the speed suite);
+        ``tasks``: the losses (and batches) of the benchmark's tasks.
+        """
 
     @abstractmethod
     def train_step(self, x: Tensor, targets: Tensor) -> dict[str, Tensor]:

@@ -5,6 +5,8 @@ alternating task-group steps (Pascal et al. 2021) and MAO's per-task adaptive op
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +15,8 @@ import mtlopt
 from mtlopt import alternating, mao
 from mtlopt._options import choices
 
-from ._base import MethodRunner, Option, _positive_int, register
+from ..interfaces import MultiTaskModel, RunnerTasks
+from ._base import MethodRunner, OptimizerSettings, Option, _positive_int, register
 
 
 @register
@@ -23,7 +26,13 @@ class STLRunner(MethodRunner):
     name = "stl"
     description = "single-task learning: one model per task, each trained on its own loss"
 
-    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
         self.tasks = tasks
         self.models = nn.ModuleList(make_model() for _ in range(self.num_tasks))
         self._optimizers = [optimizer.make(model.parameters()) for model in self.models]
@@ -68,12 +77,18 @@ class AlternatingRunner(MethodRunner):
         Option("regroup", "never", "draw a new random grouping every epoch", choices(alternating.Regroup)),
     )
 
-    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
         self.tasks = tasks
         self.model = make_model()
         self.alternating = mtlopt.AlternatingSteps(
             self.model.encoder,
-            self.model.heads,
+            list(self.model.heads),  # one module per task
             optimizer.make,
             state=self.config["state"],
             group_size=self.config["group-size"],
@@ -162,7 +177,13 @@ class MAORunner(MethodRunner):
         Option("balance", "on", "track the per-layer balance diagnostic", ("on", "off")),
     )
 
-    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
         if optimizer.lr > ADAPTIVE_LR_WARNING and self.config["rule"] != "adagrad":
             warnings.warn(
                 f"mao takes --lr {optimizer.lr:g} as the step size of its per-task {self.config['rule']} rule; "
@@ -173,11 +194,12 @@ class MAORunner(MethodRunner):
             )
         self.tasks = tasks
         self.model = make_model()
+        groups: list[dict[str, Any]] = [
+            {"params": self.model.encoder.parameters(), "shared": True},
+            {"params": self.model.heads.parameters()},
+        ]
         self.optimizer = mtlopt.MAO(
-            [
-                {"params": self.model.encoder.parameters(), "shared": True},
-                {"params": self.model.heads.parameters()},
-            ],
+            groups,
             num_tasks=self.num_tasks,
             lr=optimizer.lr,
             weight_decay=optimizer.weight_decay,

@@ -17,7 +17,8 @@ from mtlopt._options import choices
 from mtlopt.distributed import resolve_group, world_size
 from mtlopt.weighting import epo, pmtl
 
-from ._base import MethodRunner, Option, _fraction, _non_negative, _positive_int, register
+from ..interfaces import MultiTaskModel, RunnerTasks
+from ._base import MethodRunner, OptimizerSettings, Option, _fraction, _non_negative, _positive_int, register
 
 _SET_OPTIONS = (
     Option(
@@ -49,7 +50,7 @@ class PopulationRunner(MethodRunner):
             self.num_tasks, count, interior=self.config.get("preferences", "ends") == "interior"
         )
 
-    def weightings(self, members: range) -> list[mtlopt.Weighting] | None:
+    def weightings(self, members: range) -> list[mtlopt.GramianWeighting] | None:
         """Per-member weightings for the given member indices (None: the scalarization)."""
         return None
 
@@ -57,7 +58,13 @@ class PopulationRunner(MethodRunner):
         """The members before training: each with its own initialization."""
         return [make_model() for _ in range(count)]
 
-    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
         self.tasks = tasks
         count = self.config["num-models"]
         models = self.initial_models(make_model, count)  # every rank builds the same K models

@@ -3,6 +3,7 @@ with a weighting (EW, MGDA, MGDA-UB, fixed weights, uncertainty weighting, GradN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,18 +14,25 @@ from mtlopt._options import choices
 from mtlopt.min_norm import Solver
 from mtlopt.weighting import FeatureBatch, HeadWeighting, gradnorm, mgda, pcgrad, uw
 
-from ._base import MethodRunner, Option, _float_list, _float_pair, register
+from ..interfaces import MultiTaskModel, RunnerTasks
+from ._base import MethodRunner, OptimizerSettings, Option, _float_list, _float_pair, register
 
 
 class SingleModelRunner(MethodRunner):
     """One multi-task model and one optimizer; the update comes from ``mtlopt.backward``."""
 
-    def build(self, make_model, optimizer, total_steps, tasks) -> None:
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
         self.tasks = tasks
         self.model = make_model()
         self._weighting = self.weighting()
         learned = list(self._weighting.parameters()) if isinstance(self._weighting, nn.Module) else []
-        groups = [{"params": list(self.model.parameters())}]
+        groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
         if learned:  # e.g. uncertainty weighting's log-variances: trained by the same optimizer, no decay
             groups.append({"params": learned, "weight_decay": 0.0})
         self.optimizer = optimizer.make(groups)

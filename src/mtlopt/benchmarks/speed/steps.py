@@ -25,7 +25,7 @@ from .setups import RunnerData, Setup, Step
 def build_runner(s: Setup, runner: type[MethodRunner], options: dict[str, Any] | None = None) -> MethodRunner:
     """``runner`` built on a copy of the configuration's template, with the configuration's Adam."""
     method = runner(options or {}, s.tasks, seed=s.seed)
-    method.build(s.model, OptimizerSettings("adam", lr=s.lr), None, RunnerData(s))  # type: ignore[call-arg, arg-type]
+    method.build(s.model, OptimizerSettings("adam", lr=s.lr), None, RunnerData(s))
     return method
 
 
