@@ -372,7 +372,7 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
 
 def weight_sum_cell(runs: list[dict[str, Any]]) -> str:
     """The method's total weight on the tasks: its convention, and the measured mean when it varies."""
-    recorded = [run.get("weight_sum") for run in runs if run.get("weight_sum")]
+    recorded = [run["weight_sum"] for run in runs if run.get("weight_sum")]
     if not recorded:
         return "–"
     convention = recorded[0]["convention"]
@@ -429,8 +429,8 @@ def _hypervolume_section(hv, first) -> list[str]:
     ]
     for label, row in hv.items():
         lines.append(
-            f"| `{label}` | {row['points']} | {row['contributing']:.3g} | {row['seeds']} | {_mean_std(*row['best'], row['seeds'], 4)} | "
-            f"{_mean_std(*row['last'], row['seeds'], 4)} | {row['time_ms']:.1f} |"
+            f"| `{label}` | {row['points']} | {row['contributing']:.3g} | {row['seeds']} | {_mean_std(row['best'][0], row['best'][1], row['seeds'], 4)} | "
+            f"{_mean_std(row['last'][0], row['last'][1], row['seeds'], 4)} | {row['time_ms']:.1f} |"
         )
     lines += ["", "![hypervolume per epoch](hypervolume.png)", "", "![fronts](front.png)", ""]
     published = PUBLISHED_HV.get(first["benchmark"])

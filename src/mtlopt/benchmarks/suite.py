@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TypedDict
 
 from .data import celeba, dense, multimnist, qm9
 from .data.sources import DataUnavailable
@@ -89,7 +90,14 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 # --- QM9 -----------------------------------------------------------------------------------------------
 
-QM9_PROTOCOLS = {
+
+class QM9Protocol(TypedDict):
+    sizes: tuple[int, int, int]  # molecules for train, val, test
+    edges: str  # "complete" graphs or "bonds" only
+    dim: int  # the MPNN's hidden size
+
+
+QM9_PROTOCOLS: dict[str, QM9Protocol] = {
     # The published protocol (Nash-MTL, FAMO, LibMTL): 110,831 / 10,000 / 10,000 molecules, complete graphs,
     # MPNN dim 64, Adam 1e-3, batch 120, 300 epochs (a GPU job: about 6 s per step on one CPU thread).
     "published": {"sizes": (110_831, 10_000, 10_000), "edges": "complete", "dim": 64},

@@ -29,7 +29,7 @@ and the published size unless ``size=None``); label values are checked when a sa
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +324,7 @@ class DenseData(BenchmarkData):
 
 class _DenseEvaluator:
     def __init__(self, tasks: Sequence[str], classes: int) -> None:
-        makers = {
+        makers: dict[str, Callable[[], ConfusionMatrix | DepthErrors | NormalErrors]] = {
             "segmentation": lambda: ConfusionMatrix(classes),
             "depth": DepthErrors,
             "normal": NormalErrors,

@@ -92,10 +92,9 @@ def torchjd_step(aggregator_name: str) -> Callable[[Setup], Step]:
     return build
 
 
-def libmtl_model(
-    s: Setup, weighting_name: str, rep_grad: bool, base: MultiTaskModel | None = None
-) -> nn.Module:
-    """LibMTL's hard-parameter-sharing model (``HPS`` + a weighting), outside LibMTL's trainer.
+def libmtl_model(s: Setup, weighting_name: str, rep_grad: bool, base: MultiTaskModel | None = None) -> Any:
+    """LibMTL's hard-parameter-sharing model (``HPS`` + a weighting), outside LibMTL's trainer (an
+    ``nn.Module`` of LibMTL's untyped classes, hence ``Any``: its ``backward`` and ``encoder`` are LibMTL's).
 
     LibMTL's ``Trainer`` hard-codes ``cuda:0``, so the model class is built the way the trainer builds
     it, from this configuration's encoder and heads. One compatibility shim: LibMTL 1.1.5 zeroes the
@@ -133,7 +132,7 @@ def libmtl_model(
 _LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"MGDA": {"mgda_gn": "none"}, "GradNorm": {"alpha": 1.5}}
 
 
-def libmtl_losses(s: Setup, model: nn.Module) -> Tensor:
+def libmtl_losses(s: Setup, model: Any) -> Tensor:
     out = model(s.x)
     return torch.stack(s.spec.losses([out[name] for name in model.task_names], s.y))
 

@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from .catalog import METHODS
 from .peers import PEERS
 from .results import SpeedReport, report_json
 from .setups import MODELS
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 
 def _mb(value: int | None) -> str:
@@ -87,15 +91,17 @@ def markdown(report: SpeedReport) -> str:
             "| K | solver | median (ms) | p90 (ms) | excess median / max | certified excess (max) | note |",
             "|---|---|---|---|---|---|---|",
         ]
-        for row in report.solvers:
-            if row.times:
-                p90 = float(np.percentile(row.times, 90))
-                timing = f"{1e3 * statistics.median(row.times):.3f} | {1e3 * p90:.3f}"
-                excess = f"{statistics.median(row.excess):.1e} / {max(row.excess):.1e}"
+        for solver_row in report.solvers:
+            if solver_row.times:
+                p90 = float(np.percentile(solver_row.times, 90))
+                timing = f"{1e3 * statistics.median(solver_row.times):.3f} | {1e3 * p90:.3f}"
+                excess = f"{statistics.median(solver_row.excess):.1e} / {max(solver_row.excess):.1e}"
             else:
                 timing, excess = "— | —", "—"
-            certified = f"{max(row.certified):.1e}" if row.certified else ""
-            lines.append(f"| {row.tasks} | {row.solver} | {timing} | {excess} | {certified} | {row.note} |")
+            certified = f"{max(solver_row.certified):.1e}" if solver_row.certified else ""
+            lines.append(
+                f"| {solver_row.tasks} | {solver_row.solver} | {timing} | {excess} | {certified} | {solver_row.note} |"
+            )
         lines.append("")
     for model in dict.fromkeys(c.model for c in report.configs):
         spec = MODELS[model]
@@ -258,11 +264,10 @@ def plot_overhead(report: SpeedReport, path: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    handles, labels = {}, {}
+    handles: dict[str, Artist] = {}
     for axis in axes.flat:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-            labels[label] = label
     if handles:
         figure.legend(list(handles.values()), list(handles), loc="center right", fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0, 0.84, 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -84,7 +85,7 @@ def solver_table(
         times: list[float] = []
         for G in gramians:
             for _ in range(repeat):
-                times.append(_time_once(lambda G=G: mtlopt.min_norm(G))[0])
+                times.append(_time_once(functools.partial(mtlopt.min_norm, G))[0])
         rows.append(
             SolverRow(
                 K,
@@ -102,7 +103,7 @@ def solver_table(
             for G, f in zip(gramians, optimum):
                 G32 = torch.from_numpy(G).float()
                 for _ in range(repeat):
-                    seconds, weights = _time_once(lambda G32=G32, weighting=weighting: weighting(G32))
+                    seconds, weights = _time_once(functools.partial(weighting, G32))
                     times.append(seconds)
                 excess.append((_objective(G, weights.numpy()) - f) / f if f > 0 else 0.0)
             rows.append(
@@ -121,7 +122,7 @@ def solver_table(
                 try:
                     with time_limit(limit, "LibMTL's min-norm solver"):
                         seconds, weights = _time_once(
-                            lambda factor=factor: LibMTLMGDA._find_min_norm_element(None, factor)  # type: ignore[arg-type]
+                            functools.partial(LibMTLMGDA._find_min_norm_element, None, factor)
                         )
                 except StepTimeout as error:
                     note = str(error)

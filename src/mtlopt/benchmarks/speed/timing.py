@@ -101,7 +101,7 @@ def peak_memory(step: Step, device: torch.device) -> tuple[int, int, int]:
         with quiet_stderr():
             profiler.stop()
     events = sorted(
-        (event.start_ns(), event.nbytes())
+        (event.start_ns(), event.nbytes())  # type: ignore[union-attr]  # torch's _KinetoEvent stub lacks nbytes
         for event in profiler.profiler.kineto_results.events()  # type: ignore[union-attr]
         if event.name() == "[memory]"
     )
