@@ -145,6 +145,22 @@ class MethodRunner(ABC):
         }
 
 
+class OneModelRunner(MethodRunner):
+    """A method that trains one multi-task model (``self.model``) with one optimizer (``self.optimizer``)."""
+
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+
+    def predict(self, x: Tensor) -> list[Tensor]:
+        return self.model(x)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+
 METHODS: dict[str, type[MethodRunner]] = {}
 
 

@@ -16,7 +16,7 @@ from mtlopt import alternating, mao
 from mtlopt._options import choices
 
 from ..interfaces import MultiTaskModel, RunnerTasks
-from ._base import MethodRunner, OptimizerSettings, Option, _positive_int, register
+from ._base import MethodRunner, OneModelRunner, OptimizerSettings, Option, _positive_int, register
 
 
 @register
@@ -161,7 +161,7 @@ ADAPTIVE_LR_WARNING = 0.01
 
 
 @register
-class MAORunner(MethodRunner):
+class MAORunner(OneModelRunner):
     """``mtlopt.MAO`` on the benchmark model: per-task Adam moments for the shared encoder.
 
     MAO replaces the optimizer: it takes ``--lr`` and ``--weight-decay``; ``--optimizer`` and
@@ -232,15 +232,6 @@ class MAORunner(MethodRunner):
             missing = torch.full((self.num_tasks,), float("nan"), dtype=torch.float64)
             logged["balance"] = torch.stack([shares.get(layer, missing) for layer in self.layers]).reshape(-1)
         return logged
-
-    def predict(self, x):
-        return self.model(x)
-
-    def modules(self):
-        return [self.model]
-
-    def optimizers(self):
-        return [self.optimizer]
 
     def describe(self):
         modules = dict(self.model.named_modules())

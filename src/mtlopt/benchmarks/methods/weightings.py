@@ -15,10 +15,10 @@ from mtlopt.min_norm import Solver
 from mtlopt.weighting import FeatureBatch, HeadWeighting, gradnorm, mgda, pcgrad, uw
 
 from ..interfaces import MultiTaskModel, RunnerTasks
-from ._base import MethodRunner, OptimizerSettings, Option, _float_list, _float_pair, register
+from ._base import OneModelRunner, OptimizerSettings, Option, _float_list, _float_pair, register
 
 
-class SingleModelRunner(MethodRunner):
+class SingleModelRunner(OneModelRunner):
     """One multi-task model and one optimizer; the update comes from ``mtlopt.backward``."""
 
     def build(
@@ -64,15 +64,6 @@ class SingleModelRunner(MethodRunner):
 
     def rescaled(self) -> bool:
         return True
-
-    def predict(self, x):
-        return self.model(x)
-
-    def modules(self):
-        return [self.model]
-
-    def optimizers(self):
-        return [self.optimizer]
 
     def state_dict(self):
         return {**super().state_dict(), "weighting": self._weighting.state_dict()}
