@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The core-only job: mtlopt installed as a user installs it, without any extra, in a fresh venv
 # (.venv-core; torch+numpy as scripts/setup.sh installs them, then `pip install .`), plus only pytest
-# and hypothesis; then
+# (with pytest-xdist) and hypothesis; then
 #   1. `import mtlopt` pulls none of the optional packages (beyond what torch itself loads);
 #   2. the core tests pass there (tests that need an optional package skip).
 #   bash scripts/core_check.sh [-- PYTEST_ARGS]
@@ -12,7 +12,7 @@ VENV="${CORE_VENV:-.venv-core}"
 quiet_pip_warnings() { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
 VENV="$VENV" bash scripts/setup.sh none 2> >(quiet_pip_warnings >&2)
-"$VENV/bin/python" -m pip --quiet --disable-pip-version-check install "pytest>=8" "hypothesis>=6.100" \
+"$VENV/bin/python" -m pip --quiet --disable-pip-version-check install "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100" \
     2> >(quiet_pip_warnings >&2)
 
 # 1. The import is light: compared with `import torch, numpy` (torch imports tqdm when it is installed).
@@ -44,6 +44,6 @@ core_tests=(
 )
 present=()
 for f in "${core_tests[@]}"; do [ -e "$f" ] && present+=("$f"); done
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${MTLOPT_TEST_WORKERS:-auto}" -m "not slow" \
     -k "not (test_both_losses_fall_when_one_is_1000_times_the_other or test_gradnorm_weights_stay_positive_and_sum_to_k_while_training)" \
     "${present[@]}" "$@"

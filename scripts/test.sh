@@ -6,6 +6,7 @@
 #   bash scripts/test.sh --slow     only the tests marked slow
 #   bash scripts/test.sh -- ARGS    the checks, then the default suite with extra pytest arguments
 # MTLOPT_SKIP_CORE=1 skips the core-only job (it builds a second venv, .venv-core).
+# The tests run on one pytest-xdist worker per core; MTLOPT_TEST_WORKERS=N sets the number (0: none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -15,6 +16,7 @@ slow=0
 if [ "${1:-}" = "--slow" ]; then selection=(-m slow); slow=1; shift; fi
 if [ "${1:-}" = "--" ]; then shift; fi
 
+workers="${MTLOPT_TEST_WORKERS:-auto}"
 timings=()
 step() {  # step NAME COMMAND...: run it, record its time, stop at the first failure
     local name="$1" start end rc
@@ -47,7 +49,7 @@ fi
 
 echo "[test] == tests"
 start=$(date +%s)
-.venv/bin/python -m pytest "${selection[@]}" "$@"
+.venv/bin/python -m pytest -n "$workers" "${selection[@]}" "$@"
 rc=$?
 timings+=("$(printf '%-22s %4ss' "tests" $(($(date +%s) - start)))")
 report
