@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import mtlopt
 
@@ -297,3 +297,106 @@ def test_bad_closures_are_reported():
         steps.step(lambda group: [task_loss(model, x, y, group[0]) * float("nan")])
     with pytest.raises(ValueError, match="appears twice"):
         mtlopt.AlternatingSteps(model.encoder, [model.heads[0], model.heads[0]], sgd())
+
+
+# --- issue 16: closure contract, rescaling claim, covered distance -----------------------------------
+
+
+@pytest.mark.parametrize("as_mapping", [False, True])
+def test_a_closure_returning_every_tasks_loss_is_refused_before_any_step(as_mapping):
+    model = Net()
+    x, y = data()
+    steps = mtlopt.AlternatingSteps(model.encoder, model.heads, sgd())
+    before = params(model)
+
+    def every_task(group):  # the forward computes every head: natural, and wrong here
+        losses = [task_loss(model, x, y, t) for t in range(4)]
+        return {f"task{t}": loss for t, loss in enumerate(losses)} if as_mapping else losses
+
+    with pytest.raises(
+        ValueError,
+        match=r"^the closure returned 4 losses \(one per task of the model\) for the group of tasks \[0\]: "
+        r"return its 1 task losses, in the group's order, or their sum as one scalar$",
+    ):
+        steps.step(every_task)
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))  # nothing moved
+
+
+def test_a_closure_must_return_each_task_of_a_larger_group_or_their_sum():
+    model = Net()
+    x, y = data()
+    steps = mtlopt.AlternatingSteps(model.encoder, model.heads, sgd(), group_size=2, seed=0)
+    with pytest.raises(
+        ValueError, match=r"returned 1 losses for the group of tasks \[\d, \d\]: return its 2"
+    ):
+        steps.step(lambda group: [task_loss(model, x, y, group[0])])
+    summed = Net()
+    steps_summed = mtlopt.AlternatingSteps(summed.encoder, summed.heads, sgd(), group_size=2, seed=0)
+    steps.step(closure_for(model, x, y))
+    steps_summed.step(lambda group: sum(task_loss(summed, x, y, t) for t in group))  # one scalar: the sum
+    for a, b in zip(model.parameters(), summed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+def relative_change(a: list[Tensor], b: list[Tensor]) -> float:
+    return float(
+        torch.cat([(p - q).reshape(-1) for p, q in zip(a, b)]).norm()
+        / torch.cat([p.reshape(-1) for p in a]).norm()
+    )
+
+
+def test_per_group_adam_is_not_invariant_to_rescaling_one_task_inside_a_group():
+    """The docstring's claim: invariance to a per-task rescaling holds with one task per group only."""
+    alone = relative_change(run("per-group", {}), run("per-group", {2: 1000.0}))
+    base, scaled = run("per-group", {}, group_size=2), run("per-group", {2: 1000.0}, group_size=2)
+    in_pairs = relative_change(base, scaled)
+    print(
+        f"relative parameter change, task 2's loss x1000: one task per group {alone:.2e}, pairs {in_pairs:.2e}"
+    )
+    assert alone < 1e-6
+    assert in_pairs > 1e-3
+
+
+class BatchNormNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh())
+        for p in self.encoder[1].parameters():  # BN's affine parameters away from their init
+            nn.init.normal_(p)
+        self.double()
+
+
+@pytest.mark.parametrize("choice", ["no-batchnorm", "all", "tensors"])
+def test_covered_distance_leaves_out_batchnorm_parameters_as_the_authors(choice):
+    model = BatchNormNet()
+    x, y = data()
+    linear = list(model.encoder[0].parameters())
+    counted = {"no-batchnorm": linear, "all": list(model.encoder.parameters()), "tensors": linear[:1]}[choice]
+    before = params(model)
+    before_counted = [p.detach().clone() for p in counted]
+    kwargs = (
+        {}
+        if choice == "no-batchnorm"
+        else {"distance_parameters": linear[:1] if choice == "tensors" else choice}
+    )
+    steps = mtlopt.AlternatingSteps(model.encoder, model.heads, sgd(), group_size=4, **kwargs)  # one sub-step
+    result = steps.step(closure_for(model, x, y))
+    expected = (
+        torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(counted, before_counted)]).norm().item()
+    )
+    assert result.distance == pytest.approx(expected, rel=1e-12)
+    bn_moved = sum((p - b).norm() for p, b in zip(params(model)[2:4], before[2:4]))
+    assert float(bn_moved) > 0  # BN's affine parameters did move: leaving them out changes the number
+
+
+def test_distance_parameters_must_be_shared_parameters():
+    model = Net()
+    with pytest.raises(
+        ValueError, match=r"distance_parameters must be one of 'no-batchnorm', 'all'; got 'bn'"
+    ):
+        mtlopt.AlternatingSteps(model.encoder, model.heads, sgd(), distance_parameters="bn")
+    with pytest.raises(ValueError, match=r"distance_parameters\[0\] is not one of the shared parameters"):
+        mtlopt.AlternatingSteps(
+            model.encoder, model.heads, sgd(), distance_parameters=list(model.heads[0].parameters())
+        )

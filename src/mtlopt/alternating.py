@@ -10,7 +10,9 @@ current parameters, :math:`g_k = \nabla L_k`, and one optimizer step on :math:`g
 
 - ``state="per-group"`` (IO, "independent optimizers"): group k steps with its own optimizer instance,
   holding state only for the shared parameters and group k's own heads. With Adam, each group's step is
-  normalized by its own moments, so rescaling one group's loss leaves the trajectory unchanged (up to ε).
+  normalized by its own moments, so rescaling a whole group's loss leaves the trajectory unchanged (up to
+  ε). With one task per group that is a per-task rescaling; in a group of several tasks, rescaling one
+  task's loss changes the direction of the group's gradient, and the run changes with it.
 - ``state="shared"`` (IUS, "independent update steps"): one optimizer for everything; its state mixes all
   groups' gradients, and the shared parameters take K optimizer steps per batch.
 - One group holding every task is the ordinary step on the summed loss (SUS).
@@ -28,7 +30,11 @@ head's state moves with the head to its new group, and group slot k keeps slot k
 parameters.
 
 Diagnostic: the covered distance :math:`\sum \|\theta_{sh}^{after} - \theta_{sh}^{before}\|_2` over all
-sub-steps (the paper's measure of exploration).
+sub-steps (the paper's measure of exploration). As in the authors' code, it leaves out the parameters of
+BatchNorm layers by default (``distance_parameters="no-batchnorm"``; ``"all"`` counts them).
+
+The closure returns the active group's losses: one scalar per task of the group, or their sum as one
+scalar. A sequence or mapping with another number of losses (e.g. every task's loss) is refused.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ __all__ = ["AlternatingStepResult", "AlternatingSteps"]
 State = Literal["per-group", "shared"]
 Order = Literal["fixed", "shuffled"]
 Regroup = Literal["never", "epoch"]
+DistanceParameters = Literal["no-batchnorm", "all"]
 GroupLosses = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
 
@@ -82,6 +89,10 @@ class AlternatingSteps:
         order: ``"fixed"`` or ``"shuffled"`` (a new group order for every batch).
         seed: seeds the partition and the order (reproducible; saved in :meth:`state_dict`).
         track_distance: accumulate the covered distance of the shared parameters.
+        distance_parameters: which shared parameters the covered distance measures:
+            ``"no-batchnorm"`` (default, as the authors' code: those outside BatchNorm layers, found when
+            ``shared`` is a module; a list of tensors is taken whole), ``"all"``, or the tensors
+            themselves (each one a shared parameter).
         sync: average each sub-step's gradients across processes (see :mod:`mtlopt.distributed`);
             every rank draws the same groups and order from ``seed``.
         scaler: a ``torch.amp.GradScaler``: each sub-step scales its loss, steps through the scaler
@@ -100,6 +111,7 @@ class AlternatingSteps:
         order: Order = "fixed",
         seed: int = 0,
         track_distance: bool = True,
+        distance_parameters: DistanceParameters | Iterable[Tensor] = "no-batchnorm",
         sync: Sync = "auto",
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
@@ -125,6 +137,7 @@ class AlternatingSteps:
         self.order: Order = order
         self.seed = seed
         self.track_distance = track_distance
+        self._distance_params = _distance_parameters(shared, self.shared, distance_parameters)
         resolve_group(sync)  # validated now (sync=True without a process group fails here)
         self._sync = sync
         self.scaler = scaler
@@ -159,7 +172,7 @@ class AlternatingSteps:
         for k in order:
             group = self.groups[k]
             self._zero_grad()
-            loss = _group_loss(closure(list(group)), group)
+            loss = _group_loss(closure(list(group)), group, self.num_tasks)
 
             def describe(group: Sequence[int] = group, loss: Tensor = loss) -> str:
                 return f"the loss of the group of tasks {list(group)} is {float(loss.detach())}"
@@ -175,7 +188,7 @@ class AlternatingSteps:
                     f"a gradient of the group of tasks {list(group)} contains NaN or inf (its loss is "
                     f"{float(loss.detach())}); no parameter was changed by this group's step"
                 )
-            before = [p.detach().clone() for p in self.shared] if self.track_distance else None
+            before = [p.detach().clone() for p in self._distance_params] if self.track_distance else None
             optimizer = self._optimizers[k] if self.state_mode == "per-group" else self._optimizers[0]
             if self.scaler is None:
                 optimizer.step()
@@ -183,7 +196,7 @@ class AlternatingSteps:
                 self.scaler.step(optimizer)
                 self.scaler.update()
             if before is not None:
-                distance += _distance(self.shared, before)
+                distance += _distance(self._distance_params, before)
             losses.append(float(loss.detach()))
         self._zero_grad()
         self.covered_distance += distance
@@ -285,7 +298,7 @@ class AlternatingSteps:
                 p.grad = None
 
 
-def _group_loss(losses: GroupLosses, group: Sequence[int]) -> Tensor:
+def _group_loss(losses: GroupLosses, group: Sequence[int], num_tasks: int) -> Tensor:
     if isinstance(losses, Tensor):
         values = [losses]
     elif isinstance(losses, Mapping):
@@ -294,6 +307,12 @@ def _group_loss(losses: GroupLosses, group: Sequence[int]) -> Tensor:
         values = list(losses)
     if not values:
         raise ValueError(f"the closure returned no loss for group {list(group)}")
+    if not isinstance(losses, Tensor) and len(values) != len(group):
+        every = " (one per task of the model)" if len(values) == num_tasks else ""
+        raise ValueError(
+            f"the closure returned {len(values)} losses{every} for the group of tasks {list(group)}: "
+            f"return its {len(group)} task losses, in the group's order, or their sum as one scalar"
+        )
     for value in values:
         if not isinstance(value, Tensor) or value.ndim != 0:
             raise ValueError(
@@ -307,8 +326,38 @@ def _group_loss(losses: GroupLosses, group: Sequence[int]) -> Tensor:
 
 
 def _distance(params: Sequence[Tensor], before: Sequence[Tensor]) -> float:
+    if not params:
+        return 0.0
     squares = torch.stack([(p.detach() - b).pow(2).sum() for p, b in zip(params, before)])
     return float(squares.sum().sqrt())
+
+
+def _distance_parameters(
+    source: nn.Module | Iterable[Tensor],
+    shared: Sequence[Tensor],
+    choice: DistanceParameters | Iterable[Tensor],
+) -> list[Tensor]:
+    """The shared parameters the covered distance measures."""
+    if isinstance(choice, str):
+        check_choice("AlternatingSteps", "distance_parameters", choice, DistanceParameters)
+        if choice == "all" or not isinstance(source, nn.Module):
+            return list(shared)
+        batchnorm = {
+            id(p)
+            for module in source.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for p in module.parameters()
+        }
+        return [p for p in shared if id(p) not in batchnorm]
+    chosen = list(choice)
+    known = {id(p) for p in shared}
+    for i, p in enumerate(chosen):
+        if not isinstance(p, Tensor) or id(p) not in known:
+            raise ValueError(
+                f"distance_parameters[{i}] is not one of the shared parameters: give shared tensors, "
+                "'no-batchnorm' or 'all'"
+            )
+    return chosen
 
 
 def _parameters(source: nn.Module | Iterable[Tensor], what: str) -> list[Tensor]:
