@@ -436,3 +436,197 @@ def test_non_dominated_and_known_values():
     assert hypervolume([[5.0, 5.0]], [4.0, 4.0]) == 0.0
     with pytest.raises(ValueError, match="reference point has 3 entries"):
         hypervolume(points, [4.0, 4.0, 4.0])
+
+
+# --- issue 16: transfer forms and user matrices, frozen layers, architecture and state checks ---------
+
+
+def mgd_weights_by_hand(prefs: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """MGD's w = c/(1+c), c = max(0, cos), to each of the ``neighbours`` most similar; the rest stays."""
+    K = prefs.shape[0]
+    cos = (prefs @ prefs.T) / (prefs.norm(dim=1)[:, None] * prefs.norm(dim=1)[None, :])
+    c = cos.clamp_min(0.0)
+    W = torch.zeros(K, K, dtype=torch.float64)
+    for k in range(K):
+        order = sorted((j for j in range(K) if j != k), key=lambda j: (-float(c[k, j]), abs(j - k), j))
+        for j in order[:neighbours]:
+            W[k, j] = c[k, j] / (1 + c[k, j])
+        W[k, k] = 1 - W[k].sum()
+    return W
+
+
+def test_mgd_form_is_the_mgd_codes_two_task_matrix():
+    prefs = torch.tensor([[0.75, 0.25], [0.25, 0.75]], dtype=torch.float64)
+    c = 0.6  # cos((3, 1), (1, 3)) = 6 / 10
+    w = 0.01 * c / (1 + c)
+    M = transfer_matrix(prefs, 0.01, 1, form="mgd")
+    torch.testing.assert_close(M, torch.tensor([[1 - w, w], [w, 1 - w]], dtype=torch.float64))
+    # Orthogonal preferences: MGD exchanges nothing; the normalized form still exchanges ρ.
+    ends = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert torch.equal(transfer_matrix(ends, 0.01, 1, form="mgd"), torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(
+        transfer_matrix(ends, 0.01, 1), torch.tensor([[0.99, 0.01], [0.01, 0.99]], dtype=torch.float64)
+    )
+
+
+@settings(max_examples=100)
+@given(st.integers(2, 10), st.floats(0.0, 1.0), st.integers(1, 2), st.integers(0, 2**31 - 1))
+def test_mgd_form_agrees_with_the_formula(K, strength, neighbours, seed):
+    g = torch.Generator().manual_seed(seed)
+    prefs = torch.softmax(torch.randn(K, 3, generator=g, dtype=torch.float64), 1)
+    M = transfer_matrix(prefs, strength, neighbours, form="mgd")
+    expected = (1 - strength) * torch.eye(K, dtype=torch.float64) + strength * mgd_weights_by_hand(
+        prefs, neighbours
+    )
+    torch.testing.assert_close(M, expected, rtol=1e-12, atol=1e-15)
+    assert bool((M >= 0).all())
+    torch.testing.assert_close(M.sum(1), torch.ones(K, dtype=torch.float64))
+
+
+def test_mgd_form_refuses_a_negative_self_weight():
+    prefs = torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64) + torch.tensor([[0.0, 1e-3]])
+    prefs = prefs / prefs.sum(1, keepdim=True)  # four nearly equal vectors: c ≈ 1, w ≈ 1/2 each
+    transfer_matrix(prefs, 0.5, 3, form="mgd")  # 1 − 0.5·3/2 ≥ 0
+    with pytest.raises(
+        ValueError, match=r"member 0 the self-weight -0.4\d* < 0: lower the strength to at most 0.66"
+    ):
+        transfer_matrix(prefs, 0.95, 3, form="mgd")
+
+
+@pytest.mark.parametrize("spec", ["mgd", "matrix"])
+def test_population_applies_the_chosen_transfer_matrix(spec):
+    """With SGD: θ^k ← θ^k − η[∇f_k(θ^k) + (ρ/η) Σ_j W_kj (θ^k − θ^j)], W the chosen form or matrix."""
+    lr, strength = 0.05, 0.2
+    prefs = preference_vectors(2, 4)
+    user = torch.tensor(
+        [[0.5, 0.5, 0, 0], [0.25, 0.25, 0.5, 0], [0, 0, 0, 1], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64
+    )
+    W = (mgd_weights_by_hand(prefs, 2) if spec == "mgd" else user).float()
+    transfer = (
+        Transfer(strength=strength, form="mgd") if spec == "mgd" else Transfer(strength=strength, matrix=user)
+    )
+    pop = population("never", transfer, optimizer=functools.partial(torch.optim.SGD, lr=lr))
+    models = [TwoTaskNet(seed) for seed in range(4)]
+    for x, y in batches(3):
+        pop.step(x, y, two_task_loss)
+        grads = [
+            torch.autograd.grad(linear(two_task_loss(m(x), y), p.float()), list(m.parameters()))
+            for m, p in zip(models, prefs)
+        ]
+        with torch.no_grad():
+            old = [[p.detach().clone() for p in m.parameters()] for m in models]
+            for k, model in enumerate(models):
+                for i, p in enumerate(model.parameters()):
+                    coupling = sum(W[k, j] * (old[k][i] - old[j][i]) for j in range(4))
+                    p -= lr * (grads[k][i] + (strength / lr) * coupling)
+    for k, model in enumerate(models):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(pop.member_state_dicts()[k][name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        ([[1.0, 0.0, 0.0]], r"^the transfer matrix has shape \(1, 3\), expected \(K, K\)$"),
+        (
+            [[0.5, 0.5], [float("nan"), 1.0]],
+            r"^transfer matrix row 1 is \[nan, 1.0\]: entries must be finite and >= 0$",
+        ),
+        (
+            [[1.5, -0.5], [0.0, 1.0]],
+            r"^transfer matrix row 0 is \[1.5, -0.5\]: entries must be finite and >= 0$",
+        ),
+        ([[0.5, 0.5], [0.2, 0.7]], r"^transfer matrix row 1 sums to 0.9; expected 1$"),
+    ],
+)
+def test_a_bad_user_transfer_matrix_is_named(matrix, message):
+    with pytest.raises(ValueError, match=message):
+        Transfer(strength=0.1, matrix=matrix)
+
+
+def test_a_user_transfer_matrix_must_fit_the_population_and_exclude_a_form():
+    with pytest.raises(
+        ValueError,
+        match=r"^the transfer matrix has shape \(2, 2\), expected \(4, 4\), one row and column per member$",
+    ):
+        population("never", Transfer(strength=0.1, matrix=torch.eye(2)))
+    with pytest.raises(ValueError, match=r"^give a transfer form \('mgd'\) or a matrix, not both$"):
+        Transfer(form="mgd", matrix=torch.eye(2))
+    with pytest.raises(ValueError, match="Transfer form must be one of 'normalized', 'mgd'; got 'cosine'"):
+        Transfer(form="cosine")  # type: ignore[arg-type]
+    assert Transfer(matrix=torch.eye(2)) == Transfer(matrix=[[1.0, 0.0], [0.0, 1.0]])  # stored immutably
+
+
+class PartlyFrozenNet(TwoTaskNet):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.encoder[0].requires_grad_(False)  # a frozen first layer, e.g. a pretrained stem
+
+
+@pytest.mark.parametrize("vectorize", ["always", "never"])
+def test_transfer_of_all_parameters_leaves_frozen_layers_alone(vectorize):
+    models = [PartlyFrozenNet(seed) for seed in range(4)]
+    frozen = [{n: t.clone() for n, t in m.state_dict().items() if n.startswith("encoder.0.")} for m in models]
+    pop = Population(
+        models,
+        preference_vectors(2, 4),
+        functools.partial(torch.optim.SGD, lr=0.05),
+        transfer=Transfer(strength=0.5, parameters="all"),
+        vectorize=vectorize,
+    )
+    for x, y in batches(2):
+        pop.step(x, y, two_task_loss)
+    after = members(pop)
+    for before, now in zip(frozen, after):
+        for name, value in before.items():
+            assert torch.equal(now[name], value), name
+    assert not torch.equal(after[0]["encoder.3.weight"], after[1]["encoder.3.weight"])  # others still mix
+    assert "encoder.0.weight" not in pop.mixed_names
+
+
+def test_members_of_different_shapes_are_refused_at_construction():
+    class Wider(TwoTaskNet):
+        def __init__(self, seed: int) -> None:
+            super().__init__(seed)
+            self.heads[1] = nn.Linear(8, 5)  # same names, another shape
+
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"^parameter 'heads.1.weight' has shape \(5, 8\) in model 1 but \(4, 8\) in model 0: "
+        r"the members must have one architecture$",
+    ):
+        Population([TwoTaskNet(0), Wider(1)], preference_vectors(2, 2), sgd, vectorize="never")
+    with pytest.raises(
+        ValueError, match=r"^parameter 'encoder.0.weight' does not require grad in model 1 but does"
+    ):
+        Population([TwoTaskNet(0), PartlyFrozenNet(1)], preference_vectors(2, 2), sgd)
+
+
+def test_a_state_saved_with_other_preference_vectors_is_refused():
+    pop = population("never", Transfer(strength=0.2))
+    x, y = batches(1)[0]
+    pop.step(x, y, two_task_loss)
+    state = pop.state_dict()
+    other = Population(
+        [TwoTaskNet(seed) for seed in range(4)],
+        preference_vectors(2, 4, interior=True),
+        functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        transfer=Transfer(strength=0.2),
+        vectorize="never",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^the state was saved with preference vectors \[\[1.0, 0.0\], .*\], this population has "
+        r"\[\[0.875, 0.125\], .*\]$",
+    ):
+        other.load_state_dict(state)
+    fewer = population("never", Transfer(strength=0.2), K=3)
+    with pytest.raises(ValueError, match="saved with preference vectors"):
+        fewer.load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "preferences"}  # an older state: members are counted
+    with pytest.raises(
+        ValueError, match=r"^the state holds 4 members, this population has 3 preference vectors$"
+    ):
+        fewer.load_state_dict(legacy)
+    population("never", Transfer(strength=0.2)).load_state_dict(legacy)

@@ -15,30 +15,45 @@ the members exchange parameters,
     \theta^k \leftarrow \sum_j M_{kj}\, \theta^j - \eta\, d_k,
 
 where :math:`d_k` is the optimizer's direction for :math:`\nabla f_k` at :math:`\theta^k` and the mixing
-uses the parameters *before* any member moved. The transfer matrix is
-:math:`M = (1-\rho) I + \rho W`: :math:`W_{kj} \propto \cos(\lambda_k, \lambda_j)` over the
-``neighbours`` most similar subproblems :math:`j \ne k` (rows summing to 1), :math:`\rho` the transfer
-strength, optionally decayed to 0 over training so that each member converges to its own subproblem.
-With plain SGD this is gradient descent on :math:`f_k + \tfrac{\rho}{2\eta} \sum_j W_{kj}
-\|\theta^k - \theta^j\|^2` with the partners held fixed (MGD's elastic coupling). Strength 0 gives
-M = I: K independent trainings, the linear-scalarization sweep.
+uses the parameters *before* any member moved. The transfer matrix is :math:`M = (1-\rho) I + \rho W`,
+:math:`\rho` the transfer strength (optionally decayed to 0 over training so that each member converges
+to its own subproblem) and W with rows summing to 1, non-negative off the diagonal, built from the cosine similarity
+:math:`c_{kj} = \max(0, \cos(\lambda_k, \lambda_j))` over the ``neighbours`` most similar subproblems
+:math:`j \ne k`, in one of two forms, or given by the user (``Transfer(matrix=W)``):
 
-The paper body could not be obtained; the choices above (similarity, neighbours, strength, schedule,
-which parameters, how often) are options, with the MGD code's form as the default. That code mixes two
-independently initialized LeNets with w = η·c/(1+c) ≈ 5e-4 per step (η = 1e-3, c the cosine similarity
-of the tasks' label vectors), in the convolutional layers only: hence the default strength 5e-4. Strong
-transfer between independently initialized members averages units that do not correspond and stalls
-training (measured on MultiMNIST, 3 members, 6 short epochs: hypervolume 0.97 without transfer, 0.52 at
-ρ = 0.005 per step, 0 at ρ = 0.05).
+==========================  =================================  ====================================
+\                           ``form="normalized"`` (default)    ``form="mgd"``
+==========================  =================================  ====================================
+W_kj, j a neighbour of k    c_kj / Σ_j' c_kj'                  c_kj / (1 + c_kj)
+weight k takes from others  ρ, whatever the similarities       ρ Σ_j c_kj/(1 + c_kj) ≤ ρ·neighbours/2
+neighbours all at c = 0     share ρ uniformly                  exchange nothing
+source                      seed paper (Bai et al. 2024)       MGD's code: w = η·c/(1 + c)
+==========================  =================================  ====================================
+
+The default is ``"normalized"``: this module implements the seed paper (Bai, Gupta & Ong 2024), whose
+transfer, as designed here (its body could not be obtained), weighs each subproblem's nearest neighbours
+by the similarity of their preference vectors under one strength ρ, which is then the weight every
+member takes from the others, whatever K and the layout of the preference vectors. MGD is the same
+group's earlier two-task method, whose code scales the exchange with the similarity of the tasks' label
+vectors; ``form="mgd"`` is its form on preference vectors (ρ in the role of η), under which members with
+orthogonal preferences, such as (1, 0) and (0, 1), never exchange.
+
+With plain SGD every form is gradient descent on :math:`f_k + \tfrac{\rho}{2\eta} \sum_{j \ne k} W_{kj}
+\|\theta^k - \theta^j\|^2` with the partners held fixed (MGD's elastic coupling). Strength 0 gives
+M = I: K independent trainings, the linear-scalarization sweep. Only parameters that require grad are
+transferred (a frozen layer stays as it is). The other choices (neighbours, strength, schedule, which
+parameters, how often) are options too. The default strength 5e-4 is the size of MGD's per-step
+w = η·c/(1+c) (η = 1e-3); MGD mixes two independently initialized LeNets, in the convolutional layers
+only. Strong transfer between independently initialized members averages units that do not correspond
+and stalls training.
 
 The K members can be trained as one vectorized model (``torch.func.stack_module_state`` +
 ``functional_call`` + ``vmap`` over the stacked parameters) or with a per-member loop; both give the same
 numbers up to floating-point reassociation. ``vectorize="auto"`` vectorizes on accelerators, where one
-batched kernel replaces K launches, and loops on the CPU, where vmap measured slower for a few large
-batches (one thread, 5 Sener LeNets with 2 tasks, batch 256: 7.3× one model's step vmapped vs 5.0×
-looped) but faster with many small per-task ops (40 tasks, batch 64: 3.6× vs 21.6×;
-``docs/benchmarks/speed/speed.md``): pass ``vectorize="always"`` there. Modules with running statistics
-(BatchNorm) always loop: they cannot be updated in place under vmap.
+batched kernel replaces K launches, and loops on the CPU, where vmap is slower for a few large batches
+but can be faster with many small per-task ops (see the speed report, ``docs/benchmarks/speed/speed.md``):
+pass ``vectorize="always"`` there. Modules with running statistics (BatchNorm) always loop: they cannot
+be updated in place under vmap.
 """
 
 from __future__ import annotations
@@ -67,19 +82,25 @@ Scalarization = Literal["linear", "tchebycheff"]
 Vectorize = Literal["auto", "always", "never"]
 TransferParameters = Literal["all", "shared"]
 Schedule = Literal["constant", "linear", "cosine"]
+TransferForm = Literal["normalized", "mgd"]
 
 
 @dataclass(frozen=True)
 class Transfer:
-    """How members exchange parameters.
+    """How members exchange parameters: M = (1 − ρ) I + ρ W (see the module docstring).
 
     Attributes:
-        strength: ρ ∈ [0, 1], the weight each member takes from its neighbours (0: no transfer).
+        strength: ρ ∈ [0, 1] (0: no transfer).
         neighbours: how many of the most similar subproblems each member mixes with.
         schedule: ``"constant"``, or ρ decayed to 0 over ``total_steps`` (``"linear"``, ``"cosine"``).
         every: transfer every this many steps.
         parameters: ``"all"``, or ``"shared"``: only the parameters the population's ``shared`` predicate
-            selects (e.g. the trunk, as the MGD code transfers the first layers).
+            selects (e.g. the trunk, as the MGD code transfers the first layers). Parameters that do
+            not require grad are never transferred.
+        form: how W comes from the preference vectors: ``"normalized"`` (default: each member takes ρ,
+            split over its neighbours by similarity) or ``"mgd"`` (ρ·c/(1+c) from each neighbour).
+        matrix: your own W instead (K×K, entries finite and >= 0, rows summing to 1; ``form`` and
+            ``neighbours`` are then unused; ``strength=1.0`` applies W as given).
     """
 
     strength: float = 5e-4
@@ -87,6 +108,8 @@ class Transfer:
     schedule: Schedule = "constant"
     every: int = 1
     parameters: TransferParameters = "all"
+    form: TransferForm = "normalized"
+    matrix: Tensor | Sequence[Sequence[float]] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
@@ -97,6 +120,12 @@ class Transfer:
         if self.every < 1:
             raise ValueError(f"transfer every must be >= 1, got {self.every}")
         check_choice("Transfer", "parameters", self.parameters, TransferParameters)
+        check_choice("Transfer", "form", self.form, TransferForm)
+        if self.matrix is not None:
+            if self.form != "normalized":
+                raise ValueError(f"give a transfer form ({self.form!r}) or a matrix, not both")
+            matrix = _check_matrix(self.matrix)  # stored as nested tuples: the dataclass stays immutable
+            object.__setattr__(self, "matrix", tuple(tuple(row) for row in matrix.tolist()))
 
     def strength_at(self, step: int, total_steps: int | None) -> float:
         """ρ at a (0-based) step under the schedule."""
@@ -109,29 +138,80 @@ class Transfer:
             return self.strength * (1.0 - progress)
         return self.strength * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def matrix_for(self, preferences: Tensor, strength: float | None = None) -> Tensor:
+        """M for these preference vectors at ``strength`` (default: :attr:`strength`)."""
+        rho = self.strength if strength is None else strength
+        return transfer_matrix(preferences, rho, self.neighbours, form=self.form, matrix=self.matrix)
 
-def transfer_matrix(preferences: Tensor, strength: float, neighbours: int = 2) -> Tensor:
-    """M = (1 − ρ) I + ρ W, W from the cosine similarity of the preference vectors (K×K, float64).
 
-    Row k of W spreads weight over the ``neighbours`` subproblems most similar to k (ties: the closer
-    index), proportionally to their (non-negative) similarity, or uniformly if all are 0.
+def _check_matrix(matrix: Tensor | Sequence[Sequence[float]], size: int | None = None) -> Tensor:
+    """A user's W as float64, after checking it; errors name the bad value and what was expected."""
+    W = torch.as_tensor(matrix, dtype=torch.float64)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or (size is not None and W.shape[0] != size):
+        expected = f"({size}, {size}), one row and column per member" if size is not None else "(K, K)"
+        raise ValueError(f"the transfer matrix has shape {tuple(W.shape)}, expected {expected}")
+    if not bool(torch.isfinite(W).all()) or bool((W < 0).any()):
+        row = int(((~torch.isfinite(W)) | (W < 0)).any(1).nonzero()[0])
+        raise ValueError(
+            f"transfer matrix row {row} is {[float(f'{v:.6g}') for v in W[row].tolist()]}: entries must be "
+            "finite and >= 0"
+        )
+    sums = W.sum(1)
+    bad = (sums - 1.0).abs() > 1e-6
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"transfer matrix row {row} sums to {float(sums[row]):.6g}; expected 1")
+    return W
+
+
+def transfer_matrix(
+    preferences: Tensor,
+    strength: float,
+    neighbours: int = 2,
+    *,
+    form: TransferForm = "normalized",
+    matrix: Tensor | Sequence[Sequence[float]] | None = None,
+) -> Tensor:
+    """M = (1 − ρ) I + ρ W for K preference vectors (K×K, float64, rows summing to 1).
+
+    W from the cosine similarity c = max(0, cos) of the preference vectors over each member's
+    ``neighbours`` most similar subproblems (ties: the closer index): ``form="normalized"`` spreads
+    weight 1 over them proportionally to c (uniformly if all are 0); ``form="mgd"`` gives each c/(1+c)
+    and leaves the rest on the diagonal. ``matrix``: W given (checked). Refused where an entry of M
+    would be negative.
     """
+    check_choice("transfer_matrix", "form", form, TransferForm)
     prefs = torch.as_tensor(preferences, dtype=torch.float64)
     K = prefs.shape[0]
     eye = torch.eye(K, dtype=torch.float64)
-    if K == 1 or strength == 0.0:
+    if matrix is not None:
+        W = _check_matrix(matrix, K)
+    elif K == 1 or strength == 0.0:
         return eye
-    unit = prefs / prefs.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    similarity = (unit @ unit.T).clamp_min(0.0)
-    W = torch.zeros(K, K, dtype=torch.float64)
-    for k in range(K):
-        others = sorted(
-            (j for j in range(K) if j != k), key=lambda j: (-float(similarity[k, j]), abs(j - k), j)
+    else:
+        unit = prefs / prefs.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        similarity = (unit @ unit.T).clamp_min(0.0)
+        W = torch.zeros(K, K, dtype=torch.float64)
+        for k in range(K):
+            others = sorted(
+                (j for j in range(K) if j != k), key=lambda j: (-float(similarity[k, j]), abs(j - k), j)
+            )
+            chosen = others[: min(neighbours, K - 1)]
+            weights = similarity[k, chosen]
+            if form == "mgd":
+                W[k, chosen] = weights / (1.0 + weights)
+                W[k, k] = 1.0 - float(W[k].sum())
+            else:
+                W[k, chosen] = weights / weights.sum() if float(weights.sum()) > 0 else 1.0 / len(chosen)
+    M = (1.0 - strength) * eye + strength * W
+    if bool((M < 0).any()):
+        k = int((M < 0).any(1).nonzero()[0])
+        raise ValueError(
+            f"the transfer matrix at strength {strength} gives member {k} the self-weight "
+            f"{float(M[k, k]):.6g} < 0: lower the strength to at most {1.0 / float(1.0 - W[k, k]):.6g} "
+            "or use fewer neighbours"
         )
-        chosen = others[: min(neighbours, K - 1)]
-        weights = similarity[k, chosen]
-        W[k, chosen] = weights / weights.sum() if float(weights.sum()) > 0 else 1.0 / len(chosen)
-    return (1.0 - strength) * eye + strength * W
+    return M
 
 
 @dataclass(frozen=True)
@@ -229,15 +309,17 @@ class Population:
             )
         check_choice("Population", "vectorize", vectorize, Vectorize)
         names = [n for n, _ in models[0].named_parameters()]
-        for k, model in enumerate(models[1:], start=1):
-            if [n for n, _ in model.named_parameters()] != names:
-                raise ValueError(f"model {k} does not have the architecture of model 0")
+        _check_same_architecture(models)
+        trainable = {n for n, p in models[0].named_parameters() if p.requires_grad}
         self.transfer = transfer or Transfer(strength=0.0)
         if self.transfer.parameters == "shared" and shared is None:
             raise ValueError("transfer parameters='shared' needs the `shared` predicate on parameter names")
         self.mixed_names = [
-            n for n in names if self.transfer.parameters == "all" or (shared is not None and shared(n))
+            n
+            for n in names
+            if n in trainable and (self.transfer.parameters == "all" or (shared is not None and shared(n)))
         ]
+        self.transfer.matrix_for(self.preferences)  # a user matrix of the wrong size fails here, not later
         if self.transfer.strength > 0 and not self.mixed_names:
             raise ValueError("no parameter is selected for transfer")
         if (
@@ -384,7 +466,7 @@ class Population:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if strength > 0.0 and self.steps % self.transfer.every == 0:
-            self._mix(before, transfer_matrix(self.preferences, strength, self.transfer.neighbours))
+            self._mix(before, self.transfer.matrix_for(self.preferences, strength))
         self.steps += 1
         return strength
 
@@ -416,9 +498,26 @@ class Population:
             "optimizers": [part["optimizer"] for part in parts],
             "steps": self.steps,
             "ideal": self.ideal.state_dict(),
+            "preferences": self.preferences.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_prefs = state.get("preferences")  # absent from older states: the member count is checked then
+        if saved_prefs is None and len(state["members"]) != self.preferences.shape[0]:
+            raise ValueError(
+                f"the state holds {len(state['members'])} members, this population has "
+                f"{self.preferences.shape[0]} preference vectors"
+            )
+        if saved_prefs is not None:
+            saved_prefs = torch.as_tensor(saved_prefs, dtype=torch.float64).cpu()
+            same = saved_prefs.shape == self.preferences.shape and torch.allclose(
+                saved_prefs, self.preferences, rtol=0.0, atol=1e-9
+            )
+            if not same:
+                raise ValueError(
+                    f"the state was saved with preference vectors {_shown(saved_prefs)}, this population has "
+                    f"{_shown(self.preferences)}"
+                )
         if state["vectorized"] != self.vectorized:
             if not (self.vectorized and self._fallback_allowed):
                 raise ValueError("the state was saved in the other vectorization mode")
@@ -523,6 +622,34 @@ class Population:
             self.models.append(model)
         self.vectorized = False
         self.optimizer = self._make_optimizer([p for m in self.models for p in m.parameters()])
+
+
+def _shown(vectors: Tensor) -> list[list[float]]:
+    return [[float(f"{v:.6g}") for v in row] for row in vectors.tolist()]
+
+
+def _check_same_architecture(models: Sequence[nn.Module]) -> None:
+    """Every member has model 0's parameter names, shapes, dtypes and requires_grad flags."""
+    reference = dict(models[0].named_parameters())
+    for k, model in enumerate(models[1:], start=1):
+        params = dict(model.named_parameters())
+        if list(params) != list(reference):
+            raise ValueError(f"model {k} does not have the architecture of model 0")
+        for name, p in params.items():
+            first = reference[name]
+            if p.shape != first.shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {tuple(p.shape)} in model {k} but {tuple(first.shape)} "
+                    "in model 0: the members must have one architecture"
+                )
+            if p.dtype != first.dtype:
+                raise ValueError(f"parameter {name!r} is {p.dtype} in model {k} but {first.dtype} in model 0")
+            if p.requires_grad != first.requires_grad:
+                raise ValueError(
+                    f"parameter {name!r} {'requires' if p.requires_grad else 'does not require'} grad in "
+                    f"model {k} but {'does' if first.requires_grad else 'does not'} in model 0: freeze the "
+                    "same layers in every member"
+                )
 
 
 def _select(outputs: Any, k: int) -> Any:
