@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 import ddp_cases
 from mtlopt.benchmarks.trainer import dropped_per_epoch
 
+pytestmark = pytest.mark.cpu_only(reason="gloo DDP: processes on the CPU over loopback")
+
 
 def free_port() -> int:
     with socket.socket() as s:

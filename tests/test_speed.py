@@ -18,6 +18,10 @@ from mtlopt.benchmarks.cli import main
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import speed_targets  # tools/speed_targets.py: the acceptance targets, outside the package
 
+pytestmark = pytest.mark.cpu_only(
+    reason="`mtlopt speed --device cpu` and the CPU profiler's memory; scripts/gpu_check.sh times cuda"
+)
+
 TINY = ["--repeats", "2", "--min-rounds", "2", "--steps", "1", "--warmup", "1", "--budget", "1"]
 
 
