@@ -93,8 +93,8 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "population",
-            "5 models with transfer (vectorize='auto': a loop on the CPU)",
-            steps.population("auto"),
+            "5 models with transfer, in a loop (vectorize='never': what 'auto' does on the CPU)",
+            steps.population("never"),
         ),
         Method(
             "population-vmap",
