@@ -76,7 +76,7 @@ def checked_gramian(
             all_reduce_sum_([G], ctx.group)
             G = G / world_size(ctx.group) ** 2
     else:
-        all_reduce_mean_(jac.tensors(), ctx.group)
+        _all_reduce_mean(jac, ctx.group)
         G = jac.gramian()
     G64 = G.detach().to("cpu", torch.float64) / ctx.scale**2
     return G64 if _usable(ctx, bool(torch.isfinite(G64).all()), jac, what, inputs) else None
@@ -90,10 +90,20 @@ def checked_jacobian(
     None on overflow under a scaler; a :class:`mtlopt.NonFiniteError` naming the tasks otherwise.
     """
     jac = Jacobian.compute(ctx.scaled_items(), inputs, method=ctx.method, retain_graph=retain_graph)
-    all_reduce_mean_(jac.tensors(), ctx.group)
+    _all_reduce_mean(jac, ctx.group)
     if ctx.scale != 1.0:
         jac.div_(ctx.scale)
     return jac if _usable(ctx, all_finite(jac.tensors()), jac, what, inputs) else None
+
+
+def _all_reduce_mean(jac: Jacobian, group: ProcessGroup | None) -> None:
+    """Average the Jacobian across ranks; an input reached on any rank counts as reached on every rank
+    (a branch one rank's batch takes and another's does not), in the same collective."""
+    if group is None:
+        return
+    flags = torch.tensor(jac.reached, dtype=torch.float32, device=jac.blocks[0].device)
+    all_reduce_mean_([*jac.tensors(), flags], group)
+    jac.reached = (flags > 0).tolist()
 
 
 def _usable(ctx: StepContext, finite: bool, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> bool:

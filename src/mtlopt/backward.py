@@ -102,7 +102,9 @@ def backward(
         losses: K scalar losses (sequence, ``{name: loss}`` mapping, or a 1-D tensor).
         weighting: the method, e.g. :class:`mtlopt.EW` or :class:`mtlopt.MGDA`.
         shared_params: the shared parameters (a module or an iterable of tensors): per-task gradients
-            are taken w.r.t. them (exact MGDA). Frozen parameters of a module are skipped.
+            are taken w.r.t. them (exact MGDA). Frozen parameters of a module are skipped; one that no
+            loss reaches keeps its ``.grad`` and is listed in ``diagnostics["unreached_shared_params"]``
+            (a ``ValueError`` when no loss reaches any of them).
         features: the shared representation Z: per-task gradients are taken w.r.t. it (MGDA-UB).
             A Gramian weighting needs exactly one of ``shared_params`` and ``features``, unless it
             names its own layer (GradNorm).
@@ -259,14 +261,21 @@ def _parameter_backward(
     shared_ids = {id(p) for p in shared}
     leaves_ = leaves(ctx.items)
     method = choose_method(ctx.items, shared) if ctx.step.method == "auto" else ctx.step.method
-    reached = {id(leaf) for leaf in leaves_}
-    unreached = [name for p, name in zip(shared, shared_names) if id(p) not in reached]
     items, loss_vector = ctx.scaled()
     jac = Jacobian.compute(items, shared, method=method, retain_graph=True)
     G = checked_gramian(ctx.step, jac, "the shared parameters", shared)
+    # Reached: autograd gave some task (on some rank) a gradient; the others keep their .grad.
+    reached = [p for p, r in zip(shared, jac.reached) if r]
+    unreached = [name for name, r in zip(shared_names, jac.reached) if not r]
+    if not reached:  # the same on every rank: the flags were reduced with the Jacobian
+        raise ValueError(
+            f"no loss reaches shared_params ({_listed(shared_names)}): every task's gradient w.r.t. them "
+            "is zero by construction; pass the shared parameters the losses were computed from "
+            "(e.g. shared_params=model.encoder)"
+        )
     heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
     if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
-        return ctx.skip([p for p in shared if id(p) in reached] + heads)
+        return ctx.skip(reached + heads)
     output, w = ctx.weigh(G)
     diagnostics = dict(output.diagnostics)
     if unreached:
@@ -274,8 +283,8 @@ def _parameter_backward(
     if ctx.weighting.update == "loss":  # GradNorm: one backward pass of the reweighted loss
         _loss_backward(ctx, _reweighted(w, ctx.loss_vector), leaves_, None)
         return ctx.result(w, G, diagnostics)
-    for p, direction in zip(shared, jac.combine(w)):
-        if id(p) not in reached:
+    for p, direction, r in zip(shared, jac.combine(w), jac.reached):
+        if not r:
             continue
         direction = direction.to(p.dtype)
         p.grad = direction if p.grad is None else p.grad.add_(direction)
@@ -496,6 +505,11 @@ def _check_every_task_reaches(
                 "Gramian at (its probe); pass a shared layer that every task's loss goes through "
                 "(GradNorm: the last shared layer)"
             )
+
+
+def _listed(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
 
 
 def _names_of(tensors: Sequence[Tensor], what: str) -> list[str]:

@@ -119,12 +119,22 @@ class Jacobian:
         blocks: the per-input blocks.
         exact_rows: whether row t is task t's gradient alone (loop); a batched computation may spread
             one task's NaN to every row (vmap sends all rows through every node, and 0 · inf = NaN).
+        reached: per input, whether autograd gave some task a gradient for it; an input no loss
+            reaches has zero rows and, like ``loss.backward()`` leaves its ``.grad`` alone, is not
+            written to.
     """
 
-    def __init__(self, blocks: list[Tensor], matrix: Tensor | None = None, exact_rows: bool = True) -> None:
+    def __init__(
+        self,
+        blocks: list[Tensor],
+        matrix: Tensor | None = None,
+        exact_rows: bool = True,
+        reached: list[bool] | None = None,
+    ) -> None:
         self.blocks = blocks
         self._matrix = matrix
         self.exact_rows = exact_rows
+        self.reached = [True] * len(blocks) if reached is None else reached
 
     @classmethod
     def compute(
@@ -145,26 +155,27 @@ class Jacobian:
         if method == "loop" and len({(t.dtype, t.device) for t in inputs}) == 1:
             sizes = [t.numel() for t in inputs]
             matrix = torch.empty(K, sum(sizes), dtype=inputs[0].dtype, device=inputs[0].device)
+            reached = [False] * len(inputs)
+            zeros: dict[int, Tensor] = {}
             for t, loss in enumerate(losses):
-                grads = torch.autograd.grad(
-                    loss,
-                    inputs,
-                    retain_graph=retain_graph or t < K - 1,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-                torch.cat([g.reshape(-1) for g in grads], out=matrix[t])
+                grads = _task_gradients(loss, inputs, retain_graph or t < K - 1)
+                parts = []
+                for i, g in enumerate(grads):
+                    if g is None:  # no gradient of this loss reaches input i
+                        g = zeros.get(i)
+                        if g is None:
+                            g = zeros[i] = inputs[i].new_zeros(sizes[i])
+                    else:
+                        reached[i] = True
+                    parts.append(g.reshape(-1))
+                torch.cat(parts, out=matrix[t])
             blocks, offset = [], 0
             for tensor, size in zip(inputs, sizes):
                 blocks.append(matrix[:, offset : offset + size].view(K, *tensor.shape))
                 offset += size
-            return cls(blocks, matrix)
-        blocks = _jacobian_blocks(losses, inputs, method, retain_graph)
-        # An input no loss reaches comes back from the batched call as zeros of the input's own shape.
-        blocks = [
-            b if b.shape == (K, *x.shape) else b.new_zeros((K, *x.shape)) for b, x in zip(blocks, inputs)
-        ]
-        return cls(blocks, exact_rows=method == "loop")
+            return cls(blocks, matrix, reached=reached)
+        blocks, reached = _jacobian_blocks(losses, inputs, method, retain_graph)
+        return cls(blocks, exact_rows=method == "loop", reached=reached)
 
     @property
     def num_tasks(self) -> int:
@@ -223,9 +234,15 @@ def jacobian_blocks(
     return Jacobian.compute(losses, inputs, method=method, retain_graph=retain_graph).blocks
 
 
+def _task_gradients(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> tuple[Tensor | None, ...]:
+    """One task's gradients; None where autograd gives the loss no gradient for an input."""
+    return torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
+
+
 def _jacobian_blocks(
     losses: Sequence[Tensor], inputs: Sequence[Tensor], method: str, retain_graph: bool
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[bool]]:
+    """The (K, *input.shape) blocks and, per input, whether some loss reaches it (else zero rows)."""
     K = len(losses)
     if method == "batched":
         loss_vector = torch.stack(list(losses))
@@ -237,20 +254,17 @@ def _jacobian_blocks(
             is_grads_batched=True,
             retain_graph=retain_graph,
             allow_unused=True,
-            materialize_grads=True,
         )
-        return list(grads)
-    rows = [
-        torch.autograd.grad(
-            loss,
-            inputs,
-            retain_graph=retain_graph or t < K - 1,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        for t, loss in enumerate(losses)
-    ]
-    return [torch.stack([row[i] for row in rows]) for i in range(len(inputs))]
+        reached = [g is not None for g in grads]
+        # A defined gradient of a batched call has the task dimension; one no row reaches is None.
+        return [x.new_zeros((K, *x.shape)) if g is None else g for g, x in zip(grads, inputs)], reached
+    rows = [_task_gradients(loss, inputs, retain_graph or t < K - 1) for t, loss in enumerate(losses)]
+    blocks, reached = [], []
+    for i, x in enumerate(inputs):
+        column = [row[i] for row in rows]
+        reached.append(any(g is not None for g in column))
+        blocks.append(torch.stack([torch.zeros_like(x) if g is None else g for g in column]))
+    return blocks, reached
 
 
 def choose_method(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Literal["batched", "loop"]:

@@ -186,7 +186,8 @@ class MAO(torch.optim.Optimizer):
             self._task_grads.clear()
             return vector.detach()
         blocks = jac.blocks
-        self.set_task_gradients(dict(zip(shared, blocks)))
+        # A shared parameter no loss reaches is skipped, as optimizers skip a .grad of None.
+        self.set_task_gradients({p: b for p, b, r in zip(shared, blocks, jac.reached) if r})
         if scale != 1.0 and not others and shared:
             # scaler.step needs a .grad to record its inf check on; the update reads the per-task gradients
             shared[0].grad = torch.zeros_like(shared[0])
