@@ -312,3 +312,60 @@ def test_bad_input_is_rejected():
     with pytest.raises(mtlopt.NonFiniteError, match="'1'"):
         losses = model.losses(x, y)
         optimizer.backward([losses[0], losses[1] * float("inf")])
+
+
+# --- issue 16: checkpoints keep num_tasks and the balance's float64 ------------------------------------
+
+
+def trained_mao(num_tasks: int = 2, steps: int = 3, **kwargs):
+    model = Net(num_tasks=num_tasks)
+    optimizer = mao_for(model, lr=1e-2, **kwargs)
+    for step in range(steps):
+        optimizer.zero_grad()
+        optimizer.backward(model.losses(*batch(step, num_tasks)))
+        optimizer.step()
+    return model, optimizer
+
+
+def test_the_balance_statistics_round_trip_in_float64():
+    model, optimizer = trained_mao(balance_beta=0.9)
+    shared = optimizer.shared_parameters()
+    assert all(optimizer.state[p]["balance"].dtype == torch.float64 for p in shared)
+    saved = copy.deepcopy(optimizer.state_dict())
+    resumed_model = copy.deepcopy(model)
+    resumed = mao_for(resumed_model, lr=1e-2, balance_beta=0.9)
+    resumed.load_state_dict(saved)
+    for p, q in zip(shared, resumed.shared_parameters()):
+        original, loaded = optimizer.state[p]["balance"], resumed.state[q]["balance"]
+        assert loaded.dtype == torch.float64, loaded.dtype
+        assert torch.equal(loaded, original)
+        assert loaded.data_ptr() != saved["state"][0]["balance"].data_ptr()  # a copy, not the caller's
+    for step in range(3, 6):  # and the resumed balance goes on exactly as the original
+        for m, opt in ((model, optimizer), (resumed_model, resumed)):
+            opt.zero_grad()
+            opt.backward(m.losses(*batch(step)))
+            opt.step()
+    for p, q in zip(shared, resumed.shared_parameters()):
+        assert torch.equal(optimizer.state[p]["balance"], resumed.state[q]["balance"])
+    assert (
+        resumed.balance(resumed_model.named_parameters()).keys()
+        == optimizer.balance(model.named_parameters()).keys()
+    )
+
+
+def test_a_state_of_another_number_of_tasks_is_refused():
+    """Same parameters, another K (e.g. a task dropped, its head kept): torch alone accepts the state."""
+    _, three = trained_mao(num_tasks=3)
+    state = copy.deepcopy(three.state_dict())
+    model = Net(num_tasks=3)
+    groups = [{"params": model.encoder.parameters(), "shared": True}, {"params": model.heads.parameters()}]
+    two = mtlopt.MAO(groups, num_tasks=2, lr=1e-2)
+    message = r"^the MAO state was saved with num_tasks=3, this MAO has num_tasks=2$"
+    with pytest.raises(ValueError, match=message):
+        two.load_state_dict(state)
+    assert state["num_tasks"] == 3
+    # A state saved before the key: K is read from the per-task moments.
+    legacy = {k: v for k, v in state.items() if k != "num_tasks"}
+    with pytest.raises(ValueError, match=message):
+        two.load_state_dict(legacy)
+    mao_for(Net(num_tasks=3), lr=1e-2).load_state_dict(legacy)

@@ -217,6 +217,33 @@ class MAO(torch.optim.Optimizer):
         super().zero_grad(set_to_none=set_to_none)
         self._task_grads.clear()
 
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict()`` plus ``num_tasks``."""
+        state = super().state_dict()
+        state["num_tasks"] = self.num_tasks
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved with the same ``num_tasks``; the balance statistics keep their float64."""
+        for saved in (state_dict.get("num_tasks"), _saved_num_tasks(state_dict)):
+            if saved is not None and saved != self.num_tasks:
+                raise ValueError(
+                    f"the MAO state was saved with num_tasks={saved}, this MAO has num_tasks={self.num_tasks}"
+                )
+        # torch casts floating state to each parameter's dtype: keep the float64 balance as it was saved
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        balances = {
+            p: state_dict["state"][i]["balance"]
+            for i, p in zip(saved_ids, params)
+            if "balance" in state_dict["state"].get(i, {})
+        }
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "num_tasks"})
+        for p, balance in balances.items():
+            self.state[p]["balance"] = balance.to(device=p.device, copy=True)
+
     # --- the update ------------------------------------------------------------------------------
 
     @overload
@@ -328,3 +355,16 @@ class MAO(torch.optim.Optimizer):
         # Summed where the states live, then one copy to the host (not one synchronization per tensor).
         totals = torch.stack([torch.stack(parts).sum(0) for parts in per_layer.values()]).cpu()
         return {layer: total / total.sum() for layer, total in zip(per_layer, totals) if total.sum() > 0}
+
+
+def _saved_num_tasks(state_dict: Mapping[str, Any]) -> int | None:
+    """K read from the per-task state of a shared parameter (states saved without ``num_tasks``)."""
+    for group in state_dict["param_groups"]:
+        if not group.get("shared"):
+            continue
+        for i in group["params"]:
+            for key in ("exp_avg_sq", "sum", "balance"):
+                value = state_dict["state"].get(i, {}).get(key)
+                if isinstance(value, Tensor):
+                    return int(value.shape[0])
+    return None
