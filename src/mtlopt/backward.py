@@ -35,7 +35,8 @@ the same with ``features=z`` (MGDA-UB)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,8 @@ class BackwardResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def weights_by_task(self) -> dict[str, float]:
-        """The weights as a ``{task name: weight}`` dict (for logging)."""
+        """The weights as a ``{task name: weight}`` dict (for logging); task names must be distinct."""
+        _check_distinct_names(self.task_names)
         return {name: float(w) for name, w in zip(self.task_names, self.weights)}
 
 
@@ -107,7 +109,8 @@ def backward(
             (a ``ValueError`` when no loss reaches any of them).
         features: the shared representation Z: per-task gradients are taken w.r.t. it (MGDA-UB).
             A Gramian weighting needs exactly one of ``shared_params`` and ``features``, unless it
-            names its own layer (GradNorm).
+            names its own layer (GradNorm). A Z that no loss reaches is a ``ValueError``. A task whose
+            gradient w.r.t. either is zero is warned about once (naming the task).
         head_params: the task-specific parameters, used with ``shared_params``; by default every
             other tensor requiring grad that the losses reach (found by walking the autograd graph).
         method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
@@ -134,6 +137,7 @@ def backward(
     """
     weighting = as_method(weighting)
     names, items, loss_vector = as_loss_vector(losses)
+    _check_distinct_names(names, losses)
     weighting.check_num_tasks(len(names), names)
     if weight_total is not None and not (weight_total > 0 and weight_total < float("inf")):
         raise ValueError(f"weight_total must be a finite number > 0 or None, got {weight_total!r}")
@@ -171,7 +175,8 @@ def backward(
                 f"{type(weighting).__name__} reads its Gramian at its own layer: do not pass features=..."
             )
         _check_every_task_reaches(ctx.items, names, probe, type(weighting).__name__)
-        return _parameter_backward(ctx, list(probe), _names_of(probe, "probe"), head_params)
+        result = _parameter_backward(ctx, list(probe), _names_of(probe, "probe"), head_params)
+        return _warn_zero_gradients(result, "the layer the method reads its Gramian at")
     if (shared_params is None) == (features is None):
         raise ValueError(
             f"{type(weighting).__name__} needs per-task gradients: pass exactly one of "
@@ -179,8 +184,9 @@ def backward(
             "features=... (gradients w.r.t. the shared representation, e.g. MGDA-UB)"
         )
     if features is not None:
-        return _features_backward(ctx, features)
-    return _parameter_backward(ctx, shared, shared_names, head_params)
+        return _warn_zero_gradients(_features_backward(ctx, features), "the features")
+    result = _parameter_backward(ctx, shared, shared_names, head_params)
+    return _warn_zero_gradients(result, "the shared parameters")
 
 
 @dataclass
@@ -316,6 +322,8 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
     plan = None
     if ctx.step.method == "auto" and combined:
         plan = plan_head_pass(ctx.items, features, ctx.weighting.head_weighting != "unweighted")
+    if plan is not None and not any(plan.consumers):
+        raise _unreached_features(features)
     if plan is not None and _can_take_one_pass(ctx, features, plan):
         return _features_one_pass(ctx, features, plan)
     if plan is not None:
@@ -323,7 +331,8 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
         jac = Jacobian([block])
     else:
         jac = Jacobian.compute(items, [features], method=ctx.step.method, retain_graph=True)
-        (block,) = jac.blocks
+        if not jac.reached[0]:
+            raise _unreached_features(features)
     G = checked_gramian(ctx.step, jac, "the features", [features], feature_batch)
     if G is None:
         return ctx.skip(leaves(ctx.items))
@@ -358,6 +367,40 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
     if ctx.group is not None:
         all_reduce_mean_(grads_of(leaves(ctx.items)), ctx.group)
     return ctx.result(w, G, dict(output.diagnostics))
+
+
+def _check_distinct_names(names: Sequence[str], losses: object = None) -> None:
+    """Task names are ``str()`` of the mapping's keys: two keys with one ``str()`` would be one task."""
+    if len(set(names)) == len(names):
+        return
+    keys = list(losses) if isinstance(losses, Mapping) else list(names)
+    clash = next(name for name in names if names.count(name) > 1)
+    same = [repr(key) for key, name in zip(keys, names) if name == clash]
+    raise ValueError(
+        f"task names must be distinct after str(): the keys {' and '.join(same)} all give {clash!r}; "
+        "give the losses distinct string keys"
+    )
+
+
+def _warn_zero_gradients(result: BackwardResult, what: str) -> BackwardResult:
+    """Warn, once per task name and call site (Python's warning registry), about zero task gradients."""
+    if result.gramian is not None:
+        for t in (result.gramian.diagonal() == 0).nonzero()[:, 0].tolist():
+            warnings.warn(
+                f"the gradient of task {result.task_names[t]!r} w.r.t. {what} is zero (its loss does not "
+                "reach them, or its gradient vanished): this update does not train them for that task",
+                stacklevel=3,
+            )
+    return result
+
+
+def _unreached_features(features: Tensor) -> ValueError:
+    return ValueError(
+        f"no loss reaches features= (a tensor of shape {tuple(features.shape)}): every task's gradient "
+        "w.r.t. it would read as zero; pass the representation the task heads were computed from in "
+        "this forward pass (not another layer's output, not a second forward's; under torch.compile, "
+        "compile the encoder and the heads separately and pass the encoder's output)"
+    )
 
 
 def _reweighted(weights: Tensor, loss_vector: Tensor) -> Tensor:

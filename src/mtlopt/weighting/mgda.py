@@ -39,17 +39,28 @@ option                  default (paper)          alternatives
                         vector (official code)   batch first (LibMTL)
 ``clip``                (0, 1)                   (0.001, 0.999): official end-of-segment weights
 ``weight_scale``        ``"one"``: Σα = 1        ``"num-tasks"``: Σα = K (Nash-MTL's copy)
+``zero_gradients``      ``"exclude"``: a task    ``"keep"``: in the QP (paper, official code):
+                        with g_t = 0 gets α_t =  it takes all the weight and d = 0
+                        0, the rest are solved
 ======================  =======================  ==============================================
 
 The default solver is exact rather than Frank–Wolfe because the paper defines α as the minimizer of
 the QP and uses Frank–Wolfe only to approximate it; ``solver="frank-wolfe"`` reproduces Algorithm 2
 step by step. A normalizer that is exactly 0 (a zero gradient or a zero loss) is replaced by 1, so that
 the task's normalized gradient stays 0 instead of becoming NaN as in the official code.
+
+A task whose gradient is exactly zero (its loss does not reach the shared parameters or Z, or its
+gradient vanished) makes 0 a point of the convex hull: the QP over all tasks puts every weight on it
+and the update is 0, so the encoder stops training although the other tasks could still descend. Such a
+task imposes no descent condition (:math:`g_t^\top d = 0` for every d), so by default it is left out
+of the QP and gets weight 0; the others are solved as usual, and the direction descends for every task
+with a nonzero gradient. ``diagnostics["zero_gradient_tasks"]`` lists them; :func:`mtlopt.backward`
+warns once per task name.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -62,6 +73,7 @@ __all__ = ["MGDA"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 WeightScale = Literal["one", "num-tasks"]
+ZeroGradients = Literal["exclude", "keep"]
 
 
 class MGDA(GramianWeighting):
@@ -75,6 +87,8 @@ class MGDA(GramianWeighting):
         feature_batch: ``"flatten"`` or ``"sum"`` (MGDA-UB only).
         clip: end-of-segment weights of the two-point rule: (0, 1) (paper) or (0.001, 0.999).
         weight_scale: weights sum to 1 (``"one"``) or to K (``"num-tasks"``).
+        zero_gradients: a task with a zero gradient is left out of the QP with weight 0
+            (``"exclude"``) or kept in it (``"keep"``: the paper's QP taken literally).
         tol: solver tolerance (solver default when None).
         max_iter: solver iteration cap (solver default when None).
     """
@@ -92,12 +106,14 @@ class MGDA(GramianWeighting):
         weight_scale: WeightScale = "one",
         tol: float | None = None,
         max_iter: int | None = None,
+        zero_gradients: ZeroGradients = "exclude",
     ) -> None:
         check_choice("MGDA", "solver", solver, Solver)
         check_choice("MGDA", "normalization", normalization, Normalization)
         check_choice("MGDA", "head_weighting", head_weighting, HeadWeighting)
         check_choice("MGDA", "feature_batch", feature_batch, FeatureBatch)
         check_choice("MGDA", "weight_scale", weight_scale, WeightScale)
+        check_choice("MGDA", "zero_gradients", zero_gradients, ZeroGradients)
         clip = (float(clip[0]), float(clip[1]))
         if not 0.0 <= clip[0] <= clip[1] <= 1.0:
             raise ValueError(f"MGDA clip must satisfy 0 <= clip[0] <= clip[1] <= 1, got {clip}")
@@ -109,6 +125,7 @@ class MGDA(GramianWeighting):
         self.weight_scale: WeightScale = weight_scale
         self.tol = tol
         self.max_iter = max_iter
+        self.zero_gradients: ZeroGradients = zero_gradients
 
     def normalizers(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The divisors n_t of the chosen normalization (float64, CPU); 0 is replaced by 1."""
@@ -143,15 +160,22 @@ class MGDA(GramianWeighting):
         K = gramian.shape[0]
         n = self.normalizers(gramian, losses)
         G = gramian / torch.outer(n, n)
-        result = min_norm(G, solver=self.solver, tol=self.tol, max_iter=self.max_iter, clip=self.clip)
-        weights = result.weights * (K if self.weight_scale == "num-tasks" else 1.0)
-        diagnostics = {
+        zero = G.diagonal() == 0  # an exactly zero gradient: ‖g_t‖² is a sum of squares
+        active = torch.arange(K) if self.zero_gradients == "keep" or zero.all() else (~zero).nonzero()[:, 0]
+        result = min_norm(
+            G[active][:, active], solver=self.solver, tol=self.tol, max_iter=self.max_iter, clip=self.clip
+        )
+        weights = torch.zeros(K, dtype=torch.float64).index_copy_(0, active, result.weights)
+        weights = weights * (K if self.weight_scale == "num-tasks" else 1.0)
+        diagnostics: dict[str, Any] = {
             "solver": result.solver,
             "solver_iterations": result.iterations,
             "solver_converged": result.converged,
             "min_norm": result.objective,
             "kkt_residual": result.kkt_residual,
         }
+        if bool(zero.any()):
+            diagnostics["zero_gradient_tasks"] = zero.nonzero()[:, 0].tolist()
         return WeightingOutput(weights, diagnostics)
 
     def __repr__(self) -> str:
@@ -166,6 +190,7 @@ class MGDA(GramianWeighting):
                 "weight_scale",
                 "tol",
                 "max_iter",
+                "zero_gradients",
             )
         )
         return f"MGDA({options})"
