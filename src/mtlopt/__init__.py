@@ -13,9 +13,16 @@ from .population import Population, PopulationStepResult, Transfer, transfer_mat
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
 from .weighting import (
+    DWA,
     EPO,
     EW,
+    FAMO,
+    GLS,
+    IMTLL,
     MGDA,
+    RLW,
+    SI,
+    STCH,
     FixedWeights,
     GradNorm,
     GramianWeighting,
@@ -45,10 +52,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "DWA",
     "EPO",
     "EW",
+    "FAMO",
+    "GLS",
+    "IMTLL",
     "MAO",
     "MGDA",
+    "RLW",
+    "SI",
+    "STCH",
     "AlternatingStepResult",
     "AlternatingSteps",
     "BackwardResult",

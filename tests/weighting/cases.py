@@ -36,7 +36,17 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
         False,
     ),
     "EPO": (lambda K, layer=None: mtlopt.EPO([1.0 + 0.5 * t for t in range(K)]), False),
+    "DWA": (lambda K, layer=None: mtlopt.DWA(), True),
+    "RLW": (lambda K, layer=None: mtlopt.RLW(seed=5), False),  # random draws: equivariant in law
+    "GLS": (lambda K, layer=None: mtlopt.GLS(), True),
+    "SI": (lambda K, layer=None: mtlopt.SI(), True),
+    "IMTLL": (lambda K, layer=None: mtlopt.IMTLL(K).double(), True),
+    "FAMO": (lambda K, layer=None: mtlopt.FAMO(K), True),
+    "STCH": (lambda K, layer=None: mtlopt.STCH(warmup_epochs=0), True),
 }
+# The states these builders start from are the methods' initial ones (the contract's reset test); the
+# later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against
+# recorded peer values in tests/weighting/test_loss_methods_peers.py.
 
 
 def exported_methods() -> list[str]:

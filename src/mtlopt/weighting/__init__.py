@@ -1,6 +1,7 @@
 """The methods that weigh the tasks, by what they read.
 
-- :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting);
+- :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
+  SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
   Pareto MTL, EPO).
 """
@@ -21,19 +22,33 @@ from ._base import (
     WeightingOutput,
     WeightSum,
 )
+from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
+from .famo import FAMO
 from .fixed import FixedWeights
+from .gls import GLS
 from .gradnorm import GradNorm
+from .imtl_l import IMTLL
 from .mgda import MGDA
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
+from .rlw import RLW
+from .si import SI
+from .stch import STCH
 from .uw import UncertaintyWeighting
 
 __all__ = [
+    "DWA",
     "EPO",
     "EW",
+    "FAMO",
+    "GLS",
+    "IMTLL",
     "MGDA",
+    "RLW",
+    "SI",
+    "STCH",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -62,6 +77,13 @@ METHODS: tuple[type[Method], ...] = (
     GradNorm,
     ParetoMTL,
     EPO,
+    DWA,
+    RLW,
+    GLS,
+    SI,
+    IMTLL,
+    FAMO,
+    STCH,
 )
 
 
