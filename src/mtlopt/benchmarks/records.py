@@ -13,11 +13,34 @@ from typing import Any
 
 
 def load_runs(directory: Path) -> list[dict[str, Any]]:
-    """Every finished ``result.json`` below ``directory/runs``."""
+    """Every finished ``result.json`` below ``directory/runs`` (the failed ones: :func:`load_failed`)."""
+    return [run for run in _load_all(Path(directory)) if not is_failed(run)]
+
+
+def load_failed(directory: Path) -> list[dict[str, Any]]:
+    """Every ``result.json`` below ``directory/runs`` that records a failed run (``"status": "failed"``,
+    e.g. a diverged loss): its settings, the epochs it finished, and ``failure`` (reason, epoch, step)."""
+    return [run for run in _load_all(Path(directory)) if is_failed(run)]
+
+
+def is_failed(run: dict[str, Any]) -> bool:
+    return run.get("status") == "failed"
+
+
+def _load_all(directory: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted((directory / "runs").glob("*/seed*/result.json")):
-        result = json.loads(path.read_text())
-        result.setdefault("label", result["method"])
+        try:
+            result = json.loads(path.read_text())
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+            result.setdefault("label", result["method"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"{path} is not a readable result file ({reason}); delete it (compare trains that run "
+                "again) or move it away"
+            ) from None
         runs.append(result)
     return runs
 
@@ -28,7 +51,10 @@ def members_of(record: dict[str, Any], split: str) -> list[dict[str, dict[str, f
 
 
 def is_set(run: dict[str, Any]) -> bool:
-    return "test_members" in run["history"][0]
+    """Whether the run trained a set of models (a failed run with no finished epoch says so itself)."""
+    if run.get("history"):
+        return "test_members" in run["history"][0]
+    return bool(run.get("produces_set"))
 
 
 def hv_reference(run: dict[str, Any]) -> list[float] | None:

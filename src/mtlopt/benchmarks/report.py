@@ -4,6 +4,10 @@ Per-task tables for single-model methods, with three epoch selections (the last 
 best validation score, the mean of the last 10 epochs), Δm% vs ``stl`` (Nash-MTL/FAMO convention, lower
 is better) and Δp% vs ``ew`` (LibMTL convention, higher is better). Every method also gets a hypervolume
 when the benchmark defines a reference point (a single model is one point).
+
+Failed runs (``"status": "failed"`` in their ``result.json``, e.g. a diverged loss) are listed with their
+reason in a "Failed runs" section and counted in the seeds column; a method whose every seed failed gets
+a row of ``failed`` cells, and ``summary.csv`` a ``failed_runs`` row.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .records import (
     hv_reference,
     hypervolume_curve,
     is_set,
+    load_failed,
     load_runs,
     members_of,
     metric_pairs,
@@ -47,6 +52,7 @@ __all__ = [  # the reading helpers and the plots live in records.py and plots.py
     "hv_reference",
     "hypervolume_curve",
     "is_set",
+    "load_failed",
     "load_runs",
     "members_of",
     "metric_pairs",
@@ -98,17 +104,23 @@ PUBLISHED_HV = {
 def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[str, Any]:
     """Write summary.md, summary.csv and the plots for the runs in ``directory``; returns the summary."""
     directory = Path(directory)
-    runs = load_runs(directory)
-    if not runs:
+    runs, failed = load_runs(directory), load_failed(directory)
+    if not runs and not failed:
         raise FileNotFoundError(f"no finished runs under {directory / 'runs'}")
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_label[run["label"]].append(run)
-    order = [label for label in (labels or []) if label in by_label] + sorted(
-        set(by_label) - set(labels or [])
-    )
-    tasks, metrics = runs[0]["tasks"], metric_pairs(runs[0])
-    singles = [label for label in order if not is_set(by_label[label][0])]
+    failed_by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in failed:
+        failed_by_label[run["label"]].append(run)
+    every = set(by_label) | set(failed_by_label)
+    order = [label for label in (labels or []) if label in every] + sorted(every - set(labels or []))
+    first_run = runs[0] if runs else failed[0]
+    tasks, metrics = first_run["tasks"], metric_pairs(first_run)
+    sample = {label: (by_label.get(label) or failed_by_label[label])[0] for label in order}
+    single_rows = [label for label in order if not is_set(sample[label])]  # rows, failed ones included
+    finished = [label for label in order if label in by_label]
+    singles = [label for label in single_rows if label in by_label]  # with numbers
     table = {label: _aggregate(by_label[label], tasks, metrics) for label in singles}
     stl = next((label for label in singles if by_label[label][0]["method"] == "stl"), None)
     ew = next((label for label in singles if by_label[label][0]["method"] == "ew"), None)
@@ -121,18 +133,40 @@ def summarize(directory: str | Path, labels: list[str] | None = None) -> dict[st
             table[label][selection]["delta_p"] = (
                 _delta("p", cells, table[ew][selection]["cells"], metrics) if ew else None
             )
-    hv = _hypervolume_table(order, by_label)
-    _write_csv(directory / "summary.csv", table, singles, by_label, hv)
-    _write_markdown(directory / "summary.md", table, singles, by_label, tasks, metrics, stl, ew, hv, order)
+    hv = _hypervolume_table(finished, by_label)
+    if hv:  # every label in the table's order; a label with no finished run is marked failed
+        hv = {label: hv.get(label, {"failed": len(failed_by_label[label])}) for label in order}
+    _write_csv(directory / "summary.csv", table, singles, by_label, hv, order, failed_by_label)
+    _write_markdown(
+        directory / "summary.md",
+        table,
+        single_rows,
+        by_label,
+        tasks,
+        metrics,
+        stl,
+        ew,
+        hv,
+        order,
+        failed_by_label,
+    )
     if singles:
         plot_learning_curves(directory, singles, by_label, tasks, metrics)
         if len(tasks) == 2:
             plot_task_pair(directory, singles, by_label, tasks, metrics)
-    plot_balance(directory, order, by_label, tasks)
-    if hv:
-        plot_hypervolume(directory, order, by_label)
-        plot_front(directory, order, by_label, tasks)
-    return {"labels": order, "table": table, "stl": stl, "ew": ew, "hypervolume": hv}
+    if finished:
+        plot_balance(directory, finished, by_label, tasks)
+    if hv and finished:
+        plot_hypervolume(directory, finished, by_label)
+        plot_front(directory, finished, by_label, tasks)
+    return {
+        "labels": order,
+        "table": table,
+        "stl": stl,
+        "ew": ew,
+        "hypervolume": hv,
+        "failed": {label: [run["seed"] for run in runs] for label, runs in failed_by_label.items()},
+    }
 
 
 def _aggregate(runs: list[dict[str, Any]], tasks, metrics) -> dict[str, Any]:
@@ -220,7 +254,8 @@ def _hypervolume_table(order, by_label) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _write_csv(path: Path, table, singles, by_label, hv) -> None:
+def _write_csv(path: Path, table, singles, by_label, hv, order=(), failed_by_label=None) -> None:
+    failed_by_label = failed_by_label or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["label", "method", "options", "selection", "task", "metric", "mean", "std", "seeds"])
@@ -263,6 +298,8 @@ def _write_csv(path: Path, table, singles, by_label, hv) -> None:
                 ]
             )
         for label, row in hv.items():
+            if "failed" in row:  # no finished run: its failed_runs row below says so
+                continue
             run = by_label[label][0]
             options = json.dumps(run["options"], sort_keys=True)
             for selection, key in (("best_val_hypervolume", "best"), ("final", "last")):
@@ -280,10 +317,26 @@ def _write_csv(path: Path, table, singles, by_label, hv) -> None:
                         row["seeds"],
                     ]
                 )
+        for label in order:  # mean: the failed runs; seeds: every run of the label, failed or not
+            failures = failed_by_label.get(label, [])
+            if failures:
+                run = failures[0]
+                options = json.dumps(run.get("options", {}), sort_keys=True)
+                total = len(failures) + len(by_label.get(label, []))
+                writer.writerow(
+                    [label, run["method"], options, "all", "all", "failed_runs", len(failures), "", total]
+                )
 
 
-def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, ew, hv, order) -> None:
-    first = by_label[order[0]][0]
+def _write_markdown(
+    path: Path, table, singles, by_label, tasks, metrics, stl, ew, hv, order, failed_by_label=None
+) -> None:
+    """``singles``: the single-model labels to list, those whose every run failed included (``failed``
+    cells); ``failed_by_label``: the failed runs per label."""
+    failed_by_label = failed_by_label or {}
+    first = next((by_label[label][0] for label in order if by_label.get(label)), None)
+    if first is None:  # every run failed
+        first = failed_by_label[order[0]][0]
     env, training, data = first["environment"], first["training"], first["data"]
     sources = "; ".join(
         f"{key}: {value['name']} from {value['origin']}" for key, value in data.get("sources", {}).items()
@@ -312,13 +365,14 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
         + f", batch {training['batch_size']}; seeds {seeds}",
         f"- environment: mtlopt {env['mtlopt']}, torch {env['torch']}, {env['device']}, {env['threads']} thread(s) per run"
         + (f", mixed precision {env['amp']}" if env.get("amp", "off") != "off" else ""),
-        _weight_scale_line(by_label),
+        _weight_scale_line({**by_label, **{k: v for k, v in failed_by_label.items() if k not in by_label}}),
         "- test metrics, mean ± std over seeds" + ("; " + "; ".join(deltas) if deltas else ""),
         f"- best validation epoch: the {selection_note.removeprefix('epoch with the ')}"
         if selection_note
         else "",
         "",
     ]
+    lines += _failed_section(order, failed_by_label)
     if singles:
         header = ["method", "seeds", "Σw"] + [
             f"{task} {metric.replace('_', '-')} {'↑' if direction == 'higher' else '↓'}"
@@ -335,7 +389,17 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
             )
             lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for label in singles:
-                row = [f"`{label}`", str(len(table[label]["seeds"])), weight_sum_cell(by_label[label])]
+                failures = len(failed_by_label.get(label, []))
+                if label not in table:  # every run of it failed
+                    cells = len(metrics) + bool(stl) + bool(ew) + 1 + bool(ew)
+                    row = [f"`{label}`", _seeds_cell(0, failures), weight_sum_cell(failed_by_label[label])]
+                    lines.append("| " + " | ".join(row + ["failed"] * cells) + " |")
+                    continue
+                row = [
+                    f"`{label}`",
+                    _seeds_cell(len(table[label]["seeds"]), failures),
+                    weight_sum_cell(by_label[label]),
+                ]
                 for task, metric, _ in metrics:
                     mean, std, seeds = table[label][selection]["cells"][(task, metric)]
                     row.append(_mean_std(mean, std, seeds, 2 if metric == "accuracy" else 4))
@@ -363,11 +427,46 @@ def _write_markdown(path: Path, table, singles, by_label, tasks, metrics, stl, e
     published = PUBLISHED.get((first["benchmark"], first["protocol"]))
     if published:
         lines += ["## Published numbers", "", published, ""]
-    lines += _hypervolume_section(hv, first)
+    lines += _hypervolume_section(hv, first, failed_by_label)
     for label in order:
         if (path.parent / f"balance_{file_label(label)}.png").exists():
             lines += [f"![balance of {label}](balance_{file_label(label)}.png)", ""]
     path.write_text("\n".join(line for line in lines if line is not None))
+
+
+def _seeds_cell(finished: int, failed: int) -> str:
+    """The seeds column: the finished seeds the numbers are over, and the failed ones beside them."""
+    return f"{finished} (+{failed} failed)" if failed else str(finished)
+
+
+def _failed_section(order, failed_by_label) -> list[str]:
+    """One line per failed run, with the reason its result.json records; nothing when none failed."""
+    failed = [run for label in order for run in sorted(failed_by_label.get(label, []), key=_seed)]
+    if not failed:
+        return []
+    lines = [
+        "## Failed runs",
+        "",
+        f"{len(failed)} run(s) failed; their seeds are left out of the means below (the seeds column "
+        "counts them) and a method with no finished seed shows `failed`. To retry one, delete its "
+        "result.json and run the comparison again.",
+        "",
+    ]
+    for run in failed:
+        failure = run.get("failure") or {}
+        where = (
+            f"at epoch {failure['epoch']}, step {failure['step']} of {failure['steps_per_epoch']}"
+            if "epoch" in failure and "step" in failure
+            else ""
+        )
+        reason = "; ".join(str(part) for part in (failure.get("reason"), failure.get("hint")) if part)
+        what = " ".join(part for part in (failure.get("kind", "failed"), where) if part)
+        lines.append(f"- `{run['label']}` seed {run.get('seed')}: {what}: {reason or 'no reason recorded'}")
+    return [*lines, ""]
+
+
+def _seed(run: dict[str, Any]) -> int:
+    return int(run.get("seed", 0))
 
 
 def weight_sum_cell(runs: list[dict[str, Any]]) -> str:
@@ -411,10 +510,11 @@ def _weight_scale_line(by_label: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
-def _hypervolume_section(hv, first) -> list[str]:
-    if not hv:
+def _hypervolume_section(hv, first, failed_by_label=None) -> list[str]:
+    failed_by_label = failed_by_label or {}
+    if not hv or all("failed" in row for row in hv.values()):
         return []
-    reference = next(iter(hv.values()))["reference"]
+    reference = next(row for row in hv.values() if "failed" not in row)["reference"]
     lines = [
         "## Hypervolume",
         "",
@@ -428,8 +528,14 @@ def _hypervolume_section(hv, first) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for label, row in hv.items():
+        if "failed" in row:
+            lines.append(
+                f"| `{label}` | failed | failed | {_seeds_cell(0, row['failed'])} | failed | failed | failed |"
+            )
+            continue
+        seeds = _seeds_cell(row["seeds"], len(failed_by_label.get(label, [])))
         lines.append(
-            f"| `{label}` | {row['points']} | {row['contributing']:.3g} | {row['seeds']} | {_mean_std(row['best'][0], row['best'][1], row['seeds'], 4)} | "
+            f"| `{label}` | {row['points']} | {row['contributing']:.3g} | {seeds} | {_mean_std(row['best'][0], row['best'][1], row['seeds'], 4)} | "
             f"{_mean_std(row['last'][0], row['last'][1], row['seeds'], 4)} | {row['time_ms']:.1f} |"
         )
     lines += ["", "![hypervolume per epoch](hypervolume.png)", "", "![fronts](front.png)", ""]
