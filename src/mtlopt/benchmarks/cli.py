@@ -1,15 +1,19 @@
 """The ``mtlopt`` command: list, train, compare and summarize benchmark runs; measure speed.
 
-Bad arguments and missing data print one line starting with ``mtlopt: error:`` and exit with code 2.
+Bad arguments, missing data, an unusable ``--out`` and a damaged checkpoint print one line starting with
+``mtlopt: error:`` and exit with code 2. A run that diverges (its loss becomes NaN or infinite) prints
+one line naming method, seed, epoch and step and exits with code 1; ``compare`` records it as failed and
+goes on with the other runs, and its summary marks it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,7 +21,15 @@ from .data.sources import DataUnavailable
 from .interfaces import DataOptions
 from .methods import METHODS, Option, get_method, method_options
 from .suite import BENCHMARKS, get_benchmark
-from .trainer import RunConflict, TrainConfig, train
+from .trainer import (
+    CorruptRunFile,
+    Diverged,
+    OutputError,
+    RunConflict,
+    TrainConfig,
+    prepare_output_dir,
+    train,
+)
 
 
 class UsageError(Exception):
@@ -26,7 +38,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        # "argument --epochs: --epochs 0 is invalid: ..." (from the type functions below) → without the prefix
+        named = re.match(r"argument [^:]+: (--[\w-]+ .* is invalid: .*)$", message)
+        raise UsageError(named.group(1) if named else message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,9 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return args.run(args)
-    except (UsageError, ValueError, DataUnavailable, RunConflict, FileNotFoundError) as error:
+    except (
+        UsageError,
+        ValueError,
+        DataUnavailable,
+        RunConflict,
+        OutputError,
+        CorruptRunFile,
+        FileNotFoundError,
+    ) as error:
         print(f"mtlopt: error: {error}", file=sys.stderr)
         return 2
+    except Diverged as error:
+        print(f"mtlopt: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "mtlopt: interrupted; run the same command again to resume from the last finished epoch",
@@ -81,9 +106,12 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         help="comma-separated, e.g. ew,stl,mgda,mgda-ub or alternating[state=per-group]",
     )
-    compare.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (0..N-1)")
+    compare.add_argument("--seeds", type=_at_least(1, "--seeds"), default=3, help="number of seeds (0..N-1)")
     compare.add_argument(
-        "--grid-points", type=_positive_int, default=5, help="weight vectors a bare `grid` expands to"
+        "--grid-points",
+        type=_at_least(1, "--grid-points"),
+        default=5,
+        help="weight vectors a bare `grid` expands to",
     )
     _add_common(compare)
     compare.set_defaults(run=_compare)
@@ -119,32 +147,48 @@ def _build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--peers", default="torchjd,libmtl", help="peer libraries to compare (torchjd, libmtl) or none"
     )
-    speed.add_argument("--repeats", type=_positive_int, default=15, help="interleaved rounds (at most)")
     speed.add_argument(
-        "--min-rounds", type=_positive_int, default=3, help="rounds at least, whatever the budget"
+        "--repeats", type=_at_least(1, "--repeats"), default=15, help="interleaved rounds (at most)"
     )
-    speed.add_argument("--steps", type=_positive_int, default=3, help="timed steps per method per round")
-    speed.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps per method first")
+    speed.add_argument(
+        "--min-rounds",
+        type=_at_least(1, "--min-rounds"),
+        default=3,
+        help="rounds at least, whatever the budget",
+    )
+    speed.add_argument(
+        "--steps", type=_at_least(1, "--steps"), default=3, help="timed steps per method per round"
+    )
+    speed.add_argument(
+        "--warmup", type=_at_least(1, "--warmup"), default=3, help="untimed steps per method first"
+    )
     speed.add_argument(
         "--budget",
-        type=_positive_float,
+        type=_above(0.0, "--budget"),
         default=600.0,
         help="seconds of timing per configuration; --min-rounds rounds of one step per method run even when they take longer",
     )
-    speed.add_argument("--threads", type=_positive_int, default=1, help="torch threads (recorded)")
+    speed.add_argument(
+        "--threads", type=_at_least(1, "--threads"), default=1, help="torch threads (recorded)"
+    )
     speed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     speed.add_argument("--no-memory", action="store_true", help="do not measure the peak memory")
     speed.add_argument("--solver-tasks", default="2,10,40", help="K of the min-norm solver table, or none")
     speed.add_argument(
-        "--solver-gramians", type=_positive_int, default=20, help="Gramians per K in the solver table"
+        "--solver-gramians",
+        type=_at_least(1, "--solver-gramians"),
+        default=20,
+        help="Gramians per K in the solver table",
     )
     speed.add_argument(
         "--step-timeout",
-        type=_positive_float,
+        type=_above(0.0, "--step-timeout"),
         default=300.0,
         help="abandon a method whose step takes longer (s)",
     )
-    speed.add_argument("--image-size", type=_positive_int, default=64, help="input size of resnet18")
+    speed.add_argument(
+        "--image-size", type=_at_least(1, "--image-size"), default=64, help="input size of resnet18"
+    )
     speed.add_argument("--seed", type=int, default=0)
     speed.set_defaults(run=_speed)
     return parser
@@ -155,17 +199,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", help="data/model protocol (default: the benchmark's first)")
     parser.add_argument("--out", required=True, help="output directory")
     training = parser.add_argument_group("training (defaults: the protocol's published settings)")
-    training.add_argument("--epochs", type=int)
-    training.add_argument("--lr", type=float)
-    training.add_argument("--batch-size", type=int)
+    training.add_argument("--epochs", type=_at_least(1, "--epochs"))
+    training.add_argument("--lr", type=_above(0.0, "--lr"))
+    training.add_argument("--batch-size", type=_at_least(1, "--batch-size"))
     training.add_argument("--optimizer", choices=("sgd", "adam"))
-    training.add_argument("--momentum", type=float)
-    training.add_argument("--weight-decay", type=float, default=0.0)
+    training.add_argument("--momentum", type=_in_range("--momentum", 0.0, 1.0, "in [0, 1)", high_open=True))
+    training.add_argument("--weight-decay", type=_at_least_float(0.0, "--weight-decay"), default=0.0)
     training.add_argument(
-        "--lr-decay-every", type=int, help="multiply the lr by --lr-decay every N epochs (0: never)"
+        "--lr-decay-every",
+        type=_at_least(0, "--lr-decay-every", " (0: no decay)"),
+        help="multiply the lr by --lr-decay every N epochs (0: never)",
     )
-    training.add_argument("--lr-decay", type=float)
-    training.add_argument("--threads", type=int, help="torch threads (default: torch's default); recorded")
+    training.add_argument("--lr-decay", type=_in_range("--lr-decay", 0.0, 1.0, "in (0, 1]", low_open=True))
+    training.add_argument(
+        "--threads",
+        type=_at_least(1, "--threads"),
+        help="torch threads (default: torch's default); recorded",
+    )
     training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_argument(
@@ -176,7 +226,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     training.add_argument(
         "--weight-total",
-        type=_positive_float,
+        type=_above(0.0, "--weight-total"),
         help="rescale every method's shared update to this total weight on the tasks (e.g. 1), so that "
         "methods compare at one learning rate (default: each method's own total; see docs/conventions.md)",
     )
@@ -193,7 +243,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--no-download", action="store_true", help="never download")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the dataset construction")
-    data.add_argument("--max-sources", type=int, help="use at most N source images per split (quick runs)")
+    data.add_argument(
+        "--max-sources",
+        type=_at_least(1, "--max-sources"),
+        help="use at most N source images per split (quick runs)",
+    )
     data.add_argument("--sizes", type=_sizes, help="pmtl composites per split, e.g. 108000,12000,20000")
     methods = parser.add_argument_group("method options (each applies to the methods that accept it)")
     for flag, definitions in method_options(list(METHODS)).items():
@@ -257,35 +311,54 @@ def _compare(args: argparse.Namespace) -> int:
     runners = [get_method(name) for _, name, _ in variants]
     shared = _given_options(args, runners)
     out = Path(args.out)
+    prepare_output_dir(out)
+    failed: list[Diverged] = []
     for label, name, options in variants:
         merged = {**shared[name], **options}
         for seed in range(args.seeds):
-            config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
+            run_dir = out / "runs" / _directory_name(label) / f"seed{seed}"
+            config = _config(args, name, merged, seed, run_dir)
             config.label = label
-            train(config)
+            try:
+                train(config)
+            except Diverged as error:  # recorded in run_dir/result.json; the other runs go on
+                failed.append(error)
+                if _main_process():
+                    where = "" if error.recorded_in else f"; recorded as failed in {run_dir / 'result.json'}"
+                    print(f"mtlopt: error: {error}{where}, going on with the other runs", file=sys.stderr)
     if not _main_process():
-        return 0
+        return 1 if failed else 0
     from .report import summarize
 
-    summary = summarize(out, [label for label, _, _ in variants])
+    summarize(out, [label for label, _, _ in variants])
     print(
         f"summary: {out / 'summary.md'} (table), {out / 'summary.csv'}; plots: "
         + ", ".join(str(p) for p in sorted(out.glob("*.png")))
     )
-    return 0 if summary else 1
+    if failed:
+        total = len(variants) * args.seeds
+        runs = ", ".join(f"{error.label} seed {error.seed}" for error in failed)
+        print(
+            f"mtlopt: error: {len(failed)} of {total} runs failed ({runs}); the summary marks them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from .report import load_runs, summarize
+    from .report import load_failed, load_runs, summarize
 
     out = Path(args.out)
     order = _split_outside_brackets(args.order) if args.order.strip() else []
-    found = sorted({run["label"] for run in load_runs(out)})
+    found = sorted({run["label"] for run in load_runs(out) + load_failed(out)})
     unknown = [label for label in order if label not in found]
     if unknown:
         raise UsageError(
             f"--order names {', '.join(unknown)}, not among the runs under {out / 'runs'}: {', '.join(found)}"
         )
+    if found:  # the reports go into this directory: say so in one line when they cannot
+        prepare_output_dir(out, flag="summarize's directory")
     summarize(out, order)
     print(f"wrote {out / 'summary.md'}")
     return 0
@@ -324,6 +397,7 @@ def _speed(args: argparse.Namespace) -> int:
         seed=args.seed,
         command="mtlopt speed " + " ".join(sys.argv[2:] if args.argv is None else args.argv),
     )
+    prepare_output_dir(Path(args.out))  # before the measurements, not after them
     report = run_speed(config)
     paths = write_report(report, Path(args.out))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -525,29 +599,62 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+def _checked(
+    flag: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)``, refused in one line ("--flag VALUE is invalid: expected
+    ...") when it cannot be converted or ``ok`` rejects it."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{flag} {text} is invalid: expected {expected}")
+        return value
+
+    parse.__name__ = flag  # argparse names the type in some messages
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _at_least(minimum: int, flag: str, note: str = "") -> Callable[[str], int]:
+    """An integer >= ``minimum``."""
+    return _checked(flag, int, lambda v: v >= minimum, f"an integer >= {minimum}{note}")
+
+
+def _at_least_float(minimum: float, flag: str) -> Callable[[str], float]:
+    """A finite number >= ``minimum``."""
+    return _checked(flag, float, lambda v: math.isfinite(v) and v >= minimum, f"a number >= {minimum:g}")
+
+
+def _above(minimum: float, flag: str) -> Callable[[str], float]:
+    """A finite number > ``minimum``."""
+    return _checked(flag, float, lambda v: math.isfinite(v) and v > minimum, f"a number > {minimum:g}")
+
+
+def _in_range(
+    flag: str, low: float, high: float, expected: str, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """A number in [low, high], with either end open."""
+
+    def ok(value: float) -> bool:
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return math.isfinite(value) and above and below
+
+    return _checked(flag, float, ok, expected)
 
 
 def _sizes(text: str) -> tuple[int, int, int]:
-    parts = text.split(",")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError("expected three comma-separated counts: train,val,test")
-    train_size, val_size, test_size = (int(p) for p in parts)
-    return train_size, val_size, test_size
+    expected = "three comma-separated counts >= 1: train,val,test"
+    try:
+        counts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"--sizes {text} is invalid: expected {expected}")
+    return counts[0], counts[1], counts[2]
 
 
 def _print_final(result: dict[str, Any]) -> None:

@@ -8,6 +8,11 @@
   finished run (``result.json`` present) is not run again.
 - Validation and test metrics (accuracy and cross-entropy per task) after every epoch; the reported
   epochs are the last one and the one with the best mean validation accuracy.
+- A run whose loss becomes NaN or infinite stops with :class:`Diverged` (method, seed, epoch, step and a
+  hint) and leaves ``DIR/result.json`` with ``"status": "failed"`` and the reason, so that a comparison
+  can report it and go on; running it again raises the recorded failure (delete that file to retry).
+- The output directory is checked before any training (:func:`prepare_output_dir`), and a damaged
+  checkpoint is reported with the file to delete (:class:`CorruptRunFile`).
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from typing import Any
 import torch
 
 import mtlopt
+from mtlopt.errors import NonFiniteError
 
 from .interfaces import BenchmarkData, DataOptions
 from .methods import OptimizerSettings, get_method
@@ -38,6 +45,60 @@ RESULT_FORMAT = 1
 
 class RunConflict(RuntimeError):
     """The output directory holds a different run."""
+
+
+class OutputError(RuntimeError):
+    """The output directory cannot be used: it is a file, below a file, or not writable."""
+
+
+class CorruptRunFile(RuntimeError):
+    """``checkpoint.pt`` or ``result.json`` cannot be read, or does not fit this run (truncated, damaged,
+    another format); the message names the file to delete."""
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite: the run stopped at ``epoch`` (1-based), ``step`` of ``steps``.
+
+    ``result.json`` records it with ``"status": "failed"`` (see :func:`train`).
+    """
+
+    def __init__(
+        self, label: str, seed: int, epoch: int, step: int, steps: int, reason: str, hint: str
+    ) -> None:
+        self.label, self.seed, self.epoch, self.step, self.steps = label, seed, epoch, step, steps
+        self.reason, self.hint = reason, hint
+        self.recorded_in: Path | None = None  # set when raised again from an earlier run's result.json
+        super().__init__(
+            f"{label} seed {seed} diverged at epoch {epoch}, step {step} of {steps}: {reason}; {hint}"
+        )
+
+    def failure(self) -> dict[str, Any]:
+        """What ``result.json`` records of it (``"failure"``)."""
+        return {
+            "kind": "diverged",
+            "reason": self.reason,
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_per_epoch": self.steps,
+            "hint": self.hint,
+            "message": str(self),
+        }
+
+    @classmethod
+    def recorded(cls, result: dict[str, Any], path: Path) -> Diverged:
+        """The failure a ``result.json`` with ``"status": "failed"`` records, to raise again."""
+        failure = result.get("failure") or {}
+        error = cls(
+            str(result.get("label") or result.get("method")),
+            int(result.get("seed", 0)),
+            int(failure.get("epoch", 0)),
+            int(failure.get("step", 0)),
+            int(failure.get("steps_per_epoch", 0)),
+            str(failure.get("reason", "unknown")),
+            f"{failure.get('hint', 'see the run')}; recorded in {path}: delete it to train this run again",
+        )
+        error.recorded_in = path
+        return error
 
 
 @dataclass
@@ -92,14 +153,19 @@ class TrainConfig:
             momentum=defaults.momentum if self.momentum is None else self.momentum,
             lr_decay_every=defaults.lr_decay_every if self.lr_decay_every is None else self.lr_decay_every,
             lr_decay=defaults.lr_decay if self.lr_decay is None else self.lr_decay,
-            threads=self.threads or torch.get_num_threads(),
+            threads=torch.get_num_threads() if self.threads is None else self.threads,
         )
         checks = [
             ("epochs", config.epochs, config.epochs >= 1, "an integer >= 1"),
             ("lr", config.lr, math.isfinite(config.lr) and config.lr > 0, "a number > 0"),
             ("batch-size", config.batch_size, config.batch_size >= 1, "an integer >= 1"),
             ("momentum", config.momentum, 0 <= config.momentum < 1, "in [0, 1)"),
-            ("weight-decay", config.weight_decay, config.weight_decay >= 0, "a number >= 0"),
+            (
+                "weight-decay",
+                config.weight_decay,
+                math.isfinite(config.weight_decay) and config.weight_decay >= 0,
+                "a number >= 0",
+            ),
             (
                 "lr-decay-every",
                 config.lr_decay_every,
@@ -168,18 +234,26 @@ _FILLED_BY_RESOLVED = frozenset(f.name for f in dataclasses.fields(ResolvedConfi
 
 
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume, or skip if finished) one training run; returns the result dict."""
+    """Run (or resume, or skip if finished) one training run; returns the result dict.
+
+    Raises :class:`Diverged` when a loss becomes NaN or infinite, after writing ``result.json`` with
+    ``"status": "failed"``; a run recorded as failed raises the same again (delete its ``result.json`` to
+    retry). :class:`OutputError`: the output directory cannot be used; :class:`CorruptRunFile`: its
+    ``checkpoint.pt`` or ``result.json`` is damaged; :class:`RunConflict`: it holds another run.
+    """
     log = log or (lambda message: print(message, file=sys.stderr))
     config = config.resolved()
     out = Path(config.out)
     result_path, checkpoint_path = out / "result.json", out / "checkpoint.pt"
     identity = config.identity()
     if result_path.is_file():
-        existing = json.loads(result_path.read_text())
+        existing = read_result(result_path)
         _check_same_run(existing.get("identity"), identity, out)
+        if existing.get("status") == "failed":
+            raise Diverged.recorded(existing, result_path)
         log(f"{out}: already finished, skipping")
         return existing
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out)
 
     torch.set_num_threads(config.threads)
     process_group, rank, world = _distributed(config.device)
@@ -214,20 +288,48 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
 
     start_epoch, history, step_times = 0, [], []
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = _load_checkpoint(checkpoint_path, device)
         _check_same_run(state["identity"], identity, out)
         if state.get("world", 1) != world:
             raise RunConflict(
                 f"{out} was checkpointed with {state.get('world', 1)} processes; resume it with the same number"
             )
-        runner.load_state_dict(state["runner"])
-        if runner.scaler is not None and state.get("scaler"):
-            runner.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        try:
+            runner.load_state_dict(state["runner"])
+            if runner.scaler is not None and state.get("scaler"):
+                runner.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["cpu"])
+            if device.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # another layout of the state
+            raise CorruptRunFile(
+                f"cannot resume from {checkpoint_path} ({_first_line(error)}); "
+                f"delete it to start this run over from epoch 1"
+            ) from None
         start_epoch, history, step_times = state["epoch"], state["history"], state["step_times"]
         log(f"{out}: resuming after epoch {start_epoch}")
+
+    def diverged(reason: str, epoch: int, step: int) -> Diverged:
+        """The error to raise, after recording the failed run in result.json (rank 0)."""
+        failure = Diverged(
+            config.label or config.method,
+            config.seed,
+            epoch,
+            step,
+            steps_per_epoch,
+            reason,
+            f"try a lower --lr (this run: {config.lr:g})",
+        )
+        if rank == 0:
+            failed = _header(config, identity, benchmark, data, runner, history, device)
+            failed["status"] = "failed"
+            failed["failure"] = failure.failure()
+            failed["produces_set"] = runner.produces_set  # for reports, when no epoch finished
+            failed["environment"]["git_commit"] = _git_commit()
+            failed["environment"]["processes"] = world
+            failed["environment"]["amp"] = config.amp
+            write_json_atomic(result_path, failed)
+        return failure
 
     commit = _git_commit()  # the code this session runs
     started = time.perf_counter()
@@ -248,8 +350,13 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         last = len(order) - 1 if len(order) % config.batch_size == 1 and len(order) > 1 else len(order)
         batches = range(0, last, config.batch_size)
         epoch_began = time.perf_counter()
-        for start in _progress(
-            batches, config.progress, f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}"
+        for step, start in enumerate(
+            _progress(
+                batches,
+                config.progress,
+                f"{config.method} seed {config.seed} epoch {epoch + 1}/{config.epochs}",
+            ),
+            1,
         ):
             index = order[start : start + config.batch_size]
             if world > 1 and not runner.produces_set:  # this rank's contiguous share of the global batch
@@ -257,15 +364,25 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 index = index[rank * share : (rank + 1) * share]
             x, y = data.batch("train", index, device)
             began = time.perf_counter()
-            with autocast:
-                logged = runner.train_step(x, y)
+            try:
+                with autocast:
+                    logged = runner.train_step(x, y)
+            except NonFiniteError as error:
+                raise diverged(_task_names_in(_first_line(error), data.task_names), epoch + 1, step) from None
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - began)
             for key, value in logged.items():
                 value = value.detach().to("cpu", torch.float64)
+                # A method that does not check its losses (one process only: a rank that raised alone
+                # would leave the others waiting; under torchrun the check after the epoch catches it).
+                if process_group is None and "loss" in key and not bool(torch.isfinite(value).all()):
+                    shown = ", ".join(f"{v:g}" for v in value.reshape(-1).tolist())
+                    raise diverged(f"non-finite {key.replace('_', ' ')} ({shown})", epoch + 1, step)
                 sums[key] = sums[key] + value if key in sums else value
         steps = len(batches)
+        if not _finite_state(runner, process_group, device):  # diverged without a non-finite loss
+            raise diverged("the model's parameters or buffers became NaN or infinite", epoch + 1, steps)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -273,16 +390,35 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
         }
         for split in ("val", "test"):
             with autocast:
-                members = evaluate(runner, data, split, data.task_names, device, config.eval_batch_size)
+                members, bad = _evaluate(runner, data, split, device, config.eval_batch_size)
             if runner.produces_set and process_group is not None:  # every rank's members, in member order
                 gathered: list[Any] = [None] * world
-                torch.distributed.all_gather_object(gathered, members, group=process_group)
-                members = [m for part in gathered for m in part]
+                torch.distributed.all_gather_object(gathered, (members, bad), group=process_group)
+                members = [m for part, _ in gathered for m in part]
+                bad = [pair for _, part in gathered for pair in part]  # any rank's: every rank raises
+            if bad:  # e.g. weights finite but so large that the outputs overflow
+                tasks = sorted({data.task_names[t] for _, t in bad})
+                raise diverged(
+                    f"the model's {split} outputs for {', '.join(map(repr, tasks))} contain NaN or inf",
+                    epoch + 1,
+                    steps,
+                )
             if runner.produces_set:
                 record[f"{split}_members"] = members
             else:
                 record[split] = members[0]
             if benchmark.hv_reference is not None and data.hv_objective is not None:
+                objective = data.hv_objective
+                overflowed = sorted(
+                    {t for m in members for t in data.task_names if not math.isfinite(m[t][objective])}
+                )
+                if overflowed:  # finite outputs so large that the loss overflows
+                    raise diverged(
+                        f"the {split} {objective.replace('_', '-')} of {', '.join(map(repr, overflowed))} "
+                        f"{'is' if len(overflowed) == 1 else 'are'} NaN or infinite",
+                        epoch + 1,
+                        steps,
+                    )
                 record[f"{split}_hypervolume"] = hypervolume_of(
                     members, data.task_names, benchmark.hv_reference, data.hv_objective
                 )
@@ -324,18 +460,33 @@ def evaluate(
     runner, data: BenchmarkData, split: str, task_names, device, batch_size: int
 ) -> list[dict[str, dict[str, float]]]:
     """Every task's metrics on a split, for each member of the method (one for single-model methods)."""
+    return _evaluate(runner, data, split, device, batch_size)[0]
+
+
+@torch.no_grad()
+def _evaluate(
+    runner, data: BenchmarkData, split: str, device, batch_size: int
+) -> tuple[list[dict[str, dict[str, float]]], list[tuple[int, int]]]:
+    """:func:`evaluate`, and the (member, task) pairs whose outputs were NaN or infinite somewhere."""
     runner.set_training(False)
     count = data.size(split)
     evaluators: list[Any] | None = None
+    finite: dict[tuple[int, int], torch.Tensor] = {}  # flags on the device: one host sync at the end
     for start in range(0, count, batch_size):
         x, y = data.batch(split, torch.arange(start, min(start + batch_size, count)), device)
         members = runner.predict_members(x)
         if evaluators is None:
             evaluators = [data.evaluator() for _ in members]
-        for evaluator, outputs in zip(evaluators, members):
+        for m, (evaluator, outputs) in enumerate(zip(evaluators, members)):
             evaluator.update(outputs, y)
+            for t, output in enumerate(outputs):
+                if isinstance(output, torch.Tensor) and output.is_floating_point():
+                    ok = torch.isfinite(output).all()
+                    finite[(m, t)] = finite[(m, t)] & ok if (m, t) in finite else ok
     assert evaluators is not None
-    return [evaluator.compute() for evaluator in evaluators]
+    flags = torch.stack(list(finite.values())).tolist() if finite else []
+    bad = [key for key, flag in zip(finite, flags) if not flag]
+    return [evaluator.compute() for evaluator in evaluators], bad
 
 
 def hypervolume_of(
@@ -372,13 +523,120 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
+def prepare_output_dir(out: Path, flag: str = "--out") -> None:
+    """Create ``out`` (and its parents) and check that files can be written in it.
+
+    Raises :class:`OutputError`, one line saying what to do, when ``out`` is a file, lies below a file,
+    cannot be created or is not writable; before any training, so that no epoch is lost to it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            f"{flag} {out} is a file, not a directory; choose another {flag} or delete that file"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {out}: {parent} is a file, not a directory; choose another {flag}")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"{flag} {out}: cannot create the directory ({error.strerror or error}); choose another {flag}"
+        ) from None
+    probe = out / f".mtlopt-write-test.{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise OutputError(
+            f"{flag} {out} is not writable ({error.strerror or error}); "
+            f"choose another {flag} or make it writable"
+        ) from None
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A ``result.json``; :class:`CorruptRunFile` naming the file when it is not one."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CorruptRunFile(
+            f"{path} cannot be read as a result file ({_first_line(error)}); "
+            "delete it to train this run again"
+        ) from None
+    if not isinstance(result, dict) or not ({"method", "label"} & set(result)):
+        raise CorruptRunFile(
+            f"{path} is not a result file of mtlopt's trainer; delete it to train this run again"
+        )
+    return result
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write {path} ({error.strerror or error}); free some space or choose another --out"
+        ) from None
+
+
+_CHECKPOINT_KEYS = frozenset({"identity", "epoch", "runner", "rng", "history", "step_times"})
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """``checkpoint.pt``, or :class:`CorruptRunFile` saying to delete it (truncated, damaged, foreign)."""
+    start_over = f"delete it to start this run over from epoch 1 (rm {path})"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch.load raises many kinds: zip, unpickling, EOF, ...
+        reason = _first_line(error)
+        if "weights only load failed" in reason.lower() or "weights_only" in reason:
+            reason = f"{type(error).__name__}: not a checkpoint written by mtlopt's trainer"
+        raise CorruptRunFile(f"{path} cannot be read ({reason}); it is damaged: {start_over}") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        raise CorruptRunFile(f"{path} is not a checkpoint of mtlopt's trainer; {start_over}")
+    return state
+
+
+def _finite_state(runner: Any, process_group: Any = None, device: torch.device | None = None) -> bool:
+    """Whether every trained parameter (found through the optimizers, so populations count) and every
+    floating-point buffer of the runner's modules is finite, on every rank of ``process_group``."""
+    tensors = [p for opt in runner.optimizers() for group in opt.param_groups for p in group["params"]]
+    tensors += [b for module in runner.modules() for b in module.buffers() if b.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all() if tensors else None
+    if process_group is None:
+        return finite is None or bool(finite)
+    flag = torch.tensor(1.0 if finite is None or bool(finite) else 0.0, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=process_group)
+    return bool(flag.item() == 1.0)
+
+
+def _task_names_in(message: str, task_names: Sequence[str]) -> str:
+    """The library's message for the command line: the runners' task indices ('0', task 1, ...) shown
+    as the task names, and without its advice to library users (the trainer gives its own hint)."""
+
+    def name(match: re.Match[str]) -> str:
+        index = int(match.group(2))
+        shown = repr(task_names[index]) if index < len(task_names) else match.group(0)
+        return (match.group(1) or "") + shown
+
+    message = re.sub(r"(task )?'(\d+)'", name, message)
+    message = re.sub(r"(task )(\d+)\b", name, message)
+    return re.sub(r"; lower the learning rate.*$", "", message)
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's message in one line, at most ``limit`` characters (its type when empty)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _save_checkpoint(
@@ -399,11 +657,16 @@ def _save_checkpoint(
         "step_times": step_times,
     }
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write {path} ({error.strerror or error}); free some space or choose another --out"
+        ) from None
 
 
 def _distributed(device: str) -> tuple[Any, int, int]:
@@ -486,6 +749,26 @@ def _result(
         selection = f"epoch with the best mean validation {names}"
     pick = ["val", "test", "val_members", "test_members", "val_hypervolume", "test_hypervolume"]
     return {
+        **_header(config, identity, benchmark, data, runner, history, device),
+        "final": {"epoch": history[-1]["epoch"], **{k: history[-1][k] for k in pick if k in history[-1]}},
+        "best_val": {
+            "selection": selection,
+            "epoch": best["epoch"],
+            **{k: best[k] for k in pick if k in best},
+        },
+        "time_per_step_ms": {
+            "median": 1000 * statistics.median(step_times),
+            "mean": 1000 * statistics.fmean(step_times),
+            "steps": len(step_times),
+        },
+        "train_seconds": sum(r["seconds"] for r in history),
+        "wall_seconds_this_session": seconds,
+    }
+
+
+def _header(config, identity, benchmark, data, runner, history, device) -> dict[str, Any]:
+    """What every result file records, finished or failed: the run's settings, data and history."""
+    return {
         "format": RESULT_FORMAT,
         "status": "finished",
         "identity": identity,
@@ -525,19 +808,6 @@ def _result(
         },
         "history": history,
         "hypervolume_reference": list(benchmark.hv_reference) if benchmark.hv_reference else None,
-        "final": {"epoch": history[-1]["epoch"], **{k: history[-1][k] for k in pick if k in history[-1]}},
-        "best_val": {
-            "selection": selection,
-            "epoch": best["epoch"],
-            **{k: best[k] for k in pick if k in best},
-        },
-        "time_per_step_ms": {
-            "median": 1000 * statistics.median(step_times),
-            "mean": 1000 * statistics.fmean(step_times),
-            "steps": len(step_times),
-        },
-        "train_seconds": sum(r["seconds"] for r in history),
-        "wall_seconds_this_session": seconds,
     }
 
 
