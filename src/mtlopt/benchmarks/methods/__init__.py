@@ -5,7 +5,8 @@ on a batch, predicts every task's output, and saves/restores its whole state. Th
 this interface, so a new method plugs in by registering a runner (``@register``) with its name, a
 one-line description and the command-line options it accepts.
 
-The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.optimizers`
+The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.losses`
+(one model, a loss-level peer method with its loop hooks), :mod:`.optimizers`
 (methods that schedule their own optimizer steps) and :mod:`.population` (one model per trade-off);
 the interface and the registry are in :mod:`._base`.
 """
@@ -24,6 +25,16 @@ from .weightings import (
     UWRunner,
     last_weight_layer,
 )
+from .losses import (
+    DWARunner,
+    EpochRunner,
+    FAMORunner,
+    GLSRunner,
+    IMTLLRunner,
+    RLWRunner,
+    SIRunner,
+    STCHRunner,
+)
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -39,10 +50,15 @@ __all__ = [
     "ADAPTIVE_LR_WARNING",
     "METHODS",
     "AlternatingRunner",
+    "DWARunner",
     "EPORunner",
     "EWRunner",
+    "EpochRunner",
+    "FAMORunner",
+    "GLSRunner",
     "GradNormRunner",
     "GridRunner",
+    "IMTLLRunner",
     "LSSweepRunner",
     "MAORunner",
     "MGDARunner",
@@ -54,7 +70,10 @@ __all__ = [
     "PCGradRunner",
     "ParetoMTLRunner",
     "PopulationRunner",
+    "RLWRunner",
     "RaySetRunner",
+    "SIRunner",
+    "STCHRunner",
     "STLRunner",
     "SingleModelRunner",
     "UWRunner",
