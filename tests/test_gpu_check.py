@@ -117,7 +117,9 @@ def work(tmp_path: Path) -> Path:
         cmd="python -m mtlopt compare --methods ew,mtgd\\[num-models=2\\],mgda --amp fp16",
     )
     member = {"left": {"accuracy": 50.0}, "right": {"accuracy": 60.0}}
-    finite = _result([{"train": {"loss": [0.5, 0.7]}}], {"test": member}, environment={"amp": "fp16"})
+    # A step skipped on overflow logs NaN task weights: a diagnostic, not a metric.
+    train = {"loss": [0.5, 0.7], "weights": [math.nan, math.nan]}
+    finite = _result([{"train": train}], {"test": member}, environment={"amp": "fp16"})
     _write(work / "amp-fp16" / "runs" / "ew" / "seed0" / "result.json", finite)
     nan = _result([{"train": {"member_loss": [0.5, math.nan]}}], {"test_members": [member, member]})
     _write(work / "amp-fp16" / "runs" / "mtgd_num-models=2" / "seed0" / "result.json", nan)
@@ -184,8 +186,9 @@ def test_the_report_reads_every_kind_of_stage_outcome(work: Path):
         "| tests-rest | timeout | 150 | 150 | exit status 124 |",
         "`tests/test_a.py::test_bad: AssertionError: cuda != cpu`",
         "population of 5 ≤ 2.5× one EW step at K=2: loop 3.10×, vmap 2.00× (met)",
-        "NON-FINITE at history[0].train.member_loss[1]",
-        "**fp16**: 1 of 2 runs finished with finite metrics; not run: mgda",
+        "NON-FINITE at train[0].member_loss[1]",
+        "finite (diagnostic NaN/inf: train[0].weights[0])",
+        "**fp16**: 1 of 2 runs finished with finite metrics; not run: mgda; 1 run(s) log NaN/inf diagnostics",
         "**mtgd**: 2 of 100 epochs (stopped at the deadline)",
         "test hypervolume per epoch: 0.1000, 0.2500",
         "pymoo absent",

@@ -298,6 +298,27 @@ def _test_summary(final: dict[str, Any]) -> str:
     return ""
 
 
+TRAIN_LOSSES = ("loss", "member_loss")
+
+
+def _split_train_log(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics of a run (every validation and test number, the hypervolumes, the training losses)
+    and its diagnostics (the other per-epoch means of the training log: task weights, ...).
+
+    The diagnostics are checked apart: a step that a GradScaler skips (fp16 overflow) reports NaN task
+    weights by design (``mtlopt.backward``), and the trainer's epoch mean of them is then NaN.
+    """
+    history = result.get("history") or []
+    metrics = {"final": result.get("final"), "history": [], "train": []}
+    diagnostics: dict[str, Any] = {"train": []}
+    for record in history:
+        train = record.get("train") or {}
+        metrics["history"].append({k: v for k, v in record.items() if k != "train"})
+        metrics["train"].append({k: v for k, v in train.items() if k in TRAIN_LOSSES})
+        diagnostics["train"].append({k: v for k, v in train.items() if k not in TRAIN_LOSSES})
+    return metrics, diagnostics
+
+
 def read_amp(work: Path, stage: dict[str, Any] | None, amp: str) -> dict[str, Any] | None:
     folder = work / f"amp-{amp}"
     if stage is None or stage["status"] == "skipped":
@@ -308,10 +329,12 @@ def read_amp(work: Path, stage: dict[str, Any] | None, amp: str) -> dict[str, An
         entry: dict[str, Any] = {"run": run.parent.name}
         if result_path.is_file():
             result = json.loads(result_path.read_text())
-            bad = _non_finite({"history": result.get("history"), "final": result.get("final")})
+            metrics, diagnostics = _split_train_log(result)
+            bad = _non_finite(metrics)
             entry.update(
                 status="finite" if bad is None else "NON-FINITE",
                 where=bad,
+                diagnostic=_non_finite(diagnostics),
                 test=_test_summary(result.get("final", {})),
                 step_ms=(result.get("time_per_step_ms") or {}).get("median"),
                 amp=result.get("environment", {}).get("amp"),
@@ -544,6 +567,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"- **{amp}**: {finite} of {len(result['runs'])} runs finished with finite metrics"
             + (f"; not run: {', '.join(result['not_run'])}" if result["not_run"] else "")
             + ("; all finite" if result["all_finite"] else "")
+            + (
+                f"; {noted} run(s) log NaN/inf diagnostics (task weights of the steps a GradScaler skipped)"
+                if (noted := sum(bool(r.get("diagnostic")) for r in result["runs"]))
+                else ""
+            )
         )
     runs = {amp: {r["run"]: r for r in (res or {}).get("runs", [])} for amp, res in report["amp"].items()}
     names = sorted(set(runs["fp16"]) | set(runs["bf16"]))
@@ -561,6 +589,8 @@ def markdown(report: dict[str, Any]) -> str:
                     cells += ["—", "", ""]
                 else:
                     status = r["status"] + (f" at {r['where']}" if r.get("where") else "")
+                    if r.get("diagnostic"):
+                        status += f" (diagnostic NaN/inf: {r['diagnostic']})"
                     cells += [status, r.get("test", ""), _fmt(r.get("step_ms"), 1)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
@@ -625,8 +655,10 @@ def summary(report: dict[str, Any]) -> str:
     for amp, result in report["amp"].items():
         if result:
             finite = sum(r["status"] == "finite" for r in result["runs"])
+            noted = sum(bool(r.get("diagnostic")) for r in result["runs"])
             lines.append(
-                f"  amp {amp}: {finite}/{len(result['runs'])} runs finite, not run: {result['not_run'] or 'none'}"
+                f"  amp {amp}: {finite}/{len(result['runs'])} runs with finite metrics, not run: "
+                f"{', '.join(result['not_run']) or 'none'}; NaN/inf diagnostics in {noted}"
             )
     for method, result in report["pareto"].items():
         if result:
