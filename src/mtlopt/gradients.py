@@ -16,6 +16,8 @@ Two ways to compute J, with the same result:
 
 - a convolution anywhere in the differentiated graph → loop: on the CPU, convolution backward under
   vmap measured 2.5–4× slower than a loop of backward calls;
+- a ``torch.compile``'d module in it → loop: torch cannot vmap its compiled backward (``"batched"``
+  then raises a ``ValueError`` naming ``"loop"``);
 - inputs that are leaves (shared parameters) → batched: every task's path runs through the shared
   layers, which vmap processes for all K rows at once (an MLP encoder at K = 40: 50 ms vs 74 ms);
 - inputs that are intermediate tensors (a representation Z) → loop, unless the tasks' subgraphs are
@@ -40,6 +42,8 @@ __all__ = ["Jacobian", "JacobianMethod", "feature_jacobian", "gramian", "jacobia
 JacobianMethod = Literal["auto", "batched", "loop"]
 # Backward nodes for which vmap over the backward pass is slower than a loop of backward calls.
 _SLOW_UNDER_VMAP = ("Convolution", "Conv2D", "Conv3D", "SlowConv", "Cudnn", "Mkldnn")
+# Backward nodes vmap cannot run at all: the compiled backward of a torch.compile'd module.
+_NOT_UNDER_VMAP = ("CompiledFunction",)
 
 
 def jacobian(
@@ -236,7 +240,16 @@ def jacobian_blocks(
 
 def _task_gradients(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> tuple[Tensor | None, ...]:
     """One task's gradients; None where autograd gives the loss no gradient for an input."""
-    return torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
+    try:
+        return torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True)
+    except RuntimeError as error:
+        if retain_graph and "donated buffer" in str(error):
+            raise ValueError(
+                "per-task gradients take one backward pass per task through a torch.compile'd module, but "
+                "its compiled backward donates its saved tensors and can run only once; set "
+                "torch._functorch.config.donated_buffer = False before the module first runs (docs/compile.md)"
+            ) from error
+        raise
 
 
 def _jacobian_blocks(
@@ -247,14 +260,22 @@ def _jacobian_blocks(
     if method == "batched":
         loss_vector = torch.stack(list(losses))
         identity = torch.eye(K, dtype=loss_vector.dtype, device=loss_vector.device)
-        grads = torch.autograd.grad(
-            loss_vector,
-            inputs,
-            grad_outputs=identity,
-            is_grads_batched=True,
-            retain_graph=retain_graph,
-            allow_unused=True,
-        )
+        try:
+            grads = torch.autograd.grad(
+                loss_vector,
+                inputs,
+                grad_outputs=identity,
+                is_grads_batched=True,
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
+        except (RuntimeError, NotImplementedError) as error:
+            if _has_node(losses, inputs, _NOT_UNDER_VMAP):
+                raise ValueError(
+                    "method='batched' cannot differentiate through a torch.compile'd module (torch has no "
+                    "vmap of its compiled backward); use method='loop', or 'auto', which picks it"
+                ) from error
+            raise
         reached = [g is not None for g in grads]
         # A defined gradient of a batched call has the task dimension; one no row reaches is None.
         return [x.new_zeros((K, *x.shape)) if g is None else g for g, x in zip(grads, inputs)], reached
@@ -288,12 +309,19 @@ def choose_method(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Literal
 
 
 def graph_has_slow_vmap_ops(losses: Tensor | Sequence[Tensor], inputs: Sequence[Tensor]) -> bool:
-    """Whether the graph from the losses down to ``inputs`` contains a convolution backward node."""
+    """Whether the graph from the losses down to ``inputs`` has a node vmap runs slowly (a convolution's
+    backward) or not at all (a torch.compile'd module's backward)."""
+    return _has_node(losses, inputs, _SLOW_UNDER_VMAP + _NOT_UNDER_VMAP)
+
+
+def _has_node(losses: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], markers: tuple[str, ...]) -> bool:
     stops = {t.grad_fn for t in inputs if t.grad_fn is not None}
     roots = [losses] if isinstance(losses, Tensor) else list(losses)
-    return any(_is_slow_under_vmap(node) for node in walk_graph([r.grad_fn for r in roots], stops))
+    nodes = walk_graph([r.grad_fn for r in roots], stops)
+    return any(marker in type(node).__name__ for node in nodes for marker in markers)
 
 
 def _is_slow_under_vmap(node: object) -> bool:
+    """Whether vmap runs the node slowly or not at all (then the loop is taken)."""
     name = type(node).__name__
-    return any(marker in name for marker in _SLOW_UNDER_VMAP)
+    return any(marker in name for marker in _SLOW_UNDER_VMAP + _NOT_UNDER_VMAP)
