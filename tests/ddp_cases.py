@@ -185,6 +185,37 @@ def population_resume_case(rank, world):
     }
 
 
+def loss_method_case(make_weighting, epochs=3):
+    """A loss-level method over several epochs with its loop hooks: FAMO's update after every step (this
+    rank's recomputed losses; update averages them), new_epoch() at each epoch end (DWA, STCH)."""
+
+    def run(rank, world):
+        model = Net()
+        weighting = make_weighting()
+        params = list(model.parameters()) + (
+            list(weighting.parameters()) if isinstance(weighting, nn.Module) else []
+        )
+        optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        for _ in range(epochs):
+            for x, y in batches():
+                x, y = shard(x, rank, world), shard(y, rank, world)
+                optimizer.zero_grad()
+                losses, _ = model.losses(x, y)
+                mtlopt.backward([loss + 0.1 for loss in losses], weighting)
+                optimizer.step()
+                if isinstance(weighting, mtlopt.FAMO):
+                    with torch.no_grad():
+                        weighting.update(torch.stack(model.losses(x, y)[0]) + 0.1)
+            if hasattr(weighting, "new_epoch"):
+                weighting.new_epoch()
+        saved = weighting.state_dict()
+        extra = {f"weighting.{k}": v for k, v in saved.items() if isinstance(v, torch.Tensor)}
+        extra.update({f"weighting.history{i}": h for i, h in enumerate(saved.get("history", []))})
+        return state(model, extra)
+
+    return run
+
+
 CASES = {
     "ew": weighting_case(lambda model: mtlopt.EW(), "plain"),
     "fixed": weighting_case(lambda model: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
@@ -201,6 +232,13 @@ CASES = {
     "alternating": alternating_case,
     "population": population_case,
     "population-resume": population_resume_case,
+    "dwa": loss_method_case(lambda: mtlopt.DWA()),
+    "rlw": loss_method_case(lambda: mtlopt.RLW(seed=7)),
+    "gls": loss_method_case(lambda: mtlopt.GLS()),
+    "si": loss_method_case(lambda: mtlopt.SI()),
+    "imtl-l": loss_method_case(lambda: mtlopt.IMTLL(TASKS).double()),
+    "famo": loss_method_case(lambda: mtlopt.FAMO(TASKS)),
+    "stch": loss_method_case(lambda: mtlopt.STCH(warmup_epochs=0)),
 }  # fmt: skip
 
 
