@@ -252,6 +252,7 @@ def branch_worker(rank: int, world: int, port: int, folder: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.cpu_only(reason="gloo DDP: processes on the CPU over loopback")
 def test_a_branch_taken_on_one_rank_gives_every_rank_the_one_process_update(tmp_path):
     import socket
 
