@@ -124,8 +124,8 @@ class Jacobian:
         exact_rows: whether row t is task t's gradient alone (loop); a batched computation may spread
             one task's NaN to every row (vmap sends all rows through every node, and 0 · inf = NaN).
         reached: per input, whether autograd gave some task a gradient for it; an input no loss
-            reaches has zero rows and, like ``loss.backward()`` leaves its ``.grad`` alone, is not
-            written to.
+            reaches has zero rows, and :func:`mtlopt.backward` and MAO leave it alone, as
+            ``loss.backward()`` leaves such a ``.grad``.
     """
 
     def __init__(
