@@ -16,6 +16,11 @@ from mtlopt.benchmarks.models import SenerLeNet
 NAMES = ["dwa", "rlw", "gls", "si", "imtl-l", "famo", "stch"]
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 class TwoDigits:
     task_types = ("classification", "classification")
 
@@ -107,3 +112,22 @@ def test_imtl_l_runner_trains_its_scales_without_weight_decay():
     assert runner.optimizer.param_groups[1]["weight_decay"] == 0.0
     train(runner, batches(2), 0, 2)
     assert not torch.equal(scales.detach(), torch.zeros(2))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_every_loss_method_trains_one_epoch_under_mixed_precision(tmp_path, amp):
+    """bf16 autocast, and fp16 autocast with a GradScaler (FAMO's update reads the float16 losses)."""
+    import json
+    import math
+
+    from mtlopt.benchmarks.cli import main
+
+    small = ["--benchmark", "multimnist", "--max-sources", "1000", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
+    out = tmp_path / amp
+    args = ["compare", *small, "--methods", ",".join(NAMES), "--amp", amp, "--seeds", "1", "--epochs", "1"]
+    assert main([*args, "--warmup-epochs", "0", "--out", str(out)]) == 0
+    for name in NAMES:
+        result = json.loads((out / "runs" / name / "seed0" / "result.json").read_text())
+        assert result["environment"]["amp"] == amp
+        for values in result["final"]["test"].values():
+            assert all(math.isfinite(v) for v in values.values()), (name, values)
