@@ -25,6 +25,7 @@
 # Environment: PYTHON (the interpreter; default .venv/bin/python, else python3, whichever has torch
 # with cuda in GPU mode), GPU_CHECK_WORKERS (pytest-xdist workers on the GPU, default 8).
 set -uo pipefail
+{  # parsed whole before it runs: a change to this file during a run does not reach the run
 cd "$(dirname "$0")/.." || exit 2
 root=$(pwd)
 started=$(date +%s)
@@ -35,12 +36,12 @@ while [ $# -gt 0 ]; do
         --cpu) mode=cpu ;;
         --quick) quick=1 ;;
         --prepare) prepare=1 ;;
-        --out) out="$2"; shift ;;
-        --work) work="$2"; shift ;;
-        --budget) budget="$2"; shift
+        --out) out="${2:?--out needs a folder}"; shift ;;
+        --work) work="${2:?--work needs a folder}"; shift ;;
+        --budget) budget="${2:-}"; shift
             case "$budget" in '' | *[!0-9]*) echo "gpu_check: --budget takes seconds" >&2; exit 2 ;; esac ;;
-        --data-root) data_root="$2"; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --data-root) data_root="${2:?--data-root needs a folder}"; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -74,7 +75,7 @@ if [ $prepare -eq 1 ]; then
     fi
     git describe --always --dirty >"$carry/commit.txt" 2>/dev/null || true
     say "prepared $carry ($(du -sh "$carry" | cut -f1)); the working tree travels too ($(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked)"
-    say "then, with the device tool: run(command=\"bash scripts/gpu_check.sh\", carry=[\"$carry\"], timeout_s=600)"
+    say "then, with the device tool: run(command=\"bash scripts/gpu_check.sh\", carry=[\"$carry\"], timeout_s=560)"
     exit 0
 fi
 
@@ -272,3 +273,4 @@ tar -czf "$out/logs.tar.gz" -C "$work" --exclude=cache --exclude=site --exclude=
     --exclude='*.png' . 2>/dev/null || say "could not write $out/logs.tar.gz"
 say "report: $out/report.md; stage files: $work; archive: $out/logs.tar.gz ($(($(date +%s) - started))s in all)"
 exit $rc
+}

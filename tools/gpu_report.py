@@ -92,7 +92,7 @@ def environment(device: str, root: Path) -> dict[str, Any]:
     if commit is None and carried.is_file():
         commit = carried.read_text().strip() + " (from runs/gpu_carry/commit.txt)"
     info["commit"] = commit
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             packages[name] = importlib.metadata.version(name)
@@ -112,7 +112,10 @@ def build_data(args: argparse.Namespace) -> dict[str, Any]:
     from mtlopt.benchmarks.interfaces import DataOptions
     from mtlopt.benchmarks.suite import get_benchmark
 
-    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
+    sizes: tuple[int, int, int] | None = None
+    if args.sizes:
+        train, val, test = (int(s) for s in args.sizes.split(","))
+        sizes = (train, val, test)
     report: dict[str, Any] = {"available": False, "protocols": {}}
     benchmark = get_benchmark("multifashion")
     for protocol in ("sener", "pmtl"):
@@ -309,13 +312,14 @@ def _split_train_log(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     weights by design (``mtlopt.backward``), and the trainer's epoch mean of them is then NaN.
     """
     history = result.get("history") or []
-    metrics = {"final": result.get("final"), "history": [], "train": []}
-    diagnostics: dict[str, Any] = {"train": []}
-    for record in history:
-        train = record.get("train") or {}
-        metrics["history"].append({k: v for k, v in record.items() if k != "train"})
-        metrics["train"].append({k: v for k, v in train.items() if k in TRAIN_LOSSES})
-        diagnostics["train"].append({k: v for k, v in train.items() if k not in TRAIN_LOSSES})
+    records: list[dict[str, Any]] = [{k: v for k, v in r.items() if k != "train"} for r in history]
+    trains: list[dict[str, Any]] = [r.get("train") or {} for r in history]
+    metrics = {
+        "final": result.get("final"),
+        "history": records,
+        "train": [{k: v for k, v in t.items() if k in TRAIN_LOSSES} for t in trains],
+    }
+    diagnostics = {"train": [{k: v for k, v in t.items() if k not in TRAIN_LOSSES} for t in trains]}
     return metrics, diagnostics
 
 
