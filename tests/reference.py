@@ -86,3 +86,82 @@ def random_jacobian(rng: np.random.Generator, K: int, n: int) -> np.ndarray:
     """K gradients in R^n sharing a common component, with task scales spread over 10^±1."""
     common = rng.standard_normal(n) * rng.uniform(0.0, 3.0)
     return (common + rng.standard_normal((K, n))) * 10.0 ** rng.uniform(-1, 1, size=(K, 1))
+
+
+# Ill-scaled problems (task gradient norms many orders of magnitude apart). A solver working on G
+# divided by its largest entry loses the short gradients' digits below that entry's rounding; these
+# references work in the basis of unit-norm gradients instead, and the checks evaluate in extended
+# precision, so that they stay exact relative to the solution.
+
+
+def reference_min_norm_rescaled(G: np.ndarray) -> tuple[np.ndarray, float]:
+    """min αᵀGα on the simplex, accurate relative to the optimum for any spread of gradient norms.
+
+    quadprog on the equivalent problem in ν = α·‖g‖/min‖g‖ (the weights of the unit-norm gradients):
+    min νᵀNν subject to wᵀν = 1, ν ≥ 0, with N = D G D unit-diagonal (D = diag(1/‖g_t‖)) and
+    w = min‖g‖/‖g‖ ≤ 1, so that the QP is well scaled; a zero gradient is optimal by itself. The best
+    of this and :func:`reference_min_norm` (by the extended-precision objective) is returned, with the
+    objective in extended precision.
+    """
+    quadprog = pytest.importorskip("quadprog")
+    G = 0.5 * (G + G.T)
+    K = G.shape[0]
+    norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    if norms.min() <= 0.0:
+        alpha = np.zeros(K)
+        alpha[int(np.argmin(norms))] = 1.0
+        return alpha, 0.0
+    N = G / np.outer(norms, norms)
+    w = norms.min() / norms
+    C = np.hstack([w[:, None], np.eye(K)])
+    b = np.r_[1.0, np.zeros(K)]
+    candidates = [reference_min_norm(G)[0]]
+    for ridge in (1e-15, 1e-13, 1e-11):
+        try:
+            nu = quadprog.solve_qp(N + ridge * np.eye(K), np.zeros(K), C, b, meq=1)[0]
+        except ValueError:
+            continue
+        alpha = np.clip(nu * w, 0.0, None)
+        candidates.append(alpha / alpha.sum())
+    objectives = [objective_extended(G, alpha) for alpha in candidates]
+    best = int(np.argmin(objectives))
+    return candidates[best], objectives[best]
+
+
+def objective_extended(G: np.ndarray, alpha: np.ndarray) -> float:
+    """αᵀGα in extended precision (np.longdouble): exact relative to the sum of |α_i α_j G_ij|."""
+    G_ext, a = G.astype(np.longdouble), alpha.astype(np.longdouble)
+    return float(a @ G_ext @ a)
+
+
+def contribution_scale(G: np.ndarray, alpha: np.ndarray) -> float:
+    """(Σ_t α_t ‖g_t‖)²: the size of the terms that cancel in ‖Σ_t α_t g_t‖².
+
+    An objective below about 1e-16 of it is zero as far as float64 can tell (no solver that reads G
+    can resolve it), so tolerances on the objective have a floor at a small multiple of it.
+    """
+    norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    return float(alpha @ norms) ** 2
+
+
+def scaled_kkt_violations(G: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
+    """The KKT conditions g_tᵀd ≥ ‖d‖² (all t; = where α_t > 0) of d = Σ α_t g_t, scale-free.
+
+    Violation of task t: (‖d‖² − g_tᵀd) / (‖g_t‖·‖d‖) = ‖d‖/‖g_t‖ − cos(g_t, d), in extended
+    precision, so a long gradient's condition is measured against its own length and a short one's
+    against its own. When ‖d‖ is below 1e-6·Σα_t‖g_t‖ (an optimum that is zero to 12 digits), ‖d‖ in
+    the denominator is replaced by that. Returns (largest dual violation, largest complementarity
+    violation over the tasks whose contribution α_t‖g_t‖ exceeds 1e-9·Σα‖g‖).
+    """
+    G_ext, a = G.astype(np.longdouble), alpha.astype(np.longdouble)
+    Ga = G_ext @ a
+    f = a @ Ga
+    norms = np.sqrt(np.clip(np.diag(G_ext), 0.0, None))
+    contributions = a * norms
+    total = float(contributions.sum())
+    length = max(float(np.sqrt(max(float(f), 0.0))), 1e-6 * total)
+    denominator = norms * length
+    violation = (f - Ga) / np.where(denominator > 0, denominator, 1.0)
+    support = contributions > 1e-9 * total
+    complementarity = float(np.abs(violation[support]).max()) if support.any() else 0.0
+    return float(violation.max()), complementarity

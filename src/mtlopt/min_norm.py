@@ -17,10 +17,20 @@ Solvers (all float64, NumPy on the CPU; the Gramian is K×K, so this is one host
     Closed form of Algorithm 1 of the paper (K = 2 only).
 ``"active-set"``
     Wolfe's minimum-norm-point algorithm (Wolfe 1976) run on the Gramian: an active-set method that
-    terminates with the exact optimum (to rounding). Default for K > 2. It starts from the affine
-    minimizer of all K gradients with the vertices of non-positive weight dropped (a few iterations when
-    most tasks are active at the optimum, as with real gradients at K = 40), or, when that start does
-    not end on the optimality test, from Wolfe's one-vertex start.
+    terminates with the exact optimum. Default for K > 2. It starts from the affine minimizer of all K
+    gradients with the vertices of non-positive weight dropped (a few iterations when most tasks are
+    active at the optimum, as with real gradients at K = 40), or, when that start does not end on the
+    optimality test, from Wolfe's one-vertex start. "Exact" holds relative to the solution, whatever
+    the spread of the gradient norms: it stops when the gap is below ``tol`` (1e-12) times the
+    objective, or below the rounding error of the products it compares (relative to the solution's own
+    terms, so 0 for an exactly zero optimum), never at a fraction of the longest gradient; the affine
+    minimizers are solved in the basis of unit-norm gradients, so that norms 1e8 apart (and more) cost
+    no accuracy; a zero gradient is returned as the optimum it is. A Gramian that is PSD only to its
+    round-off (rank-deficient, computed in float32) can make the problem slightly non-convex and the
+    test unreachable; it is then solved as its nearest PSD matrix in that basis (negative eigenvalues
+    set to 0). ``converged`` is True only when the optimality test was met
+    (``tests/test_min_norm_ill_scaled.py``: norms up to 1e8 apart, K ≤ 64, the objective within 1e-6
+    of an independent QP solver's, relative, and the KKT conditions of every task).
 ``"frank-wolfe"``
     Algorithm 2 of the paper: start at the uniform weights, move towards the vertex with the smallest
     :math:`(G\alpha)_t` with the two-point line search, stop when the L1 change of α falls below ``tol``
@@ -69,9 +79,14 @@ class MinNormResult:
             :math:`f(\\alpha) - f^* \\le 2\\,\\mathrm{gap}`.
         kkt_residual: largest violation of the KKT conditions (dual feasibility
             :math:`(G\\alpha)_t \\ge f` and complementarity :math:`\\alpha_t((G\\alpha)_t - f) = 0`),
-            divided by :math:`\\max_t G_{tt}`; dimensionless.
+            divided by :math:`\\max_t G_{tt}`; dimensionless. Relative to the longest gradient, so it
+            is small for any point when the min-norm point is far shorter; ``converged`` (active set)
+            is the certificate that holds relative to the solution.
         iterations: iterations taken (0 for the closed form).
-        converged: whether the stopping rule was met before ``max_iter``.
+        converged: whether the stopping rule was met before ``max_iter``. Active set: the optimality
+            test (gap ≤ ``tol`` × objective, or at the rounding floor of the solution's own terms), so
+            True certifies the optimum. ``"frank-wolfe"`` and ``"pgd"``: their L1-change rule, which
+            certifies nothing (see ``gap``).
         solver: the solver that produced the weights.
     """
 
@@ -115,7 +130,8 @@ def min_norm(
         solver: ``"auto"`` (closed form for K = 2, ``"active-set"`` otherwise), ``"two-task"``,
             ``"active-set"``, ``"frank-wolfe"`` (paper) or ``"pgd"`` (official code).
         tol: stopping tolerance. Iterative solvers: L1 change of α (default 1e-5, the official
-            code's). Active set: gap relative to the objective (default 1e-12).
+            code's). Active set: gap relative to the objective (default 1e-12), with a floor at the
+            rounding error of the solution's own terms.
         max_iter: iteration cap (default 250 for the iterative solvers, 1000 for the active set).
         clip: end-of-segment weights of the two-point rule (see :func:`two_point_weight`), used by the
             closed form and by the line searches of ``"frank-wolfe"`` and ``"pgd"``.
@@ -208,39 +224,111 @@ def _active_set(G: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, i
     at most ``_DENSE_START_ROUNDS`` times, until the weights are positive: a valid corral (its point is
     inside it) from which the same cycles reach the optimum in a few iterations when the support is
     large. It is used when it ends on the optimality test; otherwise (no positive corral within the
-    rounds, a singular corral, a stall) the solve starts over from Wolfe's start, as before.
+    rounds, a singular corral, a stall) the solve starts over from Wolfe's start.
+
+    Every tolerance is relative to the solution, never to the longest gradient, so that a min-norm point
+    many orders of magnitude shorter than the longest gradient is found as accurately as any other
+    (see :class:`_Problem` and :func:`_wolfe`).
+
+    Returns the weights, the iterations and whether the solve ended on the optimality test.
     """
     K = G.shape[0]
-    scale = float(np.max(np.diag(G)))
-    if scale <= 0.0:  # every gradient is zero: any weights are optimal
+    diagonal = np.diag(G)
+    if float(diagonal.max()) <= 0.0:  # every gradient is zero: any weights are optimal
         return np.full(K, 1.0 / K), 0, True
-    G = G / scale
-    # Roundoff floor of the gap: entries of G·α carry errors of about K·eps relative to the scale.
-    floor = 64.0 * K * np.finfo(np.float64).eps
+    if float(diagonal.min()) <= 0.0:  # a zero gradient: its vertex is the min-norm point, 0, exactly
+        alpha = np.zeros(K)
+        alpha[int(np.argmin(diagonal))] = 1.0
+        return alpha, 0, True
+    result = _solve(_Problem.of(G), tol, max_iter)
+    if not result[2] and K >= 3 and result[1] < max_iter:
+        # A Gramian that is PSD only to its round-off makes the problem slightly non-convex, and the
+        # optimality test may not be met. Solve the nearest PSD matrix instead (negative eigenvalues of
+        # the unit-norm Gramian set to 0: a change of the round-off's size, relative to every entry).
+        repaired = _Problem.psd_part(G)
+        if repaired is not None:
+            retry = _solve(repaired, tol, max_iter - result[1])
+            if retry[2]:
+                return retry[0], result[1] + retry[1], True
+    return result
+
+
+def _solve(problem: _Problem, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
+    """The dense start, then (unless it ends on the optimality test) Wolfe's one-vertex start."""
+    G = problem.G
+    K = G.shape[0]
+    dense: tuple[np.ndarray, int, bool] | None = None
     if K >= 3:
-        corral = _dense_corral(G)
+        corral = _dense_corral(problem)
         if corral is not None:
-            alpha, iterations, converged, optimal = _wolfe(G, *corral, tol, floor, max_iter)
-            if optimal:
-                return alpha, iterations, converged
+            dense = _wolfe(problem, *corral, tol, max_iter)
+            if dense[2]:
+                return dense
     start = int(np.argmin(np.diag(G)))
     alpha = np.zeros(K)
     alpha[start] = 1.0
-    return _wolfe(G, [start], alpha, tol, floor, max_iter)[:3]
+    cold = _wolfe(problem, [start], alpha, tol, max_iter)
+    if dense is not None and not cold[2] and _objective(G, dense[0]) < _objective(G, cold[0]):
+        return dense
+    return cold
 
 
 _DENSE_START_ROUNDS = 3
+# Rounding of the optimality test: (Gα)_j and αᵀGα, sums of at most K products, are exact to
+# _ROUNDING · (K + 2) · eps times the same sums of absolute values, (|G|α)_j and αᵀ|G|α.
+_ROUNDING = 4.0
+_EPS = float(np.finfo(np.float64).eps)
 
 
-def _dense_corral(G: np.ndarray) -> tuple[list[int], np.ndarray] | None:
+@dataclass(frozen=True)
+class _Problem:
+    """The Gramian G (divided by its largest diagonal entry) and the same problem in the basis of
+    unit-norm gradients: N = D G D with D = diag(1/‖g_t‖), and w = min‖g‖/‖g‖ (≤ 1).
+
+    The affine minimizers are solved in that basis (unit diagonal, constraint entries ≤ 1), so that
+    gradient norms far apart (1e8 and more) leave the systems as well conditioned as the angles between
+    the gradients allow, and a short gradient's weight stays exact relative to its own size.
+    """
+
+    G: np.ndarray
+    abs_G: np.ndarray
+    N: np.ndarray
+    w: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, G: np.ndarray) -> _Problem:
+        G = G / float(np.max(np.diag(G)))
+        norms = np.sqrt(np.diag(G))
+        return cls(G, np.abs(G), G / np.outer(norms, norms), norms.min() / norms, norms)
+
+    @classmethod
+    def psd_part(cls, G: np.ndarray) -> _Problem | None:
+        """The problem of G with the negative eigenvalues of N set to 0 (None if there are none)."""
+        problem = cls.of(G)
+        values, vectors = np.linalg.eigh(problem.N)
+        if values[0] >= 0.0:
+            return None
+        N = (vectors * np.clip(values, 0.0, None)) @ vectors.T
+        unit = 1.0 / np.sqrt(np.diag(N))  # back to a unit diagonal, PSD kept
+        N = N * np.outer(unit, unit)
+        return cls.of(0.5 * (N + N.T) * np.outer(problem.norms, problem.norms))
+
+
+def _objective(G: np.ndarray, alpha: np.ndarray) -> float:
+    return float(alpha @ G @ alpha)
+
+
+def _dense_corral(problem: _Problem) -> tuple[list[int], np.ndarray] | None:
     """A corral with positive affine-minimizer weights, from all vertices down (None if not found)."""
-    support = np.arange(G.shape[0])
+    K = problem.G.shape[0]
+    support = np.arange(K)
     for _ in range(_DENSE_START_ROUNDS):
-        mu = _affine_minimizer(G[np.ix_(support, support)])
+        mu = _affine_minimizer(problem, support)
         if mu is None:
             return None
         if mu.min() > 0.0:
-            alpha = np.zeros(G.shape[0])
+            alpha = np.zeros(K)
             alpha[support] = mu
             return support.tolist(), alpha
         support = support[mu > 0.0]
@@ -250,56 +338,88 @@ def _dense_corral(G: np.ndarray) -> tuple[list[int], np.ndarray] | None:
 
 
 def _wolfe(
-    G: np.ndarray, support: list[int], alpha: np.ndarray, tol: float, floor: float, max_iter: int
-) -> tuple[np.ndarray, int, bool, bool]:
-    """Major and minor cycles of Wolfe's algorithm from a corral with positive weights ``alpha``.
+    problem: _Problem, support: list[int], alpha: np.ndarray, tol: float, max_iter: int
+) -> tuple[np.ndarray, int, bool]:
+    r"""Major and minor cycles of Wolfe's algorithm from a corral with positive weights ``alpha``.
 
-    Returns the weights, the iterations, whether it stopped (converged) and whether it stopped on the
-    optimality test (rather than a stall at the rounding floor or a singular corral).
+    Optimality test (major cycle): the most violated vertex j outside the support, the smallest
+    :math:`(G\alpha)_j`, must satisfy :math:`f - (G\alpha)_j \le \max(\mathrm{tol}\cdot f,\
+    \mathrm{floor})` with :math:`f = \alpha^\top G\alpha`. Both sides are relative to the solution: the
+    floor is the rounding error of the two sums compared, :math:`4(|S| + 2)\,\varepsilon\,(\alpha^\top
+    |G|\alpha + (|G|\alpha)_j)`, which is 0 for an exactly zero optimum and never a fixed fraction of
+    the longest gradient. (Inside the support :math:`(G\alpha)_t = f` up to the accuracy of the affine
+    solve, so the support is left out of the test, as it is in exact arithmetic.)
+
+    Returns the weights, the iterations and whether it stopped on the optimality test (rather than at
+    ``max_iter``, on a singular corral or on a vertex that cannot enter).
     """
+    G, norms = problem.G, problem.norms
+    K = G.shape[0]
     for iteration in range(1, max_iter + 1):
-        Ga = G[:, support] @ alpha[support]
-        f = float(alpha[support] @ Ga[support])
-        j = int(np.argmin(Ga))
-        if f - Ga[j] <= max(tol * f, floor):
-            return alpha, iteration - 1, True, True
-        if j in support:
-            return alpha, iteration - 1, True, False
+        if len(support) == K:  # every vertex in the corral: its affine minimizer is the optimum
+            return alpha, iteration - 1, True
+        weights = alpha[support]
+        Ga = G[:, support] @ weights
+        f = float(weights @ Ga[support])
+        masked = Ga.copy()
+        masked[support] = np.inf
+        j = int(np.argmin(masked))
+        gap = f - float(Ga[j])
+        if gap <= tol * max(f, 0.0):
+            return alpha, iteration - 1, True
+        # The rounding floor, with |G|α only when the gap is within its bound: αᵀ|G|α ≤ (Σα‖g‖)²
+        # and (|G|α)_j ≤ ‖g_j‖ Σα‖g‖ (Cauchy–Schwarz).
+        rounding = _ROUNDING * (len(support) + 2) * _EPS
+        spread = float(weights @ norms[support])
+        if gap <= rounding * spread * (spread + norms[j]):
+            magnitude = problem.abs_G[:, support] @ weights
+            if gap <= rounding * (float(weights @ magnitude[support]) + magnitude[j]):
+                return alpha, iteration - 1, True
         support.append(j)
         # Minor cycles: move to the affine minimizer of the support, dropping vertices whose weight
         # would become negative, until the affine minimizer lies inside the support's hull.
         while True:
-            index = np.asarray(support)
-            mu = _affine_minimizer(G[index[:, None], index])
+            mu = _affine_minimizer(problem, np.asarray(support))
             if mu is not None and mu.min() > 0.0:
                 alpha[support] = mu
                 break
-            current = alpha[support]
             if mu is None:  # singular corral (rounding): keep the current point, drop the new vertex
                 support.pop()
-                return alpha, iteration, True, False
-            negative = mu <= 0.0
-            theta = float(np.min(current[negative] / (current[negative] - mu[negative])))
+                return alpha, iteration, False
+            current = alpha[support]
+            negative = np.flatnonzero(mu <= 0.0)
+            ratios = current[negative] / (current[negative] - mu[negative])
+            theta = float(ratios.min())
             moved = current + theta * (mu - current)
-            moved[moved <= 1e-15] = 0.0
+            # The blocking vertex leaves exactly, and any other whose weight is at the rounding level
+            # of its own terms (not an absolute level: a long gradient's weight can be 1e-12 and exact).
+            moved[negative[np.argmin(ratios)]] = 0.0
+            moved[moved <= 8.0 * _EPS * (current + theta * np.abs(mu - current))] = 0.0
             keep = moved > 0.0
             if support[-1] == j and not keep[-1] and theta == 0.0:
                 # The new vertex cannot enter (its improvement is below rounding): stop here.
                 support.pop()
-                return alpha, iteration, True, False
+                return alpha, iteration, False
             alpha[support] = moved
             support = [s for s, k in zip(support, keep) if k]
             alpha /= alpha.sum()
-    return alpha, max_iter, False, False
+    return alpha, max_iter, False
 
 
-def _affine_minimizer(G_S: np.ndarray) -> np.ndarray | None:
-    """argmin μᵀ G_S μ subject to Σμ = 1 (no sign constraint), from the bordered KKT system."""
-    n = G_S.shape[0]
+def _affine_minimizer(problem: _Problem, support: np.ndarray) -> np.ndarray | None:
+    """argmin μᵀ G_S μ subject to Σμ = 1 (no sign constraint) over the vertices ``support``.
+
+    From the bordered KKT system in the unit-norm basis: ν = μ‖g‖/min‖g‖ solves
+    [[N_S, w_S], [w_Sᵀ, 0]] [ν; λ] = [0; 1], with w_S divided by its largest entry (a common factor
+    that the final normalization removes).
+    """
+    n = support.size
+    w = problem.w[support]
+    w = w / w.max()
     A = np.empty((n + 1, n + 1))
-    A[:n, :n] = G_S
-    A[:n, n] = 1.0
-    A[n, :n] = 1.0
+    A[:n, :n] = problem.N[support[:, None], support]
+    A[:n, n] = w
+    A[n, :n] = w
     A[n, n] = 0.0
     rhs = np.zeros(n + 1)
     rhs[n] = 1.0
@@ -307,11 +427,11 @@ def _affine_minimizer(G_S: np.ndarray) -> np.ndarray | None:
         solution = np.linalg.solve(A, rhs)
     except np.linalg.LinAlgError:
         solution = np.linalg.lstsq(A, rhs, rcond=None)[0]
-    mu = solution[:n]
+    mu = solution[:n] * w  # μ_t ∝ ν_t/‖g_t‖ ∝ ν_t w_t, and Σ_t ν_t w_t = 1
     total = mu.sum()
     if not np.isfinite(total) or abs(total - 1.0) > 1e-6:
         return None
-    return mu
+    return mu / total
 
 
 def _frank_wolfe(
