@@ -43,6 +43,14 @@ Solvers (all float64, NumPy on the CPU; the Gramian is K×K, so this is one host
 Every solver returns a :class:`MinNormResult` with a convergence report. ``gap`` is the Frank–Wolfe
 duality gap :math:`f(\alpha) - \min_t (G\alpha)_t`; it certifies
 :math:`f(\alpha) - f^* \le 2\,\mathrm{gap}`.
+
+The Gramian must be symmetric positive semi-definite up to round-off: an asymmetry or a negative
+eigenvalue beyond ``0.1`` × its largest diagonal entry is refused with a ``ValueError``. The tolerance
+is that wide because a Gramian computed in low precision is PSD only to its round-off, and the library
+computes Gramians in the gradients' dtype: rank-deficient ones whose products are rounded to bfloat16
+reach about −1e-2 × the largest diagonal entry at K = 64 (``tests/test_min_norm_gramian_check.py``).
+A matrix that is not a Gramian (a negated one, a hand-written indefinite one, the product of two
+different Jacobians) is typically far outside it.
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ _ITERATIVE_TOL = 1e-5
 _ITERATIVE_MAX_ITER = 250
 _ACTIVE_SET_TOL = 1e-12
 _ACTIVE_SET_MAX_ITER = 1000
+# Asymmetry and negative eigenvalues allowed, relative to the largest diagonal entry (the round-off of
+# Gramians computed in low precision; see the module docstring).
+_PSD_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,8 @@ def min_norm(
     """Solve min αᵀGα over the simplex for a K×K Gramian G.
 
     Args:
-        gramian: symmetric positive semi-definite K×K matrix (any float dtype, any device).
+        gramian: symmetric positive semi-definite K×K matrix (any float dtype, any device); an
+            asymmetry or a negative eigenvalue beyond 0.1 × its largest diagonal entry is refused.
         solver: ``"auto"`` (closed form for K = 2, ``"active-set"`` otherwise), ``"two-task"``,
             ``"active-set"``, ``"frank-wolfe"`` (paper) or ``"pgd"`` (official code).
         tol: stopping tolerance. Iterative solvers: L1 change of α (default 1e-5, the official
@@ -191,8 +203,35 @@ def _as_gramian(gramian: Tensor | np.ndarray) -> np.ndarray:
     if not np.isfinite(G).all():
         bad = sorted({int(i) for i in np.argwhere(~np.isfinite(G)).ravel()})
         raise ValueError(f"the Gramian has non-finite entries in rows/columns {bad}")
+    scale = float(np.max(np.abs(np.diag(G))))
+    allowed = _PSD_TOLERANCE * scale
+    asymmetry = np.abs(G - G.T)
+    if float(asymmetry.max()) > allowed:
+        i, j = (int(k) for k in np.unravel_index(int(np.argmax(asymmetry)), G.shape))
+        raise ValueError(
+            f"the Gramian must be symmetric: G[{i},{j}] = {G[i, j]:.6g} but G[{j},{i}] = {G[j, i]:.6g}; "
+            f"expected a difference <= {allowed:.6g} (round-off: {_PSD_TOLERANCE:g} x the largest "
+            f"diagonal entry, {scale:.6g})"
+        )
     # Symmetrize: float32 matmuls need not return an exactly symmetric matrix.
-    return 0.5 * (G + G.T)
+    G = 0.5 * (G + G.T)
+    if G.shape[0] <= 2:  # the smallest eigenvalue in closed form
+        a, c = float(G[0, 0]), float(G[-1, -1])
+        b = float(G[0, -1]) if G.shape[0] == 2 else 0.0
+        lowest = 0.5 * (a + c) - float(np.hypot(0.5 * (a - c), b)) if G.shape[0] == 2 else a
+    else:
+        try:
+            np.linalg.cholesky(G + allowed * np.eye(G.shape[0]) if allowed > 0 else G)
+            return G
+        except np.linalg.LinAlgError:
+            lowest = float(np.linalg.eigvalsh(G)[0])
+    if lowest >= -allowed and (allowed > 0 or lowest >= 0.0):
+        return G
+    raise ValueError(
+        f"the Gramian must be positive semi-definite: its most negative eigenvalue is {lowest:.6g}; "
+        f"expected >= {0.0 - allowed:.6g} (round-off: {_PSD_TOLERANCE:g} x the largest diagonal entry, "
+        f"{scale:.6g})"
+    )
 
 
 def _report(G: np.ndarray, alpha: np.ndarray, iterations: int, converged: bool, solver: str) -> MinNormResult:
