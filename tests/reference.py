@@ -165,3 +165,88 @@ def scaled_kkt_violations(G: np.ndarray, alpha: np.ndarray) -> tuple[float, floa
     support = contributions > 1e-9 * total
     complementarity = float(np.abs(violation[support]).max()) if support.any() else 0.0
     return float(violation.max()), complementarity
+
+
+def official_pgd_reference(
+    G: np.ndarray, max_iter: int = 100_000, *, at_cap: str = "raise", pair_bound: float = 1e8
+) -> tuple[np.ndarray, int]:
+    """``MinNormSolver.find_min_norm_element`` of the official MGDA code, transcribed on a Gramian.
+
+    Source: github isl-org/MultiObjectiveOptimization, ``multi_task/min_norm_solvers.py`` (archived;
+    read at commit bf5bbb3). Same steps in the same order, written out with the official loops (scalar
+    inner products accumulated pair by pair), with the official constants: end-of-segment weights
+    0.001 / 0.999, ``STOP_CRIT`` 1e-5, the first best pair below the initial ``dmin = 1e8``, the 1e-7
+    threshold of ``_next_point``, and the return of the point *before* the last change. In float64 (the
+    official code keeps the inner products as float32 torch scalars). The official loop has no working
+    cap; ``max_iter`` only guards the tests: an error if reached, or, with ``at_cap="return"``, the
+    point after ``max_iter`` updates (to compare the first iterates). ``pair_bound`` is the official
+    initial ``dmin`` (1e8); ``np.inf`` removes that bound. Returns (weights, iterations).
+    """
+    K = G.shape[0]
+
+    def two_point(v1v1: float, v1v2: float, v2v2: float) -> tuple[float, float]:
+        # _min_norm_element_from2: weight on the first point and the cost the official code reports.
+        if v1v2 >= v1v1:
+            return 0.999, v1v1
+        if v1v2 >= v2v2:
+            return 0.001, v2v2
+        gamma = -1.0 * ((v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2))
+        return gamma, v2v2 + gamma * (v1v2 - v2v2)
+
+    def projection(y: np.ndarray) -> np.ndarray:
+        # _projection2simplex: scan the sorted entries for the first break point.
+        m = len(y)
+        ordered = np.flip(np.sort(y), axis=0)
+        running = 0.0
+        threshold = (np.sum(y) - 1.0) / m
+        for i in range(m - 1):
+            running += ordered[i]
+            candidate = (running - 1) / (i + 1.0)
+            if candidate > ordered[i + 1]:
+                threshold = candidate
+                break
+        return np.maximum(y - threshold, np.zeros(y.shape))
+
+    def next_point(current: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        projected = grad - (np.sum(grad) / K)
+        to_zero = -1.0 * current[projected < 0] / projected[projected < 0]
+        to_one = (1.0 - current[projected > 0]) / projected[projected > 0]
+        step = 1
+        if len(to_zero[to_zero > 1e-7]) > 0:
+            step = np.min(to_zero[to_zero > 1e-7])
+        if len(to_one[to_one > 1e-7]) > 0:
+            step = min(step, np.min(to_one[to_one > 1e-7]))
+        return projection(projected * step + current)
+
+    best = None
+    dmin = pair_bound
+    for i in range(K):
+        for j in range(i + 1, K):
+            c, d = two_point(G[i, i], G[i, j], G[j, j])
+            if d < dmin:
+                dmin = d
+                best = (i, j, c)
+    if best is None:
+        raise RuntimeError("the official code fails here: no pair costs less than 1e8 (sol unassigned)")
+    alpha = np.zeros(K)
+    alpha[best[0]] = best[2]
+    alpha[best[1]] = 1 - best[2]
+    if K < 3:
+        return alpha, 0
+    for iteration in range(1, max_iter + 1):
+        grad = -1.0 * np.dot(G, alpha)
+        target = next_point(alpha, grad)
+        v1v1 = v1v2 = v2v2 = 0.0
+        for i in range(K):
+            for j in range(K):
+                v1v1 += alpha[i] * alpha[j] * G[i, j]
+                v1v2 += alpha[i] * target[j] * G[i, j]
+                v2v2 += target[i] * target[j] * G[i, j]
+        nc, _ = two_point(v1v1, v1v2, v2v2)
+        new = nc * alpha + (1 - nc) * target
+        if np.sum(np.abs(new - alpha)) < 1e-5:
+            return alpha, iteration
+        alpha = new
+    if at_cap == "return":
+        return alpha, max_iter
+    raise RuntimeError(f"the official PGD did not stop within {max_iter} iterations")

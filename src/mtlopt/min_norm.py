@@ -36,9 +36,30 @@ Solvers (all float64, NumPy on the CPU; the Gramian is K×K, so this is one host
     :math:`(G\alpha)_t` with the two-point line search, stop when the L1 change of α falls below ``tol``
     or after ``max_iter`` iterations.
 ``"pgd"``
-    The official code's solver (``MinNormSolver.find_min_norm_element``): start at the best pair of
-    tasks, projected gradient step on the simplex followed by the two-point line search. The official
-    loop never increments its iteration counter; here ``max_iter`` applies.
+    The official code's solver (``MinNormSolver.find_min_norm_element``), step for step: the weights of
+    the best pair of tasks (returned as they are for K = 2), then a projected gradient step on the
+    simplex followed by the two-point line search, until the L1 change falls below ``tol``; it returns
+    the point before that last change, as the official code does. With ``clip=(0.001, 0.999)`` it
+    reproduces the official weights (to rounding: golden values against a transcription of the official
+    code in the tests). What differs, and why:
+
+    =========================  ==================================  ==================================
+    step                       official code                       ``solver="pgd"``
+    =========================  ==================================  ==================================
+    end-of-segment weights     0.001 / 0.999, always               ``clip``: (0, 1) by default (the
+                                                                   paper); (0.001, 0.999) official
+    iteration cap              none: ``MAX_ITER = 250`` is never   ``max_iter`` (default 250, the
+                               reached (the counter is never       intended cap); ``converged`` says
+                               incremented)                        whether it stopped before
+    best-pair search           the first pair whose cost is below  the first pair of smallest cost
+                               ``dmin = 1e8``: fails (``sol``      (same costs, same order): no
+                               unassigned) when every pair's       bound
+                               squared min norm is ≥ 1e8
+    K = 1                      fails (no pair)                     weight 1
+    arithmetic                 inner products as float32 torch     float64 matrix products: the same
+                               scalars, summed pair by pair in     steps, equal to rounding
+                               Python (O(K²) per iteration)
+    =========================  ==================================  ==================================
 
 Every solver returns a :class:`MinNormResult` with a convergence report. ``gap`` is the Frank–Wolfe
 duality gap :math:`f(\alpha) - \min_t (G\alpha)_t`; it certifies
@@ -498,15 +519,20 @@ def _frank_wolfe(
 
 
 def _best_pair(G: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
-    """Weights of the best two-task solution over all pairs (the official code's initialisation)."""
+    """Weights of the best two-task solution over all pairs (the official ``_min_norm_2d``).
+
+    As in the official code, a pair is ranked by the cost of the *unclipped* end of the segment when
+    the optimum is an end (``aᵀa`` or ``bᵀb``, not the cost at ``clip``), by ``bᵀb + γ(aᵀb − bᵀb)``
+    otherwise, and the first pair in (i, j) order wins a tie; its weights are the clipped ones.
+    """
     K = G.shape[0]
     d = np.diag(G)
     i, j = np.triu_indices(K, k=1)
     aa, bb, ab = d[i], d[j], G[i, j]
-    denom = aa + bb - 2.0 * ab
     with np.errstate(divide="ignore", invalid="ignore"):
-        gamma = np.where(ab >= aa, clip[1], np.where(ab >= bb, clip[0], (bb - ab) / denom))
-    cost = gamma * gamma * aa + 2.0 * gamma * (1.0 - gamma) * ab + (1.0 - gamma) ** 2 * bb
+        interior = (bb - ab) / (aa + bb - 2.0 * ab)
+        cost = np.where(ab >= aa, aa, np.where(ab >= bb, bb, bb + interior * (ab - bb)))
+    gamma = np.where(ab >= aa, clip[1], np.where(ab >= bb, clip[0], interior))
     best = int(np.argmin(cost))
     alpha = np.zeros(K)
     alpha[i[best]] = gamma[best]
@@ -515,24 +541,36 @@ def _best_pair(G: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
 
 
 def _project_simplex(y: np.ndarray) -> np.ndarray:
-    """Euclidean projection onto the simplex (sort-based, as the official ``_projection2simplex``)."""
-    u = np.sort(y)[::-1]
-    css = np.cumsum(u) - 1.0
-    index = np.arange(1, y.size + 1)
-    positive = u - css / index > 0
-    rho = int(np.nonzero(positive)[0][-1])
-    return np.maximum(y - css[rho] / (rho + 1.0), 0.0)
+    """Euclidean projection onto the simplex, with the official ``_projection2simplex``'s rule.
+
+    The threshold is (the sum of the i + 1 largest entries − 1) / (i + 1) at the first i where it
+    exceeds the next largest entry, else (Σy − 1)/K.
+    """
+    m = y.size
+    ordered = np.sort(y)[::-1]
+    thresholds = (np.cumsum(ordered[:-1]) - 1.0) / np.arange(1.0, m)
+    above = np.flatnonzero(thresholds > ordered[1:])
+    threshold = thresholds[above[0]] if above.size else (np.sum(y) - 1.0) / m
+    return np.maximum(y - threshold, 0.0)
 
 
 def _pgd(G: np.ndarray, tol: float, max_iter: int, clip: tuple[float, float]) -> tuple[np.ndarray, int, bool]:
-    """The official code's projected-gradient solver, vectorized, with the iteration cap applied."""
+    """The official code's projected-gradient solver, step for step, vectorized, with a cap.
+
+    ``MinNormSolver.find_min_norm_element``: the best pair's weights (returned at once for two tasks);
+    then, per iteration, a step along the gradient projected on Σα = 1 to the first coordinate that
+    reaches 0 or 1 (ignoring those within 1e-7, as the official ``_next_point``; a step of 1 when none
+    does), projected on the simplex, followed by the two-point line search between the current point
+    and that one; stop when the L1 change is below ``tol``, returning the point *before* that last
+    change, as the official code does. The differences are listed in the module docstring.
+    """
     K = G.shape[0]
     alpha = _best_pair(G, clip)
+    if K < 3:
+        return alpha, 0, True
     for iteration in range(1, max_iter + 1):
         grad = -(G @ alpha)
-        proj = grad - grad.sum() / K
-        # Step to the first coordinate reaching 0 (or 1), ignoring those already there; as in the
-        # official ``_next_point``, the step is 1 only when no coordinate would reach 0.
+        proj = grad - np.sum(grad) / K
         with np.errstate(divide="ignore", invalid="ignore"):
             to_zero = -alpha[proj < 0] / proj[proj < 0]
             to_one = (1.0 - alpha[proj > 0]) / proj[proj > 0]
@@ -540,12 +578,13 @@ def _pgd(G: np.ndarray, tol: float, max_iter: int, clip: tuple[float, float]) ->
         step = float(to_zero.min()) if to_zero.size else 1.0
         if to_one.size:
             step = min(step, float(to_one.min()))
-        target = _project_simplex(alpha + step * proj)
+        target = _project_simplex(proj * step + alpha)
         Ga = G @ alpha
         Gt = G @ target
         gamma = two_point_weight(float(alpha @ Ga), float(alpha @ Gt), float(target @ Gt), clip)
         new = gamma * alpha + (1.0 - gamma) * target
-        if np.abs(new - alpha).sum() < tol or (tol == 0.0 and np.array_equal(new, alpha)):
-            return new, iteration, True
+        change = float(np.sum(np.abs(new - alpha)))
+        if change < tol or (tol == 0.0 and change == 0.0):
+            return alpha, iteration, True
         alpha = new
     return alpha, max_iter, False
