@@ -59,6 +59,16 @@ def test_dwa_uses_the_ratio_of_the_last_two_epoch_means_from_epoch_two():
 def test_dwa_refuses_an_epoch_without_steps():
     with pytest.raises(RuntimeError, match="DWA.new_epoch: no step since the start of epoch 0"):
         mtlopt.DWA().new_epoch()
+    dwa = mtlopt.DWA()
+    step(dwa, [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"DWA: the epoch-mean loss of tasks \[1\] is 0 at epoch 0"):
+        dwa.new_epoch()
+    negative = mtlopt.DWA()  # negative losses (e.g. log-likelihoods) have positive ratios
+    for values in ([-2.0, 1.0], [-1.0, 1.0], [-1.0, 1.0]):
+        w = step(negative, values)
+        negative.new_epoch()
+    r = torch.tensor([0.5, 1.0], dtype=F64)
+    torch.testing.assert_close(w, 2 * torch.softmax(r / 2, 0), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="DWA temperature must be a finite number > 0, got 0"):
         mtlopt.DWA(temperature=0)
 

@@ -13,6 +13,8 @@ With :math:`\bar L_t(e)` the mean training loss of task t over the steps of epoc
     w_t = K\, \frac{\exp(r_t / T)}{\sum_s \exp(r_s / T)}, \qquad \sum_t w_t = K,
 
 and :math:`w_t = 1` in epochs 0 and 1. The objective is :math:`\sum_t w_t L_t`.
+The losses may have any sign (as TorchJD, the ratio is a descending rate); an epoch mean of exactly 0
+is refused, being the next ratio's denominator.
 
 Usage: call :meth:`DWA.new_epoch` at every epoch boundary (the benchmark trainer does, through its
 runner's ``on_epoch_start``); the loss values of every step in between are averaged into the epoch
@@ -54,7 +56,7 @@ import torch
 from torch import Tensor
 
 from ._base import LossWeighting, WeightingOutput, WeightSum
-from ._positive import check_positive, check_positive_number
+from ._positive import check_positive_number
 
 __all__ = ["DWA"]
 
@@ -112,7 +114,11 @@ class DWA(LossWeighting):
                 f"DWA.new_epoch: no step since the start of epoch {self.epoch}; nothing to average"
             )
         mean = self._sums / self._count
-        check_positive("DWA", mean, "epoch-mean loss")
+        zero = (mean == 0).nonzero().flatten().tolist()
+        if zero:  # a ratio's denominator next epoch; any sign is fine (the ratio is a descending rate)
+            raise ValueError(
+                f"DWA: the epoch-mean loss of tasks {zero} is 0 at epoch {self.epoch}; expected != 0"
+            )
         self._history = [*self._history, mean][-2:]
         self._sums, self._count = None, 0
         self.epoch += 1
