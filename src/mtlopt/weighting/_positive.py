@@ -13,7 +13,9 @@ __all__ = ["check_positive", "check_positive_int", "check_positive_number", "tas
 
 def check_positive(who: str, values: Tensor, what: str = "loss") -> None:
     """Raise a one-line ``ValueError`` naming the tasks whose ``values`` are not > 0."""
-    bad = (values <= 0).nonzero().flatten().tolist()
+    if bool((values > 0).all()):  # the common case, one check
+        return
+    bad = (~(values > 0)).nonzero().flatten().tolist()  # NaN counts as bad too
     if bad:
         shown = ", ".join(f"{float(values[t]):.6g}" for t in bad[:5])
         raise ValueError(f"{who} needs every {what} > 0; tasks {bad} have {shown}")
