@@ -138,7 +138,7 @@ data_args=(--no-download)
 if [ -n "$data_root" ]; then data_args+=(--data-root "$data_root"); fi
 
 # --- the settings of each mode ------------------------------------------------------------------------
-amp_methods=ew,stl,mgda,mgda-ub,grid,uw,gradnorm,pcgrad,alternating,mao,ls-sweep,mtgd,pmtl,epo
+amp_methods=ew,stl,mgda,mgda-ub,grid,uw,gradnorm,pcgrad,alternating,mao,ls-sweep,mtgd,pmtl,epo  # if setup cannot list them
 speed_methods=ew,mgda,mgda-ub,pcgrad,mao,alternating,population,population-vmap
 core_tests=(tests/weighting tests/test_min_norm.py tests/test_gradients.py tests/test_backward.py
     tests/test_hot_paths.py tests/test_mao.py tests/test_alternating.py tests/test_population.py
@@ -211,13 +211,15 @@ stage 00 setup 150 10 0 "$py" tools/gpu_report.py setup --device "$device" --roo
     "${data_args[@]}" "${data_args_build[@]}"
 data_ok=0
 [ -f "$work/data.json" ] && grep -q '"available": true' "$work/data.json" && data_ok=1
+# "Every method": the benchmark registry's, as setup listed them (--quick keeps its two).
+if [ $quick -eq 0 ] && [ -s "$work/methods.txt" ]; then amp_methods=$(cat "$work/methods.txt"); fi
 
 # a. the tests
 export MTLOPT_TEST_DEVICE=$device
-stage 02 tests-core 150 30 240 "$py" -m pytest -p no:cacheprovider -m "not slow" -v -rfE "${test_args[@]}" \
+stage 02 tests-core 120 30 260 "$py" -m pytest -p no:cacheprovider -m "not slow" -v -rfE "${test_args[@]}" \
     --junitxml="$work/tests-core.xml" "${core_tests[@]}"
 if [ $quick -eq 0 ]; then
-    stage 03 tests-rest 150 30 200 "$py" -m pytest -p no:cacheprovider -m "not slow" -v -rfE "${test_args[@]}" \
+    stage 03 tests-rest 120 30 220 "$py" -m pytest -p no:cacheprovider -m "not slow" -v -rfE "${test_args[@]}" \
         --junitxml="$work/tests-rest.xml" "${rest_tests[@]}"
 else
     skip 03 tests-rest "--quick"
@@ -225,11 +227,11 @@ fi
 unset MTLOPT_TEST_DEVICE
 
 # b. the price of each method relative to EW
-stage 04 "speed-k${speed_k[0]}" 60 20 110 "$py" -m mtlopt speed --device "$device" --models lenet \
+stage 04 "speed-k${speed_k[0]}" 50 20 170 "$py" -m mtlopt speed --device "$device" --models lenet \
     --tasks "${speed_k[0]}" --methods "$speed_methods" --peers none --solver-tasks none "${speed_args[@]}" \
     --out "$work/speed-k${speed_k[0]}"
 if [ $quick -eq 0 ]; then
-    stage 05 "speed-k${speed_k[1]}" 75 20 90 "$py" -m mtlopt speed --device "$device" --models lenet \
+    stage 05 "speed-k${speed_k[1]}" 60 20 150 "$py" -m mtlopt speed --device "$device" --models lenet \
         --tasks "${speed_k[1]}" --methods "$speed_methods" --peers none --solver-tasks none "${speed_args[@]}" \
         --out "$work/speed-k${speed_k[1]}"
 else
@@ -240,7 +242,7 @@ fi
 if [ $data_ok -eq 1 ]; then
     for amp in fp16 bf16; do
         order=$([ $amp = fp16 ] && echo 06 || echo 07)
-        stage "$order" "amp-$amp" 150 40 0 "$py" -m mtlopt compare --benchmark multifashion --protocol sener \
+        stage "$order" "amp-$amp" 180 40 0 "$py" -m mtlopt compare --benchmark multifashion --protocol sener \
             --methods "$amp_methods" --seeds 1 --epochs 1 --amp "$amp" --device "$device" --quiet \
             "${amp_args[@]}" "${data_args[@]}" --out "$work/amp-$amp" &
     done

@@ -4,7 +4,8 @@
                                      [--max-sources N] [--sizes A,B,C] [--no-data]
     python tools/gpu_report.py report --work WORK --out OUT [--mode gpu] [--budget 480] [--seconds S]
 
-``setup`` writes ``WORK/env.json`` (the machine, the versions, the packages) and, unless ``--no-data``,
+``setup`` writes ``WORK/env.json`` (the machine, the versions, the packages), ``WORK/methods.txt`` (the
+benchmark registry's methods: "every method" of stage c) and, unless ``--no-data``,
 builds the MultiFashion composites of stages c and d into mtlopt's cache (``WORK/data.json`` says
 whether Fashion-MNIST was found): one process, one import of torch.
 
@@ -700,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work)
         info = environment(args.device, Path(args.root).resolve())
         (work / "env.json").write_text(json.dumps(info, indent=1))
+        from mtlopt.benchmarks.methods import METHODS
+
+        (work / "methods.txt").write_text(",".join(METHODS))  # "every method" of stage c
         print(json.dumps(info, indent=1))
         if not args.no_data:
             built = build_data(args)
