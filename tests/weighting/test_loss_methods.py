@@ -178,6 +178,26 @@ def test_famo_update_needs_one_step_first_and_k_new_losses():
         mtlopt.FAMO(2, weight_decay=-1)
 
 
+def test_famo_update_takes_the_losses_as_backward_does():
+    """A list (or mapping) of scalar losses, as mtlopt.backward takes them, equals the stacked tensor."""
+    logits = []
+    for form in ("tensor", "list", "mapping"):
+        famo = mtlopt.FAMO(2)
+        step(famo, [1.0, 2.0])
+        new = [torch.tensor(0.5), torch.tensor(1.5)]
+        famo.update(
+            {"a": new[0], "b": new[1]} if form == "mapping" else new if form == "list" else torch.stack(new)
+        )
+        logits.append(famo.logits.detach().clone())
+    assert float((logits[0] - torch.zeros(2)).abs().max()) > 0
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+    torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
+    famo = mtlopt.FAMO(2)
+    step(famo, [1.0, 2.0])
+    with pytest.raises(TypeError, match="FAMO.update needs the new losses as scalar tensors"):
+        famo.update([torch.ones(2), torch.ones(2)])
+
+
 # STCH -----------------------------------------------------------------------------------------------
 
 

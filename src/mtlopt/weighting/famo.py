@@ -63,6 +63,7 @@ State (``state_dict``): the logits, the Adam moments and step, the losses of the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -137,10 +138,13 @@ class FAMO(LossWeighting):
             weights, {"famo_logit_spread": float(self.logits.detach().max() - self.logits.detach().min())}
         )
 
-    def update(self, new_losses: Tensor, *, sync: Sync = "auto") -> None:
+    def update(
+        self, new_losses: Tensor | Sequence[Tensor] | Mapping[Any, Tensor], *, sync: Sync = "auto"
+    ) -> None:
         """One Adam step of the logits from the losses recomputed on the same batch after the step.
 
-        ``new_losses``: the K losses (any device and dtype; detached here). Under several processes they
+        ``new_losses``: the K losses, as :func:`mtlopt.backward` takes them (a list or mapping of scalar
+        tensors) or one tensor of shape (K,); any device and dtype; detached here. Under several processes they
         are averaged over the ranks (``sync``, as in :func:`mtlopt.backward`), so pass this rank's.
         """
         if self._previous is None:
@@ -148,9 +152,16 @@ class FAMO(LossWeighting):
                 "FAMO.update needs the losses of a step first: call mtlopt.backward(losses, famo) "
                 "(or famo(losses)) before every update, once"
             )
+        if isinstance(new_losses, Mapping):  # as mtlopt.backward takes them: task name -> loss
+            new_losses = list(new_losses.values())
+        if isinstance(new_losses, (list, tuple)):
+            if not all(isinstance(loss, Tensor) and loss.numel() == 1 for loss in new_losses):
+                raise TypeError("FAMO.update needs the new losses as scalar tensors (a list or a 1-D tensor)")
+            new_losses = torch.stack([loss.detach().reshape(()) for loss in new_losses])
         if not isinstance(new_losses, Tensor):
             raise TypeError(
-                f"FAMO.update needs the new losses as a torch.Tensor, got {type(new_losses).__name__}"
+                f"FAMO.update needs the new losses as a torch.Tensor or a list of scalar tensors, got "
+                f"{type(new_losses).__name__}"
             )
         if new_losses.shape != (self.num_tasks,):
             raise ValueError(
