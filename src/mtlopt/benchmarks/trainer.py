@@ -346,6 +346,8 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             data.size("train"), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         )
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        left_out: dict[str, int] = {}
         # A trailing batch of one example is skipped: BatchNorm cannot train on a single example.
         last = len(order) - 1 if len(order) % config.batch_size == 1 and len(order) > 1 else len(order)
         batches = range(0, last, config.batch_size)
@@ -379,15 +381,24 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 if process_group is None and "loss" in key and not bool(torch.isfinite(value).all()):
                     shown = ", ".join(f"{v:g}" for v in value.reshape(-1).tolist())
                     raise diverged(f"non-finite {key.replace('_', ' ')} ({shown})", epoch + 1, step)
+                if "loss" not in key and not bool(torch.isfinite(value).all()):
+                    # a step the GradScaler skipped logs NaN weights: the epoch's mean is over the others
+                    left_out[key] = left_out.get(key, 0) + 1
+                    continue
                 sums[key] = sums[key] + value if key in sums else value
+                counts[key] = counts.get(key, 0) + 1
         steps = len(batches)
         if not _finite_state(runner, process_group, device):  # diverged without a non-finite loss
             raise diverged("the model's parameters or buffers became NaN or infinite", epoch + 1, steps)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train": {key: [float(v) for v in (total / steps).reshape(-1)] for key, total in sums.items()},
+            "train": {
+                key: [float(v) for v in (total / counts[key]).reshape(-1)] for key, total in sums.items()
+            },
         }
+        if left_out:  # the means above are over the other steps
+            record["train_steps_left_out"] = dict(left_out)
         for split in ("val", "test"):
             with autocast:
                 members, bad = _evaluate(runner, data, split, device, config.eval_batch_size)
