@@ -3,8 +3,15 @@ each take half of every batch (tests/test_distributed.py compares them)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
+import gc
 import os
+import sys
+import time
+import weakref
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -246,17 +253,56 @@ def run_cases(rank: int, world: int, names) -> dict[str, dict[str, torch.Tensor]
     return {name: CASES[name](rank, world) for name in names}
 
 
-def worker(rank: int, world: int, port: int, names, out_dir: str) -> None:
-    """Entry point of each spawned process."""
+def join(rank: int, world: int, port: int, timeout: float) -> None:
+    """Join the gloo group of the spawned processes (one torch thread each)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),  # a rank left waiting fails instead of hanging
     )
+
+
+def leave() -> None:
+    """Destroy the default group, and check that its gloo backend went with it.
+
+    A group still referenced after ``destroy_process_group`` keeps gloo's threads running into the
+    interpreter's shutdown, where one that still has to take the GIL (to release the tensors of the last
+    collective) aborts the process: SIGABRT, "terminate called without an active exception".
+    """
+    group = torch.distributed.group.WORLD
+    assert group is not None
+    alive = weakref.ref(group)
+    del group
+    torch.distributed.destroy_process_group()
+    gc.collect()
+    if alive() is not None:
+        raise RuntimeError(
+            "the default process group outlived destroy_process_group(): something still holds it, and "
+            "its gloo threads can abort the process at exit (import mtlopt before init_process_group)"
+        )
+
+
+@contextlib.contextmanager
+def process_group(rank: int, world: int, port: int, timeout: float = 300.0) -> Iterator[None]:
+    """In the spawned process's group; on success every rank ends its collectives before any leaves."""
+    join(rank, world, port, timeout)
     try:
-        torch.save(run_cases(rank, world, names), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        yield
+    except BaseException:
         torch.distributed.destroy_process_group()
+        raise
+    torch.distributed.barrier()
+    leave()
+
+
+def worker(rank: int, world: int, port: int, names, out_dir: str) -> None:
+    """Entry point of each spawned process."""
+    with process_group(rank, world, port):
+        torch.save(run_cases(rank, world, names), os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def nan_on_rank_one(rank: int) -> dict[str, str]:
@@ -323,20 +369,25 @@ def nan_on_rank_one(rank: int) -> dict[str, str]:
 
 
 def nan_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import datetime
     import json
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=20),  # a rank left waiting fails the test instead of hanging it
-    )
-    try:
+    with process_group(rank, world, port, timeout=60):
         with open(os.path.join(out_dir, f"nan{rank}.json"), "w") as f:
             json.dump(nan_on_rank_one(rank), f)
-    finally:
-        torch.distributed.destroy_process_group()
+
+
+def teardown_worker(rank: int, world: int, port: int) -> None:
+    """Leave while one of gloo's threads still waits for the GIL, as one that releases the tensors of the
+    last collective does: ``leave`` must stop gloo's threads before the interpreter shuts down, or the
+    process aborts (the NaN test did so about once in ten runs when the machine was loaded)."""
+    join(rank, world, port, timeout=60)
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # as in the cases: imports torch._dynamo
+    torch.distributed.barrier()
+    sys.setswitchinterval(1000.0)  # the main thread keeps the GIL until it blocks
+    work = torch.distributed.all_reduce(torch.ones(1), async_op=True)
+    pending = work.get_future().then(lambda future: future.value())  # runs on a gloo thread
+    deadline = time.perf_counter() + 1.0
+    while time.perf_counter() < deadline:  # the collective completes; its callback waits for the GIL
+        pass
+    del work, pending
+    leave()

@@ -54,6 +54,32 @@ def test_a_nan_on_one_rank_makes_every_rank_raise(tmp_path):
     assert raised == [expected, expected]
 
 
+def test_a_rank_leaves_cleanly_while_a_gloo_thread_still_needs_the_gil():
+    """The NaN test's rare SIGABRT, provoked: a rank leaves while a gloo thread still waits for the GIL
+    (as one releasing the last collective's tensors does). The group must be freed at
+    destroy_process_group, which stops gloo's threads, not during the interpreter's shutdown (where
+    the thread aborts the process); ddp_cases.leave checks that it is."""
+    mp.spawn(ddp_cases.teardown_worker, args=(2, free_port()), nprocs=2, join=True)
+
+
+def test_the_first_optimizer_does_not_keep_the_default_group_alive(tmp_path):
+    """torch.optim imports torch.distributed.nn.functional (through torch._dynamo), whose collectives take
+    the default group as a default argument; with mtlopt imported first, destroy_process_group frees it."""
+    code = f"""
+import gc, weakref
+import mtlopt, torch
+torch.distributed.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+alive = weakref.ref(torch.distributed.group.WORLD)
+torch.distributed.destroy_process_group()
+gc.collect()
+assert alive() is None, "the default group outlived destroy_process_group()"
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+
+
 SMALL = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", "--quiet", "--batch-size", "64", "--lr", "0.05", "--epochs", "2"]  # fmt: skip
 
 

@@ -19,6 +19,9 @@ Use ``sync="auto"`` (the default of the functions that take it): synchronize whe
 group with more than one process exists. Do not wrap the model in ``DistributedDataParallel`` as well,
 or gradients are reduced twice; start every rank from the same parameters with
 :func:`broadcast_module`. BatchNorm statistics stay per rank (use ``SyncBatchNorm`` for exactness).
+Import mtlopt before ``init_process_group``: ``destroy_process_group()`` then frees the group (torch
+otherwise keeps it alive once the first optimizer is built, and its gloo threads can abort the process at
+exit).
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
+
+if torch.distributed.is_available():
+    # torch.distributed.nn.functional takes ``group=group.WORLD`` as the default argument of its
+    # collectives, evaluated when it is first imported, which torch.optim does (through torch._dynamo)
+    # with the first optimizer of the process. Imported after init_process_group, these defaults hold
+    # the default group, so that destroy_process_group() no longer frees it: the gloo backend and its
+    # threads live on into interpreter shutdown, where a thread still releasing a collective's tensors
+    # (which takes the GIL) aborts the process ("terminate called without an active exception").
+    # Imported with mtlopt, before init_process_group, they hold None.
+    import torch.distributed.nn.functional
 
 __all__ = [
     "all_gather_stack",
