@@ -127,8 +127,8 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
 
     The kernel is the one ``torch.amp.GradScaler`` checks gradients with
     (``torch._amp_foreach_non_finite_check_and_unscale_``), with an inverse scale of exactly 1, which
-    leaves every value as it is; about 8× faster on the CPU than one reduction per tensor (LeNet with
-    40 heads: 160 tensors). Where the kernel is missing, one float64 sum per tensor.
+    leaves every value as it is: one fused kernel instead of one reduction per tensor (a LeNet with 40
+    heads has 160 tensors). Where the kernel is missing, one float64 sum per tensor.
     """
     by_device: dict[torch.device, list[Tensor]] = {}
     for tensor in tensors:

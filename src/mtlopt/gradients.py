@@ -15,14 +15,14 @@ Two ways to compute J, with the same result:
 ``"auto"`` (:func:`choose_method`) decides from the structure of the graph, with no timing:
 
 - a convolution anywhere in the differentiated graph → loop: on the CPU, convolution backward under
-  vmap measured 2.5–4× slower than a loop of backward calls;
+  vmap is slower than a loop of backward calls;
 - a ``torch.compile``'d module in it → loop: torch cannot vmap its compiled backward (``"batched"``
   then raises a ``ValueError`` naming ``"loop"``);
 - inputs that are leaves (shared parameters) → batched: every task's path runs through the shared
-  layers, which vmap processes for all K rows at once (an MLP encoder at K = 40: 50 ms vs 74 ms);
+  layers, which vmap processes for all K rows at once;
 - inputs that are intermediate tensors (a representation Z) → loop, unless the tasks' subgraphs are
-  mostly shared: vmap sends all K rows through every task's head (K² head passes, 5.3 ms vs 0.5 ms
-  for ten LeNet heads), while the loop differentiates each task's own head once.
+  mostly shared: vmap sends all K rows through every task's head (K² head passes), while the loop
+  differentiates each task's own head once.
 """
 
 from __future__ import annotations

@@ -585,10 +585,16 @@ def read_result(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    _write_atomic(path, "w", lambda f: json.dump(payload, f, indent=1))
+
+
+def _write_atomic(path: Path, mode: str, write: Callable[[Any], None]) -> None:
+    """Write through a partial file, fsync'ed, then renamed over ``path``: a reader sees the old file or
+    the new one, never a torn one; a failed write is one line naming the file."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with open(partial, "w") as f:
-            json.dump(payload, f, indent=1)
+        with open(partial, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
@@ -667,17 +673,7 @@ def _save_checkpoint(
         "history": history,
         "step_times": step_times,
     }
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        raise OutputError(
-            f"cannot write {path} ({error.strerror or error}); free some space or choose another --out"
-        ) from None
+    _write_atomic(path, "wb", lambda f: torch.save(state, f))
 
 
 def _distributed(device: str) -> tuple[Any, int, int]:
