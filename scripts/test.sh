@@ -49,7 +49,7 @@ fi
 
 echo "[test] == tests"
 start=$(date +%s)
-.venv/bin/python -m pytest -n "$workers" "${selection[@]}" "$@"
+.venv/bin/python -m pytest -n "$workers" --durations=20 "${selection[@]}" "$@"
 rc=$?
 timings+=("$(printf '%-22s %4ss' "tests" $(($(date +%s) - start)))")
 report
