@@ -345,3 +345,21 @@ def test_weights_agree_with_live_torchjd():
 def test_weights_and_grads_agree_with_live_libmtl(case):
     _peer("libmtl")
     assert_run_agrees(ours(case), _recorder().libmtl(case))
+
+
+@pytest.mark.parametrize("on", ["shared", "features"])
+def test_the_hybrid_under_a_grad_scaler_takes_the_unscaled_weights_and_scaled_grads(on):
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        net, (x, y) = Net(), data()
+        imtl = mtlopt.IMTL(3).double()
+        with torch.no_grad():
+            imtl.scales.copy_(torch.tensor([0.2, -0.1, 0.4], dtype=F64))
+        z = net.encoder(x)
+        where = {"features": z} if on == "features" else {"shared_params": net.encoder}
+        result = mtlopt.backward(net.losses(z, y), imtl, scaler=scaler, **where)
+        runs.append((result.weights, [p.grad.clone() for p in [*net.parameters(), imtl.scales]]))
+    (w0, g0), (w1, g1) = runs
+    torch.testing.assert_close(w1, w0, rtol=1e-10, atol=1e-12)
+    for scaled, plain in zip(g1, g0, strict=True):
+        torch.testing.assert_close(scaled, plain * 2.0**10, rtol=1e-10, atol=1e-12)
