@@ -363,3 +363,15 @@ def test_the_hybrid_under_a_grad_scaler_takes_the_unscaled_weights_and_scaled_gr
     torch.testing.assert_close(w1, w0, rtol=1e-10, atol=1e-12)
     for scaled, plain in zip(g1, g0, strict=True):
         torch.testing.assert_close(scaled, plain * 2.0**10, rtol=1e-10, atol=1e-12)
+
+
+def test_the_scales_change_the_length_of_the_shared_update_not_its_direction():
+    rng = np.random.default_rng(5)
+    J = torch.from_numpy(rng.standard_normal((4, 9)))
+    s = torch.tensor([0.5, -1.0, 0.2, 1.5], dtype=F64)
+    scaled = s.exp()[:, None] * J
+    alpha = mtlopt.IMTL(4).double().compute(scaled @ scaled.T, torch.ones(4, dtype=F64)).weights
+    raw = imtl_g_weights(J @ J.T)[0]
+    on_raw = alpha * s.exp()
+    torch.testing.assert_close(on_raw / on_raw.sum(), raw, rtol=1e-10, atol=1e-12)
+    assert float(on_raw.sum()) != pytest.approx(1.0, abs=1e-3)

@@ -13,8 +13,9 @@ Every task has a learnable scale :math:`s_t` (initialized to 0). The losses are 
 
 then IMTL-G (:mod:`mtlopt.weighting.imtl_g`) runs on the gradients :math:`g'_t = e^{s_t} g_t` of the
 scaled losses: the shared part receives :math:`\sum_t \alpha_t g'_t` with :math:`\sum_t \alpha_t = 1`
-and equal projections on the unit gradients (which the scales do not change, so α·e^{s} is the IMTL-G
-solution on the raw gradients rescaled: the scales set the length of the update, α its direction).
+and equal projections on the unit gradients. The unit gradients do not depend on the scales, so
+:math:`\alpha_t e^{s_t}` is proportional to IMTL-G's weights on the raw gradients: for an invertible G
+the scales change the length of the shared update, not its direction.
 The task-specific parameters receive :math:`\nabla L'_t` unweighted, and the scales receive
 :math:`\partial \sum_t L'_t / \partial s_t = e^{s_t} L_t - 1` (LibMTL: from its per-task backward
 passes), so that at a stationary point :math:`e^{s_t} L_t = 1`, as in IMTL-L.
