@@ -246,6 +246,11 @@ CASES = {
     "imtl-l": loss_method_case(lambda: mtlopt.IMTLL(TASKS).double()),
     "famo": loss_method_case(lambda: mtlopt.FAMO(TASKS)),
     "stch": loss_method_case(lambda: mtlopt.STCH(warmup_epochs=0)),
+    "imtl-g": weighting_case(lambda model: mtlopt.IMTLG(), "shared"),
+    "imtl-g-ub": weighting_case(lambda model: mtlopt.IMTLG(), "features"),
+    "imtl": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "features"),
+    "imtl-shared": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "shared"),
+    "imtl-features-sum": weighting_case(lambda model: mtlopt.IMTL(TASKS, feature_batch="sum").double(), "features"),
 }  # fmt: skip
 
 

@@ -113,6 +113,7 @@ def backward(
             gradient w.r.t. either is zero is warned about once (naming the task).
         head_params: the task-specific parameters, used with ``shared_params``; by default every
             other tensor requiring grad that the losses reach (found by walking the autograd graph).
+            A method's own parameters (IMTL's scales) get their gradient with them in either case.
         method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
             or a gradient is NaN or infinite (costs one host synchronization). With a ``scaler``,
@@ -148,6 +149,11 @@ def backward(
     all_reduce_mean_([detached], group)  # methods see the global batch's losses
     if check_finite:  # after the all-reduce: a NaN on one rank makes every rank raise, none waits
         check_finite_losses(names, detached if group is not None else loss_vector)
+    if isinstance(weighting, GramianWeighting):  # the losses it combines (IMTL: its scaled losses)
+        transformed = weighting.transform_losses(items)
+        if transformed is not items:
+            items = list(transformed)
+            loss_vector = torch.stack([loss.to(loss_vector.dtype) for loss in items])
     shared, shared_names = _shared_parameters(shared_params)
     ctx = _Context(
         StepContext(names, items, scale, group, check_grads, method),
@@ -280,6 +286,10 @@ def _parameter_backward(
             "(e.g. shared_params=model.encoder)"
         )
     heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
+    if head_params is not None and isinstance(ctx.weighting, nn.Module):  # e.g. IMTL's scales
+        own = {id(p) for p in ctx.weighting.parameters()}
+        listed = {id(p) for p in heads}
+        heads += [p for p in leaves_ if id(p) in own and id(p) not in listed | shared_ids]
     if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
         return ctx.skip(reached + heads)
     output, w = ctx.weigh(G)

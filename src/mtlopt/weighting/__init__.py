@@ -3,7 +3,7 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO).
+  Pareto MTL, EPO, IMTL-G, IMTL).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
 from .gradnorm import GradNorm
+from .imtl import IMTL
+from .imtl_g import IMTLG
 from .imtl_l import IMTLL
 from .mgda import MGDA
 from .pcgrad import PCGrad
@@ -44,6 +46,8 @@ __all__ = [
     "EW",
     "FAMO",
     "GLS",
+    "IMTL",
+    "IMTLG",
     "IMTLL",
     "MGDA",
     "RLW",
@@ -84,6 +88,8 @@ METHODS: tuple[type[Method], ...] = (
     IMTLL,
     FAMO,
     STCH,
+    IMTLG,
+    IMTL,
 )
 
 

@@ -167,6 +167,9 @@ class GramianWeighting(Method, ABC):
     - ``probe``: the tensors at which the method reads its Gramian, when it names them itself
       (GradNorm's balanced layer); None: where the caller of :func:`mtlopt.backward` says.
 
+    and may override :meth:`transform_losses` (the losses whose gradients it combines; the user's by
+    default, IMTL's learned scalings of them).
+
     :meth:`compute` (and calling the method, for the weights alone) checks the Gramian (square, K×K, finite) and the losses ((K,), finite) once and
     passes :meth:`weigh` float64 CPU copies; a non-finite entry raises :class:`mtlopt.NonFiniteError`.
     """
@@ -179,6 +182,16 @@ class GramianWeighting(Method, ABC):
     @abstractmethod
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         """Weights for one step from the checked K×K float64 Gramian and the K loss values."""
+
+    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
+        """The K differentiable losses whose gradients the method combines, from the user's K losses.
+
+        By default the user's own. A method with learned terms in its losses (IMTL's scales) returns new
+        ones; :func:`mtlopt.backward` differentiates them instead, and their leaves that are neither
+        shared parameters nor behind ``features`` (the method's own parameters) get their gradient
+        with the heads'.
+        """
+        return losses
 
     def __call__(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The weights alone (see :meth:`compute`)."""

@@ -35,6 +35,7 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
+from .gradients import GramianRunner, IMTLGRunner, IMTLRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -57,8 +58,11 @@ __all__ = [
     "FAMORunner",
     "GLSRunner",
     "GradNormRunner",
+    "GramianRunner",
     "GridRunner",
+    "IMTLGRunner",
     "IMTLLRunner",
+    "IMTLRunner",
     "LSSweepRunner",
     "MAORunner",
     "MGDARunner",
