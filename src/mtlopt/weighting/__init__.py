@@ -3,7 +3,7 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO).
+  Pareto MTL, EPO, Aligned-MTL, ConFIG, GradVac).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ._base import (
     WeightingOutput,
     WeightSum,
 )
+from .aligned_mtl import AlignedMTL
+from .config import ConFIG
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
@@ -29,6 +31,7 @@ from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
 from .gradnorm import GradNorm
+from .gradvac import GradVac
 from .imtl_l import IMTLL
 from .mgda import MGDA
 from .pcgrad import PCGrad
@@ -49,9 +52,12 @@ __all__ = [
     "RLW",
     "SI",
     "STCH",
+    "AlignedMTL",
+    "ConFIG",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
+    "GradVac",
     "GramianWeighting",
     "HeadWeighting",
     "LossOutput",
@@ -84,6 +90,9 @@ METHODS: tuple[type[Method], ...] = (
     IMTLL,
     FAMO,
     STCH,
+    AlignedMTL,
+    ConFIG,
+    GradVac,
 )
 
 
