@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -307,9 +306,35 @@ def official(name: str) -> dict[str, Any]:
     return sc.run(aligned)
 
 
+def cutoff_case() -> dict[str, Any]:
+    """A Jacobian whose Gramian has the eigenvalues 1, 1e-3, 1e-9: the smallest is above TorchJD 0.18.0's
+    float64 cutoff and below the float32 one of the official code (and TorchJD HEAD)."""
+    from torchjd import aggregation as agg
+
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(7, 3, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    J = (V * torch.tensor([1.0, 1e-3**0.5, 1e-9**0.5], dtype=torch.float64)) @ Q.T  # K×P rows
+    G = J @ J.T
+    solver = module_from("samsung_solver", git_source(SAMSUNG_MTL, "code/optim/aligned/solver.py"))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the official cutoff: torch.finfo() of the default dtype
+    try:
+        with symeig_shim():
+            _, weights, _ = solver.ProcrustesSolver.apply(J.T.unsqueeze(0), "min")
+    finally:
+        torch.set_default_dtype(old)
+    ones = torch.ones(3, dtype=torch.float64)
+    return {
+        "jacobian": J.tolist(),
+        "torchjd": agg.AlignedMTLWeighting(pref_vector=ones)(G).tolist(),
+        "official": weights.sum(-1).tolist(),
+    }
+
+
 def main() -> None:
     torch.set_default_dtype(torch.float64)
-    golden: dict[str, dict[str, Any]] = {}
+    golden: dict[str, dict[str, Any]] = {"cutoff-gramian": cutoff_case()}
     for name, peers in sc.PEERS.items():
         golden[name] = {}
         for peer in peers:

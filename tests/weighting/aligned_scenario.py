@@ -124,3 +124,97 @@ PEERS: dict[str, list[str]] = {
     "gradvac": ["torchjd", "libmtl-head"],
     "gradvac-pypi": ["libmtl"],
 }
+
+
+# --- helpers of the tests ----------------------------------------------------------------------------
+
+
+def golden() -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(__file__).with_name("peer_golden_aligned.json").read_text())
+
+
+def assert_agrees(ours: dict[str, Any], theirs: dict[str, Any], rtol: float = 1e-9) -> None:
+    """Weights (where the peer gives them) and every parameter's gradient, step by step."""
+    assert len(theirs["grads"]) == STEPS
+    for step in range(STEPS):
+        if theirs["weights"][step] is not None:
+            torch.testing.assert_close(
+                torch.tensor(ours["weights"][step], dtype=F64),
+                torch.tensor(theirs["weights"][step], dtype=F64),
+                rtol=rtol,
+                atol=1e-12,
+            )
+        torch.testing.assert_close(
+            torch.tensor(ours["grads"][step], dtype=F64),
+            torch.tensor(theirs["grads"][step], dtype=F64),
+            rtol=rtol,
+            atol=1e-12,
+        )
+
+
+def recorder() -> Any:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "record_aligned_peers" not in sys.modules:
+        path = Path(__file__).parents[2] / "tools" / "record_aligned_peers.py"
+        spec = importlib.util.spec_from_file_location("record_aligned_peers", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["record_aligned_peers"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["record_aligned_peers"]
+
+
+def live_peer(name: str, peer: str) -> dict[str, Any]:
+    """The peer's values now, or a pytest skip when it is not installed here."""
+    import importlib.util
+
+    import pytest
+
+    from mtlopt.benchmarks.speed import import_peer
+
+    if peer == "torchjd" and importlib.util.find_spec("torchjd") is None:
+        pytest.skip("torchjd is not installed here (tools/record_aligned_peers.py runs it elsewhere)")
+    if peer.startswith("libmtl") and import_peer("libmtl") is None:
+        pytest.skip("LibMTL is not installed here (tools/record_aligned_peers.py runs it elsewhere)")
+    rec = recorder()
+    repo = {
+        "libmtl-head": rec.LIBMTL_HEAD,
+        "official": rec.CONFIG_REPO if name == "config" else rec.SAMSUNG_MTL,
+    }
+    if peer in repo and not repo[peer].exists():
+        pytest.skip(f"no git copy of the {peer} code at {repo[peer]}")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # as the recorder runs them
+    try:
+        if peer == "torchjd":
+            return rec.torchjd(name)
+        if peer.startswith("libmtl"):
+            return rec.libmtl(name, head=peer == "libmtl-head")
+        return rec.official(name)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def structured_jacobian(
+    seed: int, K: int, rank: int, duplicates: int = 0, zeros: int = 0, scale: float = 1.0, P: int = 80
+) -> Tensor:
+    """K×P float64 rows of a given rank with singular values in [0.1, 1] (a clear gap above 0), then
+    ``duplicates`` rows copied from others, ``zeros`` rows zeroed, everything times ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    rank = max(1, min(rank, K, P))
+    U, _ = torch.linalg.qr(torch.randn(K, rank, generator=g, dtype=F64))
+    Q, _ = torch.linalg.qr(torch.randn(P, rank, generator=g, dtype=F64))
+    s = 0.1 + 0.9 * torch.rand(rank, generator=g, dtype=F64)
+    J = (U * s) @ Q.T
+    perm = torch.randperm(K, generator=g).tolist()
+    for t in range(min(duplicates, K - 1)):
+        J[perm[t]] = J[perm[-1 - t]] if perm[-1 - t] != perm[t] else J[perm[t]]
+    for t in range(min(zeros, K - 1)):
+        J[perm[(t + duplicates) % K]] = 0.0
+    return J * scale

@@ -35,6 +35,7 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
+from .gradients import AlignedMTLRunner, AlignedMTLUBRunner, ConFIGRunner, GradVacRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -49,7 +50,10 @@ from .population import (
 __all__ = [
     "ADAPTIVE_LR_WARNING",
     "METHODS",
+    "AlignedMTLRunner",
+    "AlignedMTLUBRunner",
     "AlternatingRunner",
+    "ConFIGRunner",
     "DWARunner",
     "EPORunner",
     "EWRunner",
@@ -57,6 +61,7 @@ __all__ = [
     "FAMORunner",
     "GLSRunner",
     "GradNormRunner",
+    "GradVacRunner",
     "GridRunner",
     "IMTLLRunner",
     "LSSweepRunner",
