@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -270,7 +271,10 @@ def official(name: str) -> dict[str, Any]:
                 (package / f"{file}.py").write_text(source)
             sys.path.insert(0, tmp)
             try:
-                from conflictfree.grad_operator import ConFIG_update
+                with warnings.catch_warnings():  # its docstrings' invalid escapes, at compile time
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", SyntaxWarning)
+                    from conflictfree.grad_operator import ConFIG_update
 
                 def step(net: sc.Model, x: Tensor, y: Tensor) -> Tensor:
                     z = net.features(x)

@@ -25,15 +25,22 @@ every task gradient, and a positive one, so it conflicts with none.
     w = a\, \frac{1^\top G a}{a^\top G a} .
 
 The pseudo-inverse :math:`C^{+}` comes from ``eigh`` in float64 with the eigenvalues
-:math:`\lambda \le \lambda_{\max} K \varepsilon` (``eps``, default float64's epsilon) treated as 0;
-this equals ``lstsq``/``pinv`` of Û (the official code and TorchJD's ``ConFIG``, which take J) whenever
-Û's singular values are either clearly nonzero or zero (the tests check both on random, rank-deficient
-and duplicated gradients). Unit gradients whose singular values lie below
-:math:`\sqrt{K\varepsilon}\,\sigma_{\max}` cannot be resolved from a Gramian: they count as dependent.
+:math:`\lambda \le \lambda_{\max} K \varepsilon` treated as 0, ``eps`` = 1e-12 by default. It is larger
+than float64's epsilon on purpose: the entries of a Gramian carry a rounding error of relative order
+:math:`\sqrt{P}` times float64's epsilon, so exactly dependent unit gradients (duplicated or opposite
+tasks) show eigenvalues of C of that order, which a cutoff at the epsilon would invert into a
+direction made of rounding. ``lstsq``/``pinv`` of Û (the official code and TorchJD's ``ConFIG``, which
+take J) keep singular values down to about :math:`P\varepsilon\,\sigma_{\max}`; the two agree whenever
+Û's singular values are either zero or above :math:`\sqrt{K\cdot\mathrm{eps}}\,\sigma_{\max}` (the
+tests check random, rank-deficient, duplicated and zero rows at scales 1e-8 to 1e8). Unit gradients
+closer to dependent than that count as dependent.
 
 Degenerate inputs (stated rules, no NaN): a task with :math:`g_t = 0` has unit vector 0 (the official
-``nan_to_num``): its equation drops out and :math:`a_t = 0`. When every gradient is 0, or
-:math:`a^\top G a = 0`, w = 0 (the update is 0; TorchJD normalizes a zero direction to 0 too).
+``nan_to_num``): its equation drops out and :math:`a_t = 0`. When every gradient is 0, or p has no
+part in the range of C beyond rounding (:math:`\|V_r^\top p\| \le K\,\mathrm{eps}\,\|p\|`, e.g.
+two opposite gradients: no direction has equal positive cosines with both), w = 0 and the update is 0
+(the references normalize a direction made of rounding: TorchJD's ``normalize`` returns about 0, the
+official ``lstsq`` a unit vector of arbitrary direction).
 
 Options (defaults: the paper and official code):
 
@@ -48,7 +55,7 @@ option               default                                    alternatives
                                                                 \sum_t \cos(g_t, u)` with m that statistic
                                                                 of the gradient norms (official
                                                                 ``Track*`` length models)
-``eps``              float64's epsilon                          the relative eigenvalue cutoff of
+``eps``              1e-12 (see above)                          the relative eigenvalue cutoff of
                                                                 :math:`C^{+}`
 ``head_weighting``   ``"unweighted"``: head t gets              ``"weighted"``: :math:`w_t \nabla L_t`
                      :math:`\nabla L_t` (the official MTL
@@ -77,7 +84,7 @@ __all__ = ["ConFIG", "config_weights"]
 Length = Literal[
     "projection", "track-minimum", "track-maximum", "track-harmonic", "track-arithmetic", "track-geometric"
 ]
-FLOAT64_EPS = float(torch.finfo(torch.float64).eps)
+DEFAULT_EPS = 1e-12
 
 
 def _tracked(norms: Tensor, length: Length) -> Tensor:
@@ -93,7 +100,7 @@ def _tracked(norms: Tensor, length: Length) -> Tensor:
 
 
 def config_weights(
-    gramian: Tensor, pref: Tensor, length: Length = "projection", eps: float = FLOAT64_EPS
+    gramian: Tensor, pref: Tensor, length: Length = "projection", eps: float = DEFAULT_EPS
 ) -> tuple[Tensor, dict[str, float]]:
     """ConFIG's task weights w (d = Jᵀw) from the K×K Gramian and the preference (float64)."""
     G = gramian.detach().to("cpu", torch.float64)
@@ -109,7 +116,10 @@ def config_weights(
     if not top > 0 or not bool(keep.any()):
         return torch.zeros(K, dtype=torch.float64), info
     V_r = V[:, keep]
-    a = inv * (V_r @ ((V_r.T @ pref) / lam[keep]))
+    q = V_r.T @ pref  # the part of p that the unit gradients can reach
+    if not float(q.norm()) > K * eps * float(pref.norm()):
+        return torch.zeros(K, dtype=torch.float64), info
+    a = inv * (V_r @ (q / lam[keep]))
     Ga = G @ a
     norm_x_sq = float(a @ Ga)
     if not norm_x_sq > 0:
@@ -148,7 +158,7 @@ class ConFIG(GramianWeighting):
         pref: Literal["ones"] | Sequence[float] | Tensor = "ones",
         length: Length = "projection",
         *,
-        eps: float = FLOAT64_EPS,
+        eps: float = DEFAULT_EPS,
         head_weighting: HeadWeighting = "unweighted",
     ) -> None:
         check_method_options(self, length=(length, Length), head_weighting=(head_weighting, HeadWeighting))
