@@ -246,6 +246,11 @@ CASES = {
     "imtl-l": loss_method_case(lambda: mtlopt.IMTLL(TASKS).double()),
     "famo": loss_method_case(lambda: mtlopt.FAMO(TASKS)),
     "stch": loss_method_case(lambda: mtlopt.STCH(warmup_epochs=0)),
+    "aligned-mtl": weighting_case(lambda model: mtlopt.AlignedMTL(), "shared"),
+    "aligned-mtl-ub": weighting_case(lambda model: mtlopt.AlignedMTL(), "features"),
+    "aligned-mtl-ub-sum": weighting_case(lambda model: mtlopt.AlignedMTL(feature_batch="sum"), "features"),
+    "config": weighting_case(lambda model: mtlopt.ConFIG(), "shared"),
+    "gradvac": weighting_case(lambda model: mtlopt.GradVac(seed=4), "shared"),
 }  # fmt: skip
 
 
