@@ -1,7 +1,7 @@
 """Mixed precision for the gradient-level peer methods (aligned-mtl, aligned-mtl-ub, config, gradvac):
 one MultiMNIST epoch under bf16 autocast and under fp16 + GradScaler, every logged number finite, as
-tests/test_amp.py checks the other methods. About 35 s of CPU: marked slow (scripts/test.sh --slow); the
-lead may instead add the four names to tests/test_amp.py's compare."""
+tests/test_amp.py checks the other methods. Heavier than the default run allows: marked slow
+(scripts/test.sh --slow); the lead may instead add the four names to tests/test_amp.py's compare."""
 
 from __future__ import annotations
 
