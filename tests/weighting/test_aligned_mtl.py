@@ -138,6 +138,7 @@ def test_aligned_gradients_are_orthogonal_with_equal_norms_on_the_kept_subspace(
     # B G B = s · V_r V_rᵀ: the aligned gradients B J are orthogonal, each of norm √s, in the kept span
     torch.testing.assert_close(B @ G @ B, s * V_r @ V_r.T, rtol=0, atol=1e-8 * s * K)
     torch.testing.assert_close(w, B @ torch.ones(K, dtype=F64))
+    assert out.diagnostics["alignment_residual"] < 1e-8 * K
     expected = torch.from_numpy(reference_weights(G.numpy(), mode, float(torch.finfo(torch.float32).eps)))
     torch.testing.assert_close(w, expected, rtol=1e-7, atol=1e-7 * float(expected.abs().max()))
     zero = (J == 0).all(dim=1)

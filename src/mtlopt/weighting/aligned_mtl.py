@@ -50,8 +50,8 @@ option               default                                     alternatives
 Total weight: :math:`\sum_t w_t = 1^\top B 1`; K for orthogonal gradients of equal norm and for K equal
 gradients, otherwise it depends on the data (``weight_sum = "data-dependent"``); TorchJD's default
 is 1/K of it. Diagnostics: the rank kept, the cutoff, the scale s and the condition number
-:math:`\lambda_{\max}/\lambda_{\min}` of the kept spectrum (the decomposition is direct: no
-iterations).
+:math:`\lambda_{\max}/\lambda_{\min}` of the kept spectrum and the alignment residual
+:math:`\max|BGB - sV_rV_r^\top|/s` (the decomposition is direct: no iterations).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def balance_transformation(
     gramian: Tensor, scale_mode: ScaleMode = "min", eps: float = FLOAT32_EPS
 ) -> tuple[Tensor, dict[str, Any]]:
     r"""B of Aligned-MTL for a K×K Gramian (float64) and what was kept: ``rank``, ``cutoff``, ``scale``,
-    ``condition``. B = I when no eigenvalue passes :math:`\lambda_{\max} K \varepsilon`."""
+    ``condition``, and ``alignment_residual`` (max-norm of :math:`BGB - sV_rV_r^\top` over s, the
+    decomposition's accuracy). B = I when no eigenvalue passes :math:`\lambda_{\max} K \varepsilon`."""
     G = gramian.detach().to("cpu", torch.float64)
     K = G.shape[0]
     lam, V = torch.linalg.eigh(G, UPLO="U")
@@ -95,6 +96,7 @@ def balance_transformation(
             "cutoff": cutoff,
             "scale": 0.0,
             "condition": 1.0,
+            "alignment_residual": 0.0,
         }
     lam_r, V_r = lam[keep].flip(0), V[:, keep].flip(1)  # descending, as the official code sorts them
     if scale_mode == "min":
@@ -104,7 +106,14 @@ def balance_transformation(
     else:
         scale = lam_r.mean()
     B = scale.sqrt() * (V_r / lam_r.sqrt()) @ V_r.T
-    info = {"rank": rank, "cutoff": cutoff, "scale": float(scale), "condition": float(lam_r[0] / lam_r[-1])}
+    residual = float((B @ G @ B - scale * V_r @ V_r.T).abs().max() / scale)  # B G B = s V_r V_rᵀ
+    info = {
+        "rank": rank,
+        "cutoff": cutoff,
+        "scale": float(scale),
+        "condition": float(lam_r[0] / lam_r[-1]),
+        "alignment_residual": residual,
+    }
     return B, info
 
 
