@@ -239,3 +239,28 @@ def test_bad_options_are_refused_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         mtlopt.GradVac(**kwargs)
     assert "\n" not in str(info.value) and "GradVac" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["gradvac", "aligned-mtl-ub", "config"])
+def test_the_benchmark_runner_resumes_exactly(name):
+    """The runner's checkpoint carries the weighting's state (GradVac: targets and order generator)."""
+    import copy
+
+    from test_benchmark_methods import batches, make_runner, parameters
+
+    data = batches(4)
+    runner = make_runner(name, {})
+    for x, y in data[:2]:
+        runner.train_step(x, y)
+    saved = copy.deepcopy(runner.state_dict())
+    for x, y in data[2:]:
+        logged = runner.train_step(x, y)
+    assert all(torch.isfinite(v).all() for v in logged.values())
+    resumed = make_runner(name, {})
+    resumed.load_state_dict(saved)
+    for x, y in data[2:]:
+        resumed.train_step(x, y)
+    for a, b in zip(parameters(runner), parameters(resumed), strict=True):
+        assert torch.equal(a, b)
+    if name == "gradvac":
+        assert runner._weighting.seed == 3 and runner._weighting.targets is not None
