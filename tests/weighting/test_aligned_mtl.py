@@ -221,3 +221,19 @@ def test_a_preference_fixes_the_number_of_tasks():
     torch.testing.assert_close(method(G, torch.ones(3, dtype=F64)), torch.tensor([1.0, 1.0, 1.0], dtype=F64))
     with pytest.raises(ValueError, match="preference of 3 entries"):
         method(torch.eye(2, dtype=F64), torch.ones(2, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "weighting/aligned_mtl.py",
+        "weighting/config.py",
+        "weighting/gradvac.py",
+        "benchmarks/methods/gradients.py",
+    ],
+)
+def test_no_measured_numbers_in_the_docstrings(module):
+    from test_docstring_numbers import MEASURED, SRC, docstrings
+
+    found = [m.group(0) for _, doc in docstrings(SRC / module) for m in MEASURED.finditer(doc)]
+    assert not found, (module, found)

@@ -36,6 +36,9 @@ default): one Gramian of all the shared parameters, one K×K target matrix. Per-
 granularity would be added by instantiating one ``GradVac`` per group, each given its group's
 Gramian and writing its own :math:`\sum_k w_k g_k^{(group)}` (TorchJD's "grouping" recipe); that needs
 a ``mtlopt.backward`` that forms one Gramian per parameter group, which it does not do yet.
+Use it with ``shared_params=`` (``mtlopt.backward(losses, GradVac(), shared_params=encoder)``); with
+``features=`` it would act on representation gradients, which is not GradVac (LibMTL refuses
+``rep_grad`` for it).
 
 Deviations from the references, on purpose: :math:`1-\phi^2` and :math:`1-\hat\phi^2` are clamped at 0
 (as TorchJD; LibMTL can take the root of a rounding-negative number), and a task with
