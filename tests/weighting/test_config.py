@@ -148,3 +148,35 @@ def test_bad_options_are_refused_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         mtlopt.ConFIG(**kwargs)
     assert "\n" not in str(info.value) and "ConFIG" in str(info.value)
+
+
+def test_two_tasks_equal_the_official_inverse_free_update(tmp_path, monkeypatch):
+    """The official ``ConFIG_update_double`` (K = 2, no inverse) and ``ConFIG_update`` give our d."""
+    import sys
+    import warnings
+
+    rec = sc.recorder()
+    if not rec.CONFIG_REPO.exists():
+        pytest.skip(f"no git copy of tum-pbs/ConFIG at {rec.CONFIG_REPO}")
+    package = tmp_path / "conflictfree"
+    package.mkdir()
+    for file in ("utils", "weight_model", "length_model", "grad_operator"):
+        (package / f"{file}.py").write_text(rec.git_source(rec.CONFIG_REPO, f"conflictfree/{file}.py"))
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "conflictfree", raising=False)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(F64)  # its EqualWeight allocates in the default dtype
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from conflictfree.grad_operator import ConFIG_update, ConFIG_update_double
+        for seed in range(3):
+            J = sc.structured_jacobian(seed, 2, 2) * torch.tensor([[1.0], [3.0]], dtype=F64)
+            d = J.T @ mtlopt.ConFIG()(J @ J.T, torch.ones(2, dtype=F64))
+            torch.testing.assert_close(ConFIG_update_double(J[0], J[1]), d, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(ConFIG_update(J), d, rtol=1e-12, atol=1e-14)
+    finally:
+        torch.set_default_dtype(old)
+        for name in [m for m in sys.modules if m == "conflictfree" or m.startswith("conflictfree.")]:
+            del sys.modules[name]
