@@ -3,7 +3,7 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO, Aligned-MTL, ConFIG, GradVac).
+  Pareto MTL, EPO).
 """
 
 from __future__ import annotations
