@@ -251,6 +251,11 @@ CASES = {
     "imtl": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "features"),
     "imtl-shared": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "shared"),
     "imtl-features-sum": weighting_case(lambda model: mtlopt.IMTL(TASKS, feature_batch="sum").double(), "features"),
+    "aligned-mtl": weighting_case(lambda model: mtlopt.AlignedMTL(), "shared"),
+    "aligned-mtl-ub": weighting_case(lambda model: mtlopt.AlignedMTL(), "features"),
+    "aligned-mtl-ub-sum": weighting_case(lambda model: mtlopt.AlignedMTL(feature_batch="sum"), "features"),
+    "config": weighting_case(lambda model: mtlopt.ConFIG(), "shared"),
+    "gradvac": weighting_case(lambda model: mtlopt.GradVac(seed=4), "shared"),
 }  # fmt: skip
 
 

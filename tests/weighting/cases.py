@@ -45,6 +45,9 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "STCH": (lambda K, layer=None: mtlopt.STCH(warmup_epochs=0), True),
     "IMTLG": (lambda K, layer=None: mtlopt.IMTLG(), True),
     "IMTL": (lambda K, layer=None: mtlopt.IMTL(K).double(), True),
+    "AlignedMTL": (lambda K, layer=None: mtlopt.AlignedMTL(), True),
+    "ConFIG": (lambda K, layer=None: mtlopt.ConFIG(), True),
+    "GradVac": (lambda K, layer=None: mtlopt.GradVac(seed=3), False),  # random orders: equivariant in law
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against

@@ -22,6 +22,8 @@ from ._base import (
     WeightingOutput,
     WeightSum,
 )
+from .aligned_mtl import AlignedMTL
+from .config import ConFIG
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
@@ -29,6 +31,7 @@ from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
 from .gradnorm import GradNorm
+from .gradvac import GradVac
 from .imtl import IMTL
 from .imtl_g import IMTLG
 from .imtl_l import IMTLL
@@ -53,9 +56,12 @@ __all__ = [
     "RLW",
     "SI",
     "STCH",
+    "AlignedMTL",
+    "ConFIG",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
+    "GradVac",
     "GramianWeighting",
     "HeadWeighting",
     "LossOutput",
@@ -90,6 +96,9 @@ METHODS: tuple[type[Method], ...] = (
     STCH,
     IMTLG,
     IMTL,
+    AlignedMTL,
+    ConFIG,
+    GradVac,
 )
 
 

@@ -36,6 +36,7 @@ from .losses import (
     STCHRunner,
 )
 from .gradients import GramianRunner, IMTLGRunner, IMTLRunner
+from .gradients import AlignedMTLRunner, AlignedMTLUBRunner, ConFIGRunner, GradVacRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -50,7 +51,10 @@ from .population import (
 __all__ = [
     "ADAPTIVE_LR_WARNING",
     "METHODS",
+    "AlignedMTLRunner",
+    "AlignedMTLUBRunner",
     "AlternatingRunner",
+    "ConFIGRunner",
     "DWARunner",
     "EPORunner",
     "EWRunner",
@@ -58,6 +62,7 @@ __all__ = [
     "FAMORunner",
     "GLSRunner",
     "GradNormRunner",
+    "GradVacRunner",
     "GramianRunner",
     "GridRunner",
     "IMTLGRunner",
