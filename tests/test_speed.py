@@ -348,3 +348,14 @@ def test_peer_rows_follow_the_measured_methods(monkeypatch):
     )
     assert set(built) == {"torchjd-dwa", "libmtl-dwa"}
     assert {"torchjd-dwa", "libmtl-dwa"} <= set(report.configs[0].rows)
+
+
+def test_paired_timing_writes_its_table(tmp_path):
+    import speed_paired  # tools/speed_paired.py
+
+    out = tmp_path / "paired.md"
+    args = ["--configs", "mlp:2:4", "--methods", "dwa,famo", "--pairs", "3", "--warmup", "1"]
+    assert speed_paired.main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| mlp | 2 | 4 | dwa |" in text and "| mlp | 2 | 4 | famo |" in text and "EW step" in text
+    assert "**1 thread(s)**" in text and "--pairs 3" in text

@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlopt.benchmarks.speed import ConfigResult, SpeedReport, load_report, markdown, report_json
+from mtlopt.benchmarks.speed import METHODS, ConfigResult, SpeedReport, load_report, markdown, report_json
 
 ANCHOR_SMALL = ("lenet", 2, 256)  # two-task LeNet, batch 256
 ANCHOR_LARGE = ("lenet", 40, 64)  # 40-task small CNN, batch 64
@@ -178,6 +178,21 @@ def evaluate_targets(report: SpeedReport) -> list[dict[str, str]]:
             for name in above
             if (iqr := config.rows[name].ratio_iqr) is not None
         )
+        alike = [  # rows whose step is EW's arithmetic: one forward, one backward, the optimizer step
+            row.ratio
+            for name, row in config.rows.items()
+            if row.ratio is not None
+            and (
+                name in (*LOSS_METHODS, "famo-no-update")
+                or (name in METHODS and METHODS[name].counterpart in LOSS_METHODS)
+            )
+        ]
+        if above and len(alike) > 1:
+            why += (
+                f"; the {len(alike)} rows doing EW's arithmetic (one backward pass of weighted losses) "
+                f"read {min(alike):.2f}–{max(alike):.2f}× EW in this configuration: the machine's load, "
+                "which the paired timing of tools/speed_paired.py reduces"
+            )
         targets.append(
             {
                 "target": target,
