@@ -190,10 +190,11 @@ def test_peer_steps_run(tmp_path):
     pytest.importorskip("torchjd")
     if speed.import_peer("libmtl") is None:
         pytest.skip("LibMTL is not installed (scripts/install_peers.sh)")
-    config = tiny_config(methods=("ew", "mgda"), peers=("torchjd", "libmtl"), memory=True)
+    peers = [name for name, method in speed.METHODS.items() if method.peer]
+    counterparts = tuple(dict.fromkeys(speed.METHODS[name].counterpart for name in peers))
+    config = tiny_config(methods=("ew", *counterparts), peers=("torchjd", "libmtl"), memory=True)
     report = speed.run_speed(config, log=lambda line: None)
     rows = report.configs[0].rows
-    peers = [name for name, method in speed.METHODS.items() if method.peer]
     assert set(peers) <= set(rows)
     for name in peers:
         assert rows[name].status == "ok" and rows[name].ratio is not None and rows[name].peak_bytes, name
@@ -246,3 +247,115 @@ def test_targets_are_judged_with_reasons():
     assert targets["exact MGDA peak memory at K = 40 ≤ LibMTL's"]["met"] == "yes"
     assert targets["MAO step ≤ 1.3× EW at K = 2"]["met"] == "yes"
     assert targets["population of 5 LeNets ≤ 2.5× one LeNet step"]["met"] == "**no**"
+    loss = "loss-level methods (dwa, rlw, gls, si, imtl-l, stch) step ≤ 1.05× EW at K = {}"
+    assert targets[loss.format(2)]["measured"] == "not measured"  # no loss method in these rows
+    small.rows.update(fake_config("lenet", 2, 256, {m: 1.01 for m in LOSS}).rows)
+    large.rows.update(fake_config("lenet", 40, 64, {**{m: 1.0 for m in LOSS}, "stch": 1.2}).rows)
+    targets = {t["target"]: t for t in speed_targets.evaluate_targets(report)}
+    assert targets[loss.format(2)]["met"] == "yes" and "gls 1.01" in targets[loss.format(2)]["measured"]
+    assert targets[loss.format(40)]["met"] == "**no**" and targets[loss.format(40)]["note"].startswith("stch")
+
+
+LOSS = ("dwa", "rlw", "gls", "si", "imtl-l", "stch")
+LOSS_PEERS = {
+    "torchjd-dwa": "dwa",
+    "torchjd-random": "rlw",
+    "torchjd-geometricmean": "gls",
+    "torchjd-imtll": "imtl-l",
+    "torchjd-famo": "famo",
+    "torchjd-stch": "stch",
+    "libmtl-dwa": "dwa",
+    "libmtl-rlw": "rlw",
+    "libmtl-gls": "gls",
+}
+
+
+def test_loss_methods_have_rows_and_peer_counterparts():
+    for name in (*LOSS, "famo", "famo-no-update"):
+        assert name in speed.DEFAULT_METHODS, name
+    for name, reference in LOSS_PEERS.items():
+        method = speed.METHODS[name]
+        assert method.peer == name.split("-")[0] and method.reference == reference, name
+    assert speed.METHODS["libmtl-gradnorm"].counterpart == "gradnorm"
+
+
+def test_loss_rows_run_with_their_hooks():
+    names = (*LOSS, "famo", "famo-no-update")
+    report = speed.run_speed(tiny_config(methods=("ew", *names), memory=True), log=lambda line: None)
+    rows = report.configs[0].rows
+    for name in names:
+        assert rows[name].status == "ok" and rows[name].ratio is not None and rows[name].peak_bytes, name
+    assert "FAMO's step costs more than EW's" in speed.markdown(report)
+    assert "lenet K = 2 batch 4: " in speed.markdown(report)  # the hook's price, from this run
+
+    # The hooks run inside the timed steps: DWA and STCH close an epoch every step (past their
+    # uniform and warm-up epochs), FAMO updates its logits after every step, famo-no-update never.
+    s = setup_for("lenet", 2)
+    for name, epochs in (("dwa", 2), ("stch", 6)):
+        step = speed.METHODS[name].build(s)
+        step.run()
+        assert runner_of(step)._weighting.epoch == epochs, name
+    assert runner_of(step)._weighting.nadir is not None  # STCH's timed steps take its STCH branch
+    step = speed.METHODS["famo"].build(s)
+    step.run()
+    assert runner_of(step)._weighting._previous is None  # updated
+    assert bool((runner_of(step)._weighting.logits != 0).any())
+    step = speed.METHODS["famo-no-update"].build(s)
+    step.run()
+    assert runner_of(step)._weighting._previous is not None  # weighed, never updated
+    assert bool((runner_of(step)._weighting.logits == 0).all())
+
+
+def runner_of(step: speed.Step):
+    """The method runner a step's closure holds."""
+    cells = [cell.cell_contents for cell in step.run.__closure__ or ()]
+    return next(value for value in cells if hasattr(value, "_weighting"))
+
+
+@pytest.mark.parametrize(("model", "tasks"), [("lenet", 3), ("mlp", 9)])
+def test_loss_peers_agree_with_mtlopt(model, tasks):
+    if all(speed.import_peer(peer) is None for peer in ("torchjd", "libmtl")):
+        pytest.skip("neither TorchJD nor LibMTL is installed (scripts/install_peers.sh)")
+    s = setup_for(model, tasks)
+    for name, reference in LOSS_PEERS.items():
+        if speed.import_peer(name.split("-")[0]) is None:
+            continue
+        result = speed.agreement(s, speed.METHODS[name])
+        assert result.reference == reference
+        assert result.weight_diff < 1e-5 and result.update_diff < 1e-5, (name, result)
+
+
+def test_peer_rows_follow_the_measured_methods(monkeypatch):
+    monkeypatch.setattr(speed.peers, "import_peer", lambda peer: object())
+    built = []
+
+    def fake(name):
+        def build(s):
+            built.append(name)
+            return speed.Step(lambda: None, [])
+
+        return build
+
+    for name, method in list(speed.METHODS.items()):
+        if method.peer:
+            monkeypatch.setitem(
+                speed.METHODS,
+                name,
+                speed.Method(name, "", fake(name), method.peer, beside=method.counterpart),
+            )
+    report = speed.run_speed(
+        tiny_config(methods=("ew", "dwa"), peers=("torchjd", "libmtl")), log=lambda line: None
+    )
+    assert set(built) == {"torchjd-dwa", "libmtl-dwa"}
+    assert {"torchjd-dwa", "libmtl-dwa"} <= set(report.configs[0].rows)
+
+
+def test_paired_timing_writes_its_table(tmp_path):
+    import speed_paired  # tools/speed_paired.py
+
+    out = tmp_path / "paired.md"
+    args = ["--configs", "mlp:2:4", "--methods", "dwa,famo", "--pairs", "3", "--warmup", "1"]
+    assert speed_paired.main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| mlp | 2 | 4 | dwa |" in text and "| mlp | 2 | 4 | famo |" in text and "EW step" in text
+    assert "**1 thread(s)**" in text and "--pairs 3" in text

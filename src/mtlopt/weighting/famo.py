@@ -175,8 +175,7 @@ class FAMO(LossWeighting):
             raise ValueError(f"FAMO.update got non-finite new losses {values.tolist()}")
         delta = self._gaps(self._previous, "loss").log() - self._gaps(values, "new loss").log()
         z = self.task_probabilities()
-        self._optimizer.zero_grad(set_to_none=True)
-        self.logits.grad = z * (delta - z @ delta)
+        self.logits.grad = z * (delta - z @ delta)  # replaces the last one: no zero_grad needed
         self._optimizer.step()
         self._previous = None
 

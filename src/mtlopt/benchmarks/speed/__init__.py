@@ -34,7 +34,16 @@ Agreement with the peers (``torchjd``, ``libmtl``)
     update of the shared parameters, and, for MGDA, how far the peer's weights are above the optimal
     min-norm objective (their solvers are iterative and stop early; mtlopt's is exact). PCGrad draws
     random task orders; the suite replays the peer's own draws through :meth:`mtlopt.PCGrad.coefficients`,
-    so equal orders give equal weights.
+    so equal orders give equal weights. The loss-level methods (DWA, RLW, GLS, IMTL-L, FAMO, STCH) are
+    compared with TorchJD's scalarizers and LibMTL's weightings from identical states (DWA's two epoch
+    means, IMTL-L's scales, RLW's seed in the peer's global generator, FAMO after one logit update from
+    the same recomputed losses): the weights applied to the losses and the update of every model
+    parameter.
+
+Loop hooks
+    A step includes what the training loop adds for the method: DWA and STCH run as one-step epochs (the
+    runner's ``on_epoch_start`` before every step), FAMO recomputes the losses on the same batch after
+    the optimizer step and updates its logits; ``famo-no-update`` is FAMO's step without that hook.
 
 Min-norm solver table
     Gramians of real per-task gradients (a LeNet with K heads on scikit-learn's digits, relabeled per

@@ -74,6 +74,8 @@ def agreement(s: Setup, method: Method) -> Agreement:
         return _libmtl_pcgrad_agreement(s, base)
     if name == "libmtl-uw":
         return _libmtl_uw_agreement(s, base)
+    if name in LOSS_PEERS:
+        return _loss_agreement(s, base, name)
     raise ValueError(f"no agreement check for {name}")
 
 
@@ -192,4 +194,124 @@ def _libmtl_uw_agreement(s: Setup, base: MultiTaskModel) -> Agreement:
         _relative(update, ours_update),
         None,
         "UncertaintyWeighting(convention='libmtl'); update of every model parameter",
+    )
+
+
+# peer row -> (the mtlopt row compared with, the peer's class)
+LOSS_PEERS: dict[str, tuple[str, str]] = {
+    "torchjd-dwa": ("dwa", "DWA"),
+    "torchjd-random": ("rlw", "Random"),
+    "torchjd-geometricmean": ("gls", "GeometricMean"),
+    "torchjd-imtll": ("imtl-l", "IMTLL"),
+    "torchjd-famo": ("famo", "FAMO"),
+    "torchjd-stch": ("stch", "STCH"),
+    "libmtl-dwa": ("dwa", "DWA"),
+    "libmtl-rlw": ("rlw", "RLW"),
+    "libmtl-gls": ("gls", "GLS"),
+}
+_LOSS_NOTES = {
+    "dwa": "from the same two epoch means (epoch 2)",
+    "rlw": "the peer's global generator seeded as mtlopt's RLW(seed)",
+    "gls": "weights: ∂GM/∂L_t on both sides (LibMTL's returned weights are not its gradient's)",
+    "imtl-l": "from the same nonzero scales",
+    "famo": "second step, after one logit update from the same new losses",
+    "stch": "STCH(transform='none', λ = 1/K): TorchJD's form; the timed row is the official recipe",
+}
+
+
+def _imtl_scales(K: int) -> Tensor:
+    return torch.linspace(-0.5, 0.5, K)
+
+
+def _famo_new_losses(values: Tensor) -> Tensor:
+    """Stand-ins for the losses recomputed after a step: the same on both sides, distinct decreases."""
+    K = values.shape[0]
+    return values.detach() * (1.0 - 0.05 * (torch.arange(K, dtype=values.dtype) % 3))
+
+
+def _mtlopt_loss_method(s: Setup, reference: str) -> Any:
+    """mtlopt's method as the peer is configured, in the state the peer is put in."""
+    K = s.tasks
+    if reference == "dwa":
+        method: Any = mtlopt.DWA(2.0)
+        history = peers.dwa_history(K)
+        method.load_state_dict({"epoch": 2, "sums": None, "count": 0, "history": [history[0], history[1]]})
+        return method
+    if reference == "rlw":
+        return mtlopt.RLW(seed=s.seed)
+    if reference == "gls":
+        return mtlopt.GLS()
+    if reference == "imtl-l":
+        method = mtlopt.IMTLL(K)
+        with torch.no_grad():
+            method.scales.copy_(_imtl_scales(K))
+        return method
+    if reference == "famo":
+        return mtlopt.FAMO(K, lr=0.025, weight_decay=1e-3)
+    if reference == "stch":
+        return mtlopt.STCH(1.0, transform="none", preference=[1.0 / K] * K)
+    raise ValueError(f"no loss method {reference!r}")
+
+
+def _weights_of(losses: Tensor, backward: Any) -> Tensor:
+    """The weights a backward pass applies to the losses (∂objective/∂L_t, read by a hook)."""
+    seen: list[Tensor] = []
+    losses.register_hook(lambda g: seen.append(g.detach().clone()))
+    backward(losses)
+    return seen[0].double().cpu()
+
+
+def _loss_agreement(s: Setup, base: MultiTaskModel, name: str) -> Agreement:
+    reference, cls = LOSS_PEERS[name]
+    peer = name.split("-")[0]
+    ours_model = copy.deepcopy(base)
+    method = _mtlopt_loss_method(s, reference)
+
+    def ours_step() -> Tensor:
+        ours_model.zero_grad(set_to_none=True)
+        _, losses = s.forward(ours_model)
+        return mtlopt.backward(losses, method).weights
+
+    seed = s.seed
+    with torch.random.fork_rng(devices=[]):
+        weights = ours_step()
+        if reference == "famo":
+            method.update(_famo_new_losses(torch.stack(s.forward(ours_model)[1]).detach()))
+            weights = ours_step()
+    ours_update = _flat_grads([*ours_model.encoder.parameters(), *ours_model.heads.parameters()])
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # RLW: the peers draw from the global generator
+        if peer == "torchjd":
+            model = copy.deepcopy(base)
+            scalarizer = peers.torchjd_scalarizer(cls, s.tasks)
+            if reference == "dwa":
+                history = peers.dwa_history(s.tasks).float()
+                scalarizer._previous_averages = [history[0], history[1]]
+            if reference == "imtl-l":
+                with torch.no_grad():
+                    scalarizer.log_scale.copy_(_imtl_scales(s.tasks))
+
+            def peer_step() -> Tensor:
+                model.zero_grad(set_to_none=True)
+                _, losses = s.forward(model)
+                return _weights_of(torch.stack(losses), lambda v: scalarizer(v).backward())
+
+            theirs = peer_step()
+            if reference == "famo":
+                with torch.no_grad():
+                    scalarizer.update(_famo_new_losses(torch.stack(s.forward(model)[1])))
+                theirs = peer_step()
+            update = _flat_grads([*model.encoder.parameters(), *model.heads.parameters()])
+        else:
+            model = peers.libmtl_loss_model(s, cls, copy.deepcopy(base))
+            kwargs = peers._LIBMTL_LOSS_KWARGS[cls]
+            theirs = _weights_of(peers.libmtl_losses(s, model), lambda v: model.backward(v, **kwargs))
+            update = _flat_grads([*model.encoder.parameters(), *model.decoders.parameters()])
+    return Agreement(
+        reference,
+        float((theirs - weights).abs().max()),
+        _relative(update, ours_update),
+        None,
+        _LOSS_NOTES[reference] + "; update of every model parameter",
     )

@@ -20,6 +20,8 @@ class Method:
         peer: the peer library it comes from (None: mtlopt).
         reference: the mtlopt method implementing the same algorithm (for the agreement check).
         skip: returns why the method is skipped for a configuration, or None.
+        beside: a peer row's mtlopt counterpart when it has no agreement check (``reference``
+            otherwise): a run adds a peer's rows for the mtlopt methods it measures.
     """
 
     name: str
@@ -28,6 +30,12 @@ class Method:
     peer: str | None = None
     reference: str | None = None
     skip: Callable[[Setup], str | None] = field(default=lambda s: None)
+    beside: str | None = None
+
+    @property
+    def counterpart(self) -> str | None:
+        """The mtlopt row a peer row stands beside."""
+        return self.reference or self.beside
 
 
 def _only_two_tasks(s: Setup) -> str | None:
@@ -115,6 +123,36 @@ METHODS: dict[str, Method] = {
             skip=_only_two_tasks,
         ),
         Method(
+            "dwa",
+            "DWA, every step a one-step epoch (its on_epoch_start hook each step)",
+            steps.epoch_step("dwa", pre_steps=2),
+        ),
+        Method("rlw", "RLW: softmax of normal draws every step", steps.runner_step("rlw")),
+        Method("gls", "GLS: the gradient of the geometric mean of the losses", steps.runner_step("gls")),
+        Method(
+            "si", "scale-invariant LS: the gradient of the sum of the log losses", steps.runner_step("si")
+        ),
+        Method(
+            "imtl-l", "IMTL-L: learned loss scales (trained by the same Adam)", steps.runner_step("imtl-l")
+        ),
+        Method(
+            "famo",
+            "FAMO with its loop hook: the losses recomputed on the batch after the step (a second forward "
+            "pass, no graph) and the logit update",
+            steps.runner_step("famo"),
+        ),
+        Method(
+            "famo-no-update",
+            "FAMO's backward and optimizer step alone: no recomputation, no logit update",
+            steps.famo_without_update,
+        ),
+        Method(
+            "stch",
+            "STCH (official log-normalized recipe, past its warm-up and nadir epochs), every step a one-step "
+            "epoch",
+            steps.epoch_step("stch", pre_steps=6),
+        ),
+        Method(
             "torchjd-mgda",
             "TorchJD: mtl_backward + jac_to_grad(MGDA())",
             peers.torchjd_step("MGDA"),
@@ -161,6 +199,66 @@ METHODS: dict[str, Method] = {
             "LibMTL: HPS + GradNorm (all shared parameters, softmax weights)",
             peers.libmtl_step("GradNorm"),
             peer="libmtl",
+            beside="gradnorm",
+        ),
+        Method(
+            "torchjd-dwa",
+            "TorchJD: scalarization.DWA, step() after every step",
+            peers.torchjd_scalarizer_step("DWA"),
+            peer="torchjd",
+            reference="dwa",
+        ),
+        Method(
+            "torchjd-random",
+            "TorchJD: scalarization.Random (RLW)",
+            peers.torchjd_scalarizer_step("Random"),
+            peer="torchjd",
+            reference="rlw",
+        ),
+        Method(
+            "torchjd-geometricmean",
+            "TorchJD: scalarization.GeometricMean (GLS)",
+            peers.torchjd_scalarizer_step("GeometricMean"),
+            peer="torchjd",
+            reference="gls",
+        ),
+        Method(
+            "torchjd-imtll",
+            "TorchJD: scalarization.IMTLL (scales trained by the same Adam)",
+            peers.torchjd_scalarizer_step("IMTLL"),
+            peer="torchjd",
+            reference="imtl-l",
+        ),
+        Method(
+            "torchjd-famo",
+            "TorchJD: scalarization.FAMO, update() with the losses recomputed after the step",
+            peers.torchjd_scalarizer_step("FAMO"),
+            peer="torchjd",
+            reference="famo",
+        ),
+        Method(
+            "torchjd-stch",
+            "TorchJD: scalarization.STCH(mu=1) on the raw losses (no warm-up, no nadir)",
+            peers.torchjd_scalarizer_step("STCH"),
+            peer="torchjd",
+            reference="stch",
+        ),
+        Method(
+            "libmtl-dwa",
+            "LibMTL: HPS + DWA at epoch 2 (its trainer's epoch means outside the step)",
+            peers.libmtl_loss_step("DWA"),
+            peer="libmtl",
+            reference="dwa",
+        ),
+        Method(
+            "libmtl-rlw",
+            "LibMTL: HPS + RLW (normal)",
+            peers.libmtl_loss_step("RLW"),
+            peer="libmtl",
+            reference="rlw",
+        ),
+        Method(
+            "libmtl-gls", "LibMTL: HPS + GLS", peers.libmtl_loss_step("GLS"), peer="libmtl", reference="gls"
         ),
     )
 }

@@ -185,7 +185,7 @@ def run_speed(config: SpeedConfig, log: Callable[[str], None] = print) -> SpeedR
                 "`bash scripts/install_peers.sh`)."
             )
             continue
-        methods += [name for name, m in METHODS.items() if m.peer == peer]
+        methods += [name for name, m in METHODS.items() if m.peer == peer and m.counterpart in config.methods]
     environment = _environment(config, device)
     results = []
     for model in config.models:

@@ -151,3 +151,83 @@ def libmtl_step(weighting_name: str, rep_grad: bool = False) -> Callable[[Setup]
         return Step(run, [optimizer], [model], [s.x, s.y])
 
     return build
+
+
+def torchjd_scalarizer(name: str, tasks: int) -> Any:
+    """A TorchJD scalarizer with the settings of the mtlopt row it is compared with (the papers'
+    defaults; STCH: TorchJD's only form, the raw losses, μ = 1 and λ = 1/K)."""
+    import_peer("torchjd")
+    from torchjd import scalarization
+
+    cls = getattr(scalarization, name)
+    if name in ("IMTLL", "FAMO"):
+        return cls(tasks) if name == "IMTLL" else cls(tasks, lr=0.025, weight_decay=1e-3)
+    if name == "STCH":
+        return cls(1.0)
+    return cls()
+
+
+def torchjd_scalarizer_step(name: str) -> Callable[[Setup], Step]:
+    """One step with a TorchJD scalarizer: ``scalarizer(stack(losses)).backward()``, with its loop hooks
+    where it has them (DWA: ``step()`` after every step, a one-step epoch as mtlopt's row; FAMO:
+    ``update`` with the losses recomputed on the same batch after the optimizer step)."""
+
+    def build(s: Setup) -> Step:
+        scalarizer = torchjd_scalarizer(name, s.tasks)
+        model = s.model()
+        optimizer = s.optimizer([*model.parameters(), *scalarizer.parameters()])  # IMTL-L's scales
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            _, losses = s.forward(model)
+            scalarizer(torch.stack(losses)).backward()
+            optimizer.step()
+            if name == "DWA":
+                scalarizer.step()
+            elif name == "FAMO":
+                with torch.no_grad():
+                    scalarizer.update(torch.stack(s.forward(model)[1]))
+
+        if name == "DWA":  # past the two uniform epochs, as mtlopt's row
+            for _ in range(2):
+                run()
+        return Step(run, [optimizer], [model, scalarizer], [s.x, s.y])
+
+    return build
+
+
+def libmtl_loss_model(s: Setup, weighting_name: str, base: MultiTaskModel | None = None) -> Any:
+    """LibMTL's HPS with a loss weighting; DWA past its two uniform epochs, its epoch-mean buffer
+    filled (LibMTL's trainer fills ``train_loss_buffer`` at every epoch end)."""
+    model = libmtl_model(s, weighting_name, False, base)
+    if weighting_name == "DWA":
+        model.epoch = 2
+        model.train_loss_buffer = np.stack([dwa_history(s.tasks)[i].numpy() for i in (0, 1)], axis=1)
+    return model
+
+
+def dwa_history(tasks: int) -> Tensor:
+    """Two epoch means (oldest first) that every DWA of the suite starts from: distinct ratios, values
+    exact in float32."""
+    first = 1.0 + torch.arange(tasks, dtype=torch.float64) / 8
+    second = first * (1.0 - torch.arange(tasks, dtype=torch.float64) % 4 / 16)
+    return torch.stack([first, second])
+
+
+_LIBMTL_LOSS_KWARGS: dict[str, dict[str, Any]] = {"DWA": {"T": 2.0}, "RLW": {"dist": "Normal"}, "GLS": {}}
+
+
+def libmtl_loss_step(weighting_name: str) -> Callable[[Setup], Step]:
+    def build(s: Setup) -> Step:
+        model = libmtl_loss_model(s, weighting_name)
+        optimizer = s.optimizer(model.parameters())
+        kwargs = _LIBMTL_LOSS_KWARGS[weighting_name]
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            model.backward(libmtl_losses(s, model), **kwargs)
+            optimizer.step()
+
+        return Step(run, [optimizer], [model], [s.x, s.y])
+
+    return build

@@ -150,9 +150,38 @@ def markdown(report: SpeedReport) -> str:
         "LibMTL 1.1.5's CAGrad hard-codes three tasks), so it is not compared.",
         "- Ratios below the K backward passes of an exact method are impossible: where a target is not "
         "met the table says why, from the forward and backward shares measured in the same run.",
+        "- The loss-level methods (DWA, RLW, GLS, SI, IMTL-L, FAMO, STCH) take EW's single backward pass "
+        "of a weighted sum of the losses; what they add is the weighing of K loss values on the CPU. DWA "
+        "and STCH run as one-step epochs: their `on_epoch_start` hook (closing the epoch means) runs "
+        "before every timed step, an upper bound on its share, and both are past their uniform or "
+        "warm-up epochs (DWA at epoch 2 and later, STCH past its nadir epoch). TorchJD's scalarizers "
+        "run as `scalarizer(torch.stack(losses)).backward()` with their own hooks (`DWA.step()` every "
+        "step, `FAMO.update`); LibMTL's DWA keeps its epoch means in its trainer, outside the timed "
+        "step, and LibMTL 1.1.5 has no FAMO or STCH. `torchjd-stch` is TorchJD's STCH on the raw "
+        "losses; its agreement is with mtlopt's `STCH(transform='none', preference=1/K)`.",
+        "- FAMO's step costs more than EW's because of its loop hook, which the algorithm needs: "
+        "after the optimizer step it recomputes the K losses on the same batch (a second forward "
+        "pass, without a graph: about `forward-only`'s share of a step) to measure each task's loss "
+        "decrease, then takes one Adam step of its K logits. `famo-no-update` is the same step without "
+        "the hook, so the difference of the two rows is its price" + _famo_text(report) + ".",
         "",
     ]
     return "\n".join(lines)
+
+
+def _famo_text(report: SpeedReport) -> str:
+    """FAMO's hook price per configuration, from the rows of this run."""
+    parts = []
+    for c in report.configs:
+        rows = [c.rows.get(name) for name in ("famo", "famo-no-update", "forward-only")]
+        if any(row is None or row.ratio is None for row in rows):
+            continue
+        with_hook, without, forward = (row.ratio for row in rows if row is not None)
+        parts.append(
+            f"{c.model} K = {c.tasks} batch {c.batch}: {with_hook:.2f}× EW with it, {without:.2f}× "
+            f"without (forward-only {forward:.2f}×)"
+        )
+    return " (" + "; ".join(parts) + ")" if parts else ""
 
 
 CSV_FIELDS = (

@@ -77,7 +77,8 @@ class SpeedConfig:
         tasks: per model, the numbers of tasks K.
         batch_sizes: per model, the batch sizes.
         methods: mtlopt methods (``ew`` and ``forward-only`` are always measured: the references).
-        peers: peer libraries whose methods are added (skipped with a note when not installed).
+        peers: peer libraries whose rows beside the measured methods are added (skipped with a note
+            when not installed).
         repeats: the most interleaved rounds per configuration.
         min_rounds: the fewest rounds, whatever the budget.
         steps: timed steps per method per round (1 when the budget is tight).

@@ -113,3 +113,33 @@ INTERIOR_RAYS = (
 def pareto_population(name: str) -> Callable[[Setup], Step]:
     """Pareto MTL or EPO: ``s.population`` members, one per ray."""
     return runner_step(name, {"num-models": lambda s: s.population}, angles=INTERIOR_RAYS)
+
+
+def epoch_step(name: str, pre_steps: int = 0) -> Callable[[Setup], Step]:
+    """A method with epoch boundaries (DWA, STCH): every step is a one-step epoch, the runner's
+    ``on_epoch_start`` hook called before it, so a step carries the hook's bookkeeping every time (an
+    upper bound on its share of a real epoch). ``pre_steps`` untimed steps in the build bring the
+    method past its warm-up epochs, so the timed steps take its steady-state branch."""
+
+    def build(s: Setup) -> Step:
+        method: Any = build_runner(s, get_method(name))
+        epoch = [0]
+
+        def run() -> Any:
+            method.on_epoch_start(epoch[0])
+            epoch[0] += 1
+            return method.train_step(s.x, s.y)
+
+        for _ in range(pre_steps):
+            run()
+        return Step(run, method.optimizers(), _modules(method), [s.x, s.y])
+
+    return build
+
+
+def famo_without_update(s: Setup) -> Step:
+    """FAMO's step without its loop hook: no recomputation of the losses after the optimizer step and
+    no logit update (the logits stay at 0), so the difference to ``famo`` is the hook's price."""
+    from ..methods.weightings import SingleModelRunner
+
+    return runner_step("famo", train_step=SingleModelRunner.train_step)(s)
