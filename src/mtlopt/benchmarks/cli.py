@@ -86,6 +86,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _tidy(parser: argparse.ArgumentParser) -> None:
+    """Metavars from the kind of value (N, FLOAT, LIST, DIR, ...) and every default in the help, once."""
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.choices is not None:
+            continue
+        default = action.default
+        if action.metavar is None:
+            flag = action.option_strings[0]
+            named = {"--out": "DIR", "--seed": "INT", "--device": "DEVICE"}
+            if flag in named:
+                action.metavar = named[flag]
+            elif isinstance(default, bool) or default is None or isinstance(default, str):
+                action.metavar = "LIST" if flag.endswith("s") else "VALUE"
+            else:
+                action.metavar = "N" if isinstance(default, int) else "FLOAT"
+        if default is not None and action.help and "default" not in action.help:
+            action.help += f" (default: {_show(default)})"
+
+
 def _benchmark_in(argv: Sequence[str]) -> tuple[str | None, str | None]:
     """The ``--benchmark`` and ``--protocol`` on a command line (before parsing it), so that ``--help``
     can show that protocol's defaults; None where absent or unknown."""
@@ -105,7 +124,9 @@ def _benchmark_in(argv: Sequence[str]) -> tuple[str | None, str | None]:
 
 def _build_parser(benchmark: str | None = None, protocol: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="mtlopt", description="Multi-task optimization benchmarks.")
-    parser.add_argument("--version", action="version", version=f"mtlopt {mtlopt.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"mtlopt {mtlopt.__version__}", help="print the version"
+    )
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
@@ -263,7 +284,8 @@ def _build_parser(benchmark: str | None = None, protocol: str | None = None) -> 
     speed.add_argument(
         "--image-size", type=_at_least(1, "--image-size"), default=64, help="input size of resnet18"
     )
-    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--seed", type=int, default=0, help="seed of the models and batches")
+    _tidy(speed)
     speed.set_defaults(run=_speed)
     return parser
 
