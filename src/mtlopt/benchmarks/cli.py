@@ -147,7 +147,7 @@ def _build_parser(benchmark: str | None = None, protocol: str | None = None) -> 
 
     epilog = (
         "Training defaults come from the protocol: `mtlopt protocols` lists them; with --benchmark (and "
-        "--protocol) before --help, the help shows that protocol's."
+        "--protocol) on the command line, --help shows that protocol's."
     )
     single = commands.add_parser(
         "train",
@@ -860,7 +860,11 @@ def _option_help(definitions: list[tuple[str, Option]]) -> str:
     parts = []
     shown = definitions[0][1].choices  # in the metavar already
     for _, option in definitions:
-        choices = f" {{{','.join(option.choices)}}}" if option.choices and option.choices != shown else ""
+        choices = (
+            f" {{{','.join(option.choices)}}}"
+            if option.choices and set(option.choices) != set(shown or ())
+            else ""
+        )
         default = "" if "default" in option.help else f" (default: {_show(option.default)})"
         parts.append(f"{option.help}{choices}{default}")
     if len(set(parts)) == 1:
