@@ -1,5 +1,11 @@
 """The ``mtlopt`` command: list, train, compare and summarize benchmark runs; measure speed.
 
+``mtlopt protocols`` lists each protocol's published settings (the training defaults); ``--help`` with
+``--benchmark`` (and ``--protocol``) shows that protocol's. ``train``, ``pareto`` and ``compare`` end
+every epoch line with the overall progress and an estimate of the time left (on stderr, also when it
+goes to a file), warn when the run is too short for its numbers to mean anything, and extend a
+finished run when ``--epochs`` is larger than its own.
+
 Bad arguments, missing data, an unusable ``--out`` and a damaged checkpoint print one line starting with
 ``mtlopt: error:`` and exit with code 2. A run that diverges (its loss becomes NaN or infinite) prints
 one line naming method, seed, epoch and step and exits with code 1; ``compare`` records it as failed and
