@@ -162,8 +162,8 @@ def test_compare_writes_tables_and_plots_and_skips_finished_runs(tmp_path, capsy
 def test_a_different_run_in_the_same_directory_is_refused(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", *SMALL, "--method", "ew", "--epochs", "1", "--out", out]) == 0
-    assert main(["train", *SMALL, "--method", "ew", "--epochs", "2", "--out", out]) == 2
-    assert "holds a run with other settings (epochs differ)" in capsys.readouterr().err
+    assert main(["train", *SMALL, "--method", "ew", "--epochs", "1", "--lr", "0.01", "--out", out]) == 2
+    assert "holds a run with other settings (lr differ)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

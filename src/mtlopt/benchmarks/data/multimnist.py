@@ -345,7 +345,8 @@ def benchmark_data(name: str, protocol: str, options: DataOptions) -> ImageClass
         benchmark=name,
         protocol=protocol,
         seed=options.data_seed,
-        sizes=dict(zip(SPLITS, options.sizes)) if options.sizes else dict(PMTL_SIZES),
+        # sener makes one composite per source image: --sizes subsets them below (same cached build)
+        sizes=dict(zip(SPLITS, options.sizes)) if options.sizes and protocol == "pmtl" else dict(PMTL_SIZES),
         max_sources=options.max_sources,
     )
     dataset = load_composites(
@@ -358,4 +359,14 @@ def benchmark_data(name: str, protocol: str, options: DataOptions) -> ImageClass
     images = {split: torch.from_numpy(data.images).unsqueeze(1) for split, data in dataset.splits.items()}
     labels = {split: torch.from_numpy(data.labels) for split, data in dataset.splits.items()}
     mean, std = dataset.normalization
-    return ImageClassificationData(images, labels, mean, std, ("left", "right"), dict(dataset.meta))
+    meta = dict(dataset.meta)
+    if protocol == "sener" and options.sizes:  # at most that many composites per split, a seeded subset
+        for k, split in enumerate(SPLITS):
+            count = len(labels[split])
+            if options.sizes[k] < count:
+                drawn = np.random.default_rng([options.data_seed, k, 19]).permutation(count)
+                keep = torch.from_numpy(np.sort(drawn[: options.sizes[k]]))
+                images[split], labels[split] = images[split][keep], labels[split][keep]
+        meta["sizes"] = {split: len(labels[split]) for split in SPLITS}
+        meta["subset"] = f"--sizes {','.join(map(str, options.sizes))}: a seeded random subset of each split"
+    return ImageClassificationData(images, labels, mean, std, ("left", "right"), meta)

@@ -113,6 +113,11 @@ class MethodRunner(ABC):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch changes (e.g. regrouping tasks)."""
 
+    def uses_run_length(self) -> bool:
+        """Whether training depends on the run's length (``build``'s ``total_steps``, e.g. a schedule
+        decayed over the run): such a run cannot be extended to more epochs after it finished."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "modules": [m.state_dict() for m in self.modules()],

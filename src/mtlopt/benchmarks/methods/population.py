@@ -172,6 +172,9 @@ class MTGDRunner(PopulationRunner):
                 model.load_state_dict(models[0].state_dict())
         return models
 
+    def uses_run_length(self) -> bool:
+        return self.config["transfer-schedule"] != "constant"  # rho decays over total_steps
+
     def transfer(self):
         return mtlopt.Transfer(
             strength=self.config["transfer-strength"],
