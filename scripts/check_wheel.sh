@@ -70,6 +70,7 @@ assert (where.parent / "py.typed").is_file(), "the wheel lacks py.typed"
 print(f"[wheel] mtlopt {mtlopt.__version__} from {where.parent}")
 PY
 "$VENV/bin/mtlopt" --version
+"$VENV/bin/python" scripts/import_light.py  # the core-only job's import check
 
 # 4. The core tests, as the core-only job selects them (its list and deselection, read from
 # scripts/core_check.sh so that the two stay one list), run from the checkout against the wheel.

@@ -16,21 +16,7 @@ VENV="$VENV" bash scripts/setup.sh none 2> >(quiet_pip_warnings >&2)
     2> >(quiet_pip_warnings >&2)
 
 # 1. The import is light: compared with `import torch, numpy` (torch imports tqdm when it is installed).
-"$VENV/bin/python" - <<'PY'
-import sys
-
-import numpy  # noqa: F401
-import torch  # noqa: F401
-
-before = set(sys.modules)
-import mtlopt  # noqa: E402
-
-optional = {"matplotlib", "scipy", "sklearn", "pandas", "tqdm", "moocore", "quadprog", "pymoo"}
-pulled = sorted({m.split(".")[0] for m in set(sys.modules) - before} & optional)
-assert not pulled, f"import mtlopt imported optional packages: {pulled}"
-assert not any(m.startswith("mtlopt.benchmarks") for m in sys.modules), "import mtlopt imported mtlopt.benchmarks"
-print(f"[core] import mtlopt {mtlopt.__version__} ({mtlopt.__file__}) pulls no optional package")
-PY
+"$VENV/bin/python" scripts/import_light.py
 
 # 2. The core tests: the methods, backward, gradients, optimizers and populations. Tests run from the
 # checkout against the *installed* package (src/ is not on the path). Three long training runs that

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run the checks and the test suite (setting up .venv first if needed).
 #   bash scripts/test.sh            lint (ruff check), format check (ruff format --check), type check
-#                                   (mypy), the core-only job (scripts/core_check.sh), then the default
+#                                   (mypy), the wheel and the core-only job (scripts/check_wheel.sh: build,
+#                                   twine check, the core tests against the wheel installed without
+#                                   extras), then the default
 #                                   test suite (slow tests excluded); the time of each step is printed
 #   bash scripts/test.sh --slow     only the tests marked slow
 #   bash scripts/test.sh -- ARGS    the checks, then the default suite with extra pytest arguments
-# MTLOPT_SKIP_CORE=1 skips the core-only job (it builds a second venv, .venv-core).
+# MTLOPT_SKIP_CORE=1 skips the wheel/core-only job (it builds a second venv, .venv-wheel).
 # The tests run on one pytest-xdist worker per core; MTLOPT_TEST_WORKERS=N sets the number (0: none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +44,8 @@ if [ $slow -eq 0 ]; then
     step "ruff check" .venv/bin/ruff check
     step "ruff format --check" .venv/bin/ruff format --check
     step "mypy" .venv/bin/mypy
-    if [ "${MTLOPT_SKIP_CORE:-0}" != 1 ]; then
-        step "core-only job" bash scripts/core_check.sh
+    if [ "${MTLOPT_SKIP_CORE:-0}" != 1 ]; then  # the wheel, installed without extras: the core-only job
+        step "wheel + core-only" bash scripts/check_wheel.sh
     fi
 fi
 
