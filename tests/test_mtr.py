@@ -42,8 +42,19 @@ HEADERS = {
     "sf1": SOLAR_INPUTS + SOLAR_TARGETS,
     "sf2": SOLAR_INPUTS + SOLAR_TARGETS,
     "jura": numeric(
-        ["Xloc", "Yloc", *(f"Landuse={i}" for i in range(1, 5)), *(f"Rock={i}" for i in range(1, 6))]
-        + ["Cr", "Ni", "Pb", "Zn", "Cd", "Co", "Cu"]
+        [
+            "Xloc",
+            "Yloc",
+            *(f"Landuse={i}" for i in range(1, 5)),
+            *(f"Rock={i}" for i in range(1, 6)),
+            "Cr",
+            "Ni",
+            "Pb",
+            "Zn",
+            "Cd",
+            "Co",
+            "Cu",
+        ]
     ),
     "wq": numeric(
         "std_temp std_pH conduct o2 o2sat co2 hardness no2 no3 nh4 po4 cl sio2 kmno4 k2cr2o7 bod".split()
@@ -56,7 +67,11 @@ HEADERS = {
     + [(f"\"'feature{i}'\"", "NUMERIC") for i in range(409)]
     + [(f"LBL+{t}+bt7d_000", "NUMERIC") for t in mtr.MULAN["atp7d"].targets],
     "rf1": numeric(
-        [f"{site}__{-lag}" if lag else f"{site}__0" for lag in (0, 6, 12, 18, 24, 36, 48, 60) for site in RF_SITES]
+        [
+            f"{site}__{-lag}" if lag else f"{site}__0"
+            for lag in (0, 6, 12, 18, 24, 36, 48, 60)
+            for site in RF_SITES
+        ]
         + [f"{site}_48H__0" for site in RF_SITES]
     ),
     "scm1d": numeric([f"x{i}" for i in range(280)] + [f"target{i}" for i in range(16)]),
@@ -126,7 +141,9 @@ def river_zip(path: Path, rows) -> Path:
     )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("solar-flare.csv", "\n".join([header, *(",".join(map(str, r)) for r in rows)]) + "\n")
+        archive.writestr(
+            "solar-flare.csv", "\n".join([header, *(",".join(map(str, r)) for r in rows)]) + "\n"
+        )
     path.write_bytes(buffer.getvalue())
     return path
 
@@ -142,7 +159,9 @@ def test_river_solar_flare_is_encoded_as_mulan_sf2(tmp_path):
     assert np.array_equal(from_river.targets, from_mulan.targets)
     options = DataOptions(data_root=str(tmp_path))
     a, b = get_benchmark("mtr").load("standard", options), get_benchmark("mtr-sf2").load("standard", options)
-    assert all(torch.equal(a.inputs[s], b.inputs[s]) and torch.equal(a.targets[s], b.targets[s]) for s in a.inputs)
+    assert all(
+        torch.equal(a.inputs[s], b.inputs[s]) and torch.equal(a.targets[s], b.targets[s]) for s in a.inputs
+    )
 
 
 def test_river_file_errors_name_the_file_and_line(tmp_path):
@@ -163,11 +182,15 @@ def test_the_bundled_solar_flare():
     train = data.inputs["train"]
     constant = train.std(0, unbiased=False) == 0  # Mulan's area_largest=2 never occurs in the training rows
     assert torch.allclose(train.mean(0), torch.zeros(33), atol=1e-5)
-    assert torch.allclose(train.std(0, unbiased=False)[~constant], torch.ones(int((~constant).sum())), atol=1e-4)
+    assert torch.allclose(
+        train.std(0, unbiased=False)[~constant], torch.ones(int((~constant).sum())), atol=1e-4
+    )
     assert torch.allclose(data.targets["train"].mean(0), torch.zeros(3), atol=1e-5)
 
 
-@pytest.mark.skipif(MULAN_ROOT is None, reason="MTLOPT_MULAN_ROOT (a folder of Mulan's .arff files) is not set")
+@pytest.mark.skipif(
+    MULAN_ROOT is None, reason="MTLOPT_MULAN_ROOT (a folder of Mulan's .arff files) is not set"
+)
 @needs_arff
 def test_mulan_files_when_available():
     for name, spec in mtr.MULAN.items():
@@ -190,7 +213,9 @@ def test_mulan_files_when_available():
     ],
 )
 def test_a_malformed_arff_names_the_file_and_line(tmp_path, row, line, reason):
-    (tmp_path / "enb.arff").write_text("@relation t\n@attribute a numeric\n@attribute b numeric\n@data\n1,2\n" + row + "\n")
+    (tmp_path / "enb.arff").write_text(
+        "@relation t\n@attribute a numeric\n@attribute b numeric\n@data\n1,2\n" + row + "\n"
+    )
     with pytest.raises(DataUnavailable) as error:
         mtr.read_mulan("enb", tmp_path)
     message = str(error.value)
@@ -204,9 +229,12 @@ def test_wrong_headers_and_missing_files_are_one_line_errors(tmp_path):
     with pytest.raises(DataUnavailable, match=r"jura.arff line 2 is not valid ARFF \(Bad @ATTRIBUTE type\)"):
         mtr.read_mulan("jura", tmp_path)
     write_arff(tmp_path / "enb.arff", HEADERS["enb"][:-1], random_rows(HEADERS["enb"][:-1], 3))
-    with pytest.raises(DataUnavailable, match=r"enb.arff declares 9 attributes, expected 10 \(Mulan's enb: 8 inputs, then 2 targets\)"):
+    with pytest.raises(
+        DataUnavailable,
+        match=r"enb.arff declares 9 attributes, expected 10 \(Mulan's enb: 8 inputs, then 2 targets\)",
+    ):
         mtr.read_mulan("enb", tmp_path)
-    nominal_target = HEADERS["enb"][:-1] + [("Y2", ["a", "b"])]
+    nominal_target = [*HEADERS["enb"][:-1], ("Y2", ["a", "b"])]
     write_arff(tmp_path / "enb.arff", nominal_target, random_rows(nominal_target, 3))
     with pytest.raises(DataUnavailable, match=r"target attribute 'Y2' is nominal"):
         mtr.read_mulan("enb", tmp_path)
@@ -216,14 +244,23 @@ def test_wrong_headers_and_missing_files_are_one_line_errors(tmp_path):
         get_benchmark("mtr-rf1").load("epo", DataOptions())
 
 
-def test_the_epo_split_is_sklearns_train_test_split():
-    sklearn = pytest.importorskip("sklearn.model_selection")
+def test_the_epo_split():
     rows = 9005  # rf1 after EPO drops the rows with missing values
     splits = mtr.epo_splits(rows)
-    train, test = sklearn.train_test_split(np.arange(rows), test_size=0.3, random_state=42)
     assert (len(splits["train"]), len(splits["test"])) == (6303, 2702)  # EPO's notebook's shapes
-    assert np.array_equal(splits["train"], train) and np.array_equal(splits["test"], test)
+    # train_test_split(np.arange(9005), test_size=0.3, random_state=42), recorded from scikit-learn 1.x
+    assert splits["test"][:6].tolist() == [6953, 248, 3128, 1145, 6575, 4864]
+    assert splits["train"][:6].tolist() == [4932, 5550, 7229, 5168, 6532, 8259]
     assert splits["val"] is splits["train"]
+
+
+@pytest.mark.slow
+def test_the_epo_split_is_sklearns_train_test_split():
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    rows = 9005
+    splits = mtr.epo_splits(rows)
+    train, test = sklearn.train_test_split(np.arange(rows), test_size=0.3, random_state=42)
+    assert np.array_equal(splits["train"], train) and np.array_equal(splits["test"], test)
 
 
 @needs_arff
@@ -278,33 +315,73 @@ def test_the_standard_split_and_model():
     splits = mtr.standard_splits(1066, seed=0)
     assert {s: len(i) for s, i in splits.items()} == {"train": 746, "val": 107, "test": 213}
     assert len(np.unique(np.concatenate(list(splits.values())))) == 1066
-    assert {s: len(i) for s, i in mtr.standard_splits(1066, 0, (100, 20, 30)).items()} == {"train": 100, "val": 20, "test": 30}
+    assert {s: len(i) for s, i in mtr.standard_splits(1066, 0, (100, 20, 30)).items()} == {
+        "train": 100,
+        "val": 20,
+        "test": 30,
+    }
     with pytest.raises(ValueError, match="MTR split 'val' is empty"):
         mtr.standard_splits(1066, 0, (100, 0, 30))
     model = MTRMLP(33, 3)
     assert [o.shape for o in model(torch.zeros(5, 33))] == [torch.Size([5])] * 3
 
 
-@needs_river
-def test_compare_and_pareto_run_on_solar_flare(tmp_path, monkeypatch):
+def run_compare(tmp_path, methods: str, epochs: str) -> Path:
     from mtlopt.benchmarks.cli import main
 
-    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
-    common = ["--benchmark", "mtr", "--threads", "1", "--quiet", "--epochs", "2"]
     out = tmp_path / "cmp"
-    methods = "ew,mgda,pcgrad,stl,epo[num-models=3],mtgd[num-models=3]"
-    assert main(["compare", *common, "--methods", methods, "--out", str(out)]) == 0
+    args = [
+        "--benchmark",
+        "mtr",
+        "--threads",
+        "1",
+        "--quiet",
+        "--epochs",
+        epochs,
+        "--seeds",
+        "1",
+        "--methods",
+        methods,
+    ]
+    assert main(["compare", *args, "--out", str(out)]) == 0
+    return out
+
+
+@needs_river
+def test_compare_runs_on_solar_flare(tmp_path, monkeypatch):
+    from mtlopt.hypervolume import hypervolume
+
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
+    out = run_compare(tmp_path, "ew,mgda,epo[num-models=3]", "2")
     summary = (out / "summary.md").read_text()
     assert "## Hypervolume" in summary and "| `ew` | " in summary and "nmse" in summary
     result = json.loads((out / "runs" / "ew" / "seed0" / "result.json").read_text())
-    assert result["hypervolume_reference"] == [2.0, 2.0, 2.0] and result["tasks"] == ["c_class", "m_class", "x_class"]
+    assert result["hypervolume_reference"] == [2.0, 2.0, 2.0]
+    assert result["tasks"] == ["c_class", "m_class", "x_class"]
     assert result["training"]["lr"] == 1e-4 and result["training"]["optimizer"] == "adam"
     record = result["history"][-1]
     points = [[record["test"][t]["nmse"] for t in result["tasks"]]]
-    from mtlopt.hypervolume import hypervolume
-
     assert record["test_hypervolume"] == pytest.approx(hypervolume(points, [2.0] * 3), rel=1e-12)
     assert all(math.isfinite(record["test"][t][m]) for t in result["tasks"] for m in ("nmse", "mse", "mae"))
+
+
+@needs_river
+@pytest.mark.slow
+def test_every_kind_of_method_runs_on_solar_flare(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
+    methods = "ew,mgda,mgda-ub,pcgrad,uw,gradnorm,famo,stl,alternating,mao,ls-sweep[num-models=3],mtgd[num-models=3],pmtl[num-models=3]"
+    out = run_compare(tmp_path, methods, "2")
+    runs = sorted(p.parent.parent.name for p in (out / "runs").glob("*/seed0/result.json"))
+    assert len(runs) == 13
+
+
+@needs_river
+@pytest.mark.slow
+def test_pareto_runs_on_solar_flare(tmp_path, monkeypatch):
+    from mtlopt.benchmarks.cli import main
+
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
     pareto = tmp_path / "pareto"
-    assert main(["pareto", *common, "--method", "pmtl", "--num-models", "3", "--out", str(pareto)]) == 0
+    args = ["--benchmark", "mtr", "--threads", "1", "--quiet", "--epochs", "1", "--method", "pmtl"]
+    assert main(["pareto", *args, "--num-models", "3", "--out", str(pareto)]) == 0
     assert len(json.loads((pareto / "result.json").read_text())["history"][-1]["test_members"]) == 3

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import TypedDict
 
-from .data import celeba, dense, multimnist, mtr, qm9
+from .data import celeba, dense, mtr, multimnist, qm9
 from .data.sources import DataUnavailable
 from .interfaces import (
     CLASSIFICATION_METRICS,

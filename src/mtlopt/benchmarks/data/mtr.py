@@ -161,7 +161,9 @@ def read_solar_flare(path: str | Path | None = None) -> Table:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             text = archive.read(archive.namelist()[0]).decode()
     except (zipfile.BadZipFile, IndexError, UnicodeDecodeError) as error:
-        raise DataUnavailable(f"SolarFlare: {file} is not river's zipped CSV ({error}); {RIVER_HINT}") from None
+        raise DataUnavailable(
+            f"SolarFlare: {file} is not river's zipped CSV ({error}); {RIVER_HINT}"
+        ) from None
     lines = text.splitlines()
     expected = len(SOLAR_FLARE_ATTRIBUTES) + len(SOLAR_FLARE.targets)
     header = lines[0].split(",") if lines else []
@@ -175,7 +177,9 @@ def read_solar_flare(path: str | Path | None = None) -> Table:
             continue
         values = [v.strip() for v in line.split(",")]
         if len(values) != expected:
-            raise DataUnavailable(f"SolarFlare: {file} line {number} has {len(values)} values, expected {expected}")
+            raise DataUnavailable(
+                f"SolarFlare: {file} line {number} has {len(values)} values, expected {expected}"
+            )
         row: list[Any] = []
         for (name, categories), value in zip(SOLAR_FLARE_ATTRIBUTES, values):
             if value not in categories:
@@ -214,7 +218,9 @@ def read_mulan(name: str, root: str | Path) -> Table:
     spec = MULAN[name]
     file = Path(root) / f"{name}.arff"
     if not file.is_file():
-        raise DataUnavailable(f"mtr-{name}: {file} not found; pass --data-root DIR holding Mulan's {name}.arff")
+        raise DataUnavailable(
+            f"mtr-{name}: {file} not found; pass --data-root DIR holding Mulan's {name}.arff"
+        )
     try:
         import arff  # type: ignore[import-untyped]  # liac-arff
     except ImportError:
@@ -241,7 +247,9 @@ def read_mulan(name: str, root: str | Path) -> Table:
             )
     for attribute, kind in attributes[-targets:]:
         if isinstance(kind, list):
-            raise DataUnavailable(f"mtr-{name}: {file} target attribute {attribute!r} is nominal, expected numeric")
+            raise DataUnavailable(
+                f"mtr-{name}: {file} target attribute {attribute!r} is nominal, expected numeric"
+            )
     table = _encode(attributes, decoded["data"], targets, str(file), hashlib.sha256(raw).hexdigest())
     if table.inputs.shape[1] != spec.width:
         raise DataUnavailable(
@@ -251,11 +259,18 @@ def read_mulan(name: str, root: str | Path) -> Table:
     return table
 
 
-def _encode(attributes: Sequence[tuple[str, Any]], rows: Sequence[Sequence[Any]], targets: int, origin: str, sha256: str) -> Table:
+def _encode(
+    attributes: Sequence[tuple[str, Any]],
+    rows: Sequence[Sequence[Any]],
+    targets: int,
+    origin: str,
+    sha256: str,
+) -> Table:
     """Numeric attributes as they are, nominal ones (values: category indices) one-hot; None → NaN."""
     data = np.array([[math.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
     data = data.reshape(len(rows), len(attributes))
-    columns, names = [], []
+    columns: list[np.ndarray] = []
+    names: list[str] = []
     for j, (name, kind) in enumerate(attributes[:-targets]):
         if isinstance(kind, list):
             codes = data[:, j]
@@ -267,7 +282,9 @@ def _encode(attributes: Sequence[tuple[str, Any]], rows: Sequence[Sequence[Any]]
             columns.append(data[:, j : j + 1])
             names.append(name)
     inputs = np.concatenate(columns, axis=1) if columns else np.zeros((len(rows), 0))
-    return Table(inputs, data[:, -targets:], names, [name for name, _ in attributes[-targets:]], origin, sha256)
+    return Table(
+        inputs, data[:, -targets:], names, [name for name, _ in attributes[-targets:]], origin, sha256
+    )
 
 
 # --- splits -------------------------------------------------------------------------------------------
@@ -352,14 +369,16 @@ class MTRData(BenchmarkData):
         prediction = torch.stack([output.reshape(-1).double() for output in outputs], dim=1)
         error = (prediction - y) * to_std
         deviation = (y - mean) * to_std
-        return torch.stack(
-            [(error**2).sum(0), (error.abs() * unit).sum(0), (deviation**2).sum(0)], dim=1
-        )
+        return torch.stack([(error**2).sum(0), (error.abs() * unit).sum(0), (deviation**2).sum(0)], dim=1)
 
     def metric_values(self, sums: Tensor, count: int) -> dict[str, dict[str, float]]:
         squared, absolute, baseline = sums.double().unbind(1)
         baseline = torch.where(baseline > 0, baseline, torch.full_like(baseline, float(count)))
-        nmse, mse, mae = (squared / baseline).tolist(), (squared / count).tolist(), (absolute / count).tolist()
+        nmse, mse, mae = (
+            (squared / baseline).tolist(),
+            (squared / count).tolist(),
+            (absolute / count).tolist(),
+        )
         return {
             task: {"nmse": nmse[t], "mse": mse[t], "mae": mae[t]} for t, task in enumerate(self.task_names)
         }
@@ -430,8 +449,8 @@ def benchmark_data(name: str, protocol: str, options: DataOptions) -> MTRData:
         "protocol": protocol,
         "construction": construction,
         "seed": seed,
-        "rows": {"read": int(len(keep)), "kept": int(keep.sum())},
-        "sizes": {split: int(len(index)) for split, index in splits.items()},
+        "rows": {"read": len(keep), "kept": int(keep.sum())},
+        "sizes": {split: len(index) for split, index in splits.items()},
         "inputs": int(inputs.shape[1]),
         "target_attributes": dict(zip(spec.targets, table.target_names)),
         "target_mean": target_mean.tolist(),
