@@ -385,3 +385,31 @@ def test_pareto_runs_on_solar_flare(tmp_path, monkeypatch):
     args = ["--benchmark", "mtr", "--threads", "1", "--quiet", "--epochs", "1", "--method", "pmtl"]
     assert main(["pareto", *args, "--num-models", "3", "--out", str(pareto)]) == 0
     assert len(json.loads((pareto / "result.json").read_text())["history"][-1]["test_members"]) == 3
+
+
+# --- QM9 with 2 or 3 targets ---------------------------------------------------------------------------
+
+
+def test_qm9_pareto_benchmarks_select_their_targets(tmp_path):
+    pytest.importorskip("torch_geometric")
+    from mtlopt.benchmarks.data import qm9_pareto
+    from mtlopt.benchmarks.data.qm9 import TARGETS, load_qm9
+    from test_qm9 import write_tree
+
+    molecules = load_qm9(write_tree(tmp_path / "qm9"), cache_dir=tmp_path / "cache")
+    splits = {"train": np.array([0, 1]), "val": np.array([2]), "test": np.array([1, 2])}
+    for name, targets in qm9_pareto.PARETO_TARGETS.items():
+        data = qm9_pareto.pareto_data(name, "cpu", molecules, splits, "bonds", 0)
+        columns = [TARGETS.index(t) for t in targets]
+        assert data.task_names == targets and data.hv_objective == "mae"
+        assert np.array_equal(data.graphs.molecules.targets, molecules.targets[:, columns])
+        benchmark = get_benchmark(name)
+        assert benchmark.hv_reference == tuple(qm9_pareto.HV_REFERENCE[t] for t in targets)
+        x, y = data.batch("test", torch.arange(2), torch.device("cpu"))
+        outputs = benchmark.model("cpu")(x)
+        assert len(outputs) == len(targets) and y.shape == (2, len(targets))
+        values = data.metric_values(data.metric_sums(outputs, y), 2)
+        assert set(values) == set(targets)  # the fixture's homo is constant: its std, hence its MAE, NaN
+        assert all(math.isfinite(values[t]["mae"]) for t in ("mu", "U0"))
+    with pytest.raises(ValueError, match="unknown QM9 targets"):
+        qm9_pareto.subset(molecules, ["mu", "nope"])
