@@ -246,6 +246,10 @@ CASES = {
     "imtl-l": loss_method_case(lambda: mtlopt.IMTLL(TASKS).double()),
     "famo": loss_method_case(lambda: mtlopt.FAMO(TASKS)),
     "stch": loss_method_case(lambda: mtlopt.STCH(warmup_epochs=0)),
+    "cagrad": weighting_case(lambda model: mtlopt.CAGrad(), "shared"),
+    "cagrad-features": weighting_case(lambda model: mtlopt.CAGrad(rescale="1+c^2", weight_scale="num-tasks"), "features"),
+    "upgrad": weighting_case(lambda model: mtlopt.UPGrad(), "shared"),
+    "dualproj": weighting_case(lambda model: mtlopt.DualProj(), "features"),
 }  # fmt: skip
 
 

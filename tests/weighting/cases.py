@@ -43,6 +43,9 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "IMTLL": (lambda K, layer=None: mtlopt.IMTLL(K).double(), True),
     "FAMO": (lambda K, layer=None: mtlopt.FAMO(K), True),
     "STCH": (lambda K, layer=None: mtlopt.STCH(warmup_epochs=0), True),
+    "CAGrad": (lambda K, layer=None: mtlopt.CAGrad(), True),
+    "UPGrad": (lambda K, layer=None: mtlopt.UPGrad(), True),
+    "DualProj": (lambda K, layer=None: mtlopt.DualProj(), True),
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against

@@ -3,7 +3,7 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO).
+  Pareto MTL, EPO, CAGrad, UPGrad, DualProj).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ._base import (
     WeightingOutput,
     WeightSum,
 )
+from .cagrad import CAGrad
+from .dualproj import DualProj
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
@@ -36,6 +38,7 @@ from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
 from .si import SI
 from .stch import STCH
+from .upgrad import UPGrad
 from .uw import UncertaintyWeighting
 
 __all__ = [
@@ -49,6 +52,8 @@ __all__ = [
     "RLW",
     "SI",
     "STCH",
+    "CAGrad",
+    "DualProj",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -59,6 +64,7 @@ __all__ = [
     "Method",
     "PCGrad",
     "ParetoMTL",
+    "UPGrad",
     "UncertaintyWeighting",
     "Update",
     "WeightSum",
@@ -84,6 +90,9 @@ METHODS: tuple[type[Method], ...] = (
     IMTLL,
     FAMO,
     STCH,
+    CAGrad,
+    UPGrad,
+    DualProj,
 )
 
 

@@ -6,7 +6,8 @@ this interface, so a new method plugs in by registering a runner (``@register``)
 one-line description and the command-line options it accepts.
 
 The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.losses`
-(one model, a loss-level peer method with its loop hooks), :mod:`.optimizers`
+(one model, a loss-level peer method with its loop hooks), :mod:`.gradients` (one model, a
+Gramian peer method: CAGrad, UPGrad, DualProj), :mod:`.optimizers`
 (methods that schedule their own optimizer steps) and :mod:`.population` (one model per trade-off);
 the interface and the registry are in :mod:`._base`.
 """
@@ -35,6 +36,7 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
+from .gradients import CAGradRunner, DualProjRunner, GradientRunner, UPGradRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -50,13 +52,16 @@ __all__ = [
     "ADAPTIVE_LR_WARNING",
     "METHODS",
     "AlternatingRunner",
+    "CAGradRunner",
     "DWARunner",
+    "DualProjRunner",
     "EPORunner",
     "EWRunner",
     "EpochRunner",
     "FAMORunner",
     "GLSRunner",
     "GradNormRunner",
+    "GradientRunner",
     "GridRunner",
     "IMTLLRunner",
     "LSSweepRunner",
@@ -76,6 +81,7 @@ __all__ = [
     "STCHRunner",
     "STLRunner",
     "SingleModelRunner",
+    "UPGradRunner",
     "UWRunner",
     "get_method",
     "last_weight_layer",
