@@ -53,7 +53,15 @@ option                  default                           alternatives
                         official code are silent)
 ``head_weighting``      ``"unweighted"`` (official,       ``"weighted"``
                         LibMTL)
+``zero_gradients``      ``"exclude"``: a task with g_t =  ``"keep"``: in the problem (the paper's
+                        0 gets w*_t = 0 (it stays in ḡ)   problem taken literally; TorchJD)
 ======================  ================================  =======================================
+
+A task whose gradient is exactly zero puts 0 in the convex hull: with it in the dual problem the
+optimum is often :math:`g_{w^*} = 0`, and the update 0 (TorchJD) or :math:`\bar g` (the official code,
+whose divisor is :math:`\|g_w\| + 10^{-8}`), although the other tasks could still descend. It imposes
+no condition on d (:math:`g_t^\top d = 0` for every d), so by default it is left out of the dual
+problem, as MGDA's ``zero_gradients="exclude"``.
 
 Reproductions: official = ``rescale="1+c^2", weight_scale="num-tasks", solver="slsqp"``; LibMTL =
 ``c=0.5, rescale="1+c^2", solver="slsqp"``; TorchJD ``CAGrad(c)`` = the defaults (it solves the same
@@ -80,6 +88,7 @@ __all__ = ["CAGrad", "CAGradSolution", "solve_cagrad"]
 Rescale = Literal["none", "1+c^2", "1+c"]
 WeightScale = Literal["one", "num-tasks"]
 Solver = Literal["exact", "slsqp"]
+ZeroGradients = Literal["exclude", "keep"]
 
 _TOL = 1e-12
 _MAX_ITER = 100
@@ -169,10 +178,10 @@ def _on_support(
     return best
 
 
-def _two_tasks(G: np.ndarray, rho: float) -> np.ndarray:
-    """Closed form for K = 2: w = (x, 1 − x), the best of the ends and the root of f'(x) = 0."""
+def _two_tasks(G: np.ndarray, b: np.ndarray, rho: float) -> np.ndarray:
+    """Closed form for two tasks: w = (x, 1 − x), the best of the ends and the root of f'(x) = 0."""
     a, ab, c = float(G[0, 0]), float(G[0, 1]), float(G[1, 1])
-    b0, b1 = 0.5 * (a + ab), 0.5 * (ab + c)
+    b0, b1 = float(b[0]), float(b[1])
     beta, A, B = b0 - b1, a - 2.0 * ab + c, ab - c  # ‖g_w‖² = A x² + 2 B x + c
 
     def f(x: float) -> float:
@@ -191,9 +200,17 @@ def _two_tasks(G: np.ndarray, rho: float) -> np.ndarray:
 
 
 def solve_cagrad(
-    gramian: np.ndarray, c: float, *, tol: float = _TOL, max_iter: int = _MAX_ITER
+    gramian: np.ndarray,
+    c: float,
+    *,
+    tol: float = _TOL,
+    max_iter: int = _MAX_ITER,
+    zero_gradients: ZeroGradients = "exclude",
 ) -> CAGradSolution:
-    """Exact solve of CAGrad's simplex problem for a K×K PSD Gramian (float64); see the module docstring."""
+    """Exact solve of CAGrad's simplex problem for a K×K PSD Gramian (float64); see the module docstring.
+
+    ``zero_gradients="exclude"``: the tasks whose gradient is exactly zero get w*_t = 0 (they stay in ḡ).
+    """
     K = gramian.shape[0]
     top = float(np.max(np.diag(gramian)))
     uniform = np.full(K, 1.0 / K)
@@ -205,12 +222,24 @@ def solve_cagrad(
     rho = c * math.sqrt(gbar2)
     if rho == 0.0:  # c = 0 or ḡ = 0: d = ḡ, the weights 1/K whatever w*
         return CAGradSolution(uniform, math.sqrt(max(float(uniform @ G @ uniform), 0.0)), 0.0, 0, True, 0.0)
-    if K == 2:
-        w = _two_tasks(G, rho)
-        gap, gw = _gap(G, b, rho, gbar2, w)
-        return CAGradSolution(w, gw, rho, 0, True, gap if math.isfinite(gap) else 0.0)
+    live = np.flatnonzero(np.diag(G) > 0.0) if zero_gradients == "exclude" else np.arange(K)
+    sub = _solve(G[np.ix_(live, live)], b[live], gbar2, rho, c, tol, max_iter)
+    w = np.zeros(K)
+    w[live] = sub.w
+    return CAGradSolution(w, sub.gw_norm, rho, sub.iterations, sub.converged, sub.gap)
+
+
+def _solve(
+    G: np.ndarray, b: np.ndarray, gbar2: float, rho: float, c: float, tol: float, max_iter: int
+) -> CAGradSolution:
+    """The simplex problem with linear term b and ρ = c‖ḡ‖ on the (sub-)Gramian G."""
+    K = G.shape[0]
     if K == 1:
         return CAGradSolution(np.ones(1), math.sqrt(float(G[0, 0])), rho, 0, True, 0.0)
+    if K == 2:
+        w = _two_tasks(G, b, rho)
+        gap, gw = _gap(G, b, rho, gbar2, w)
+        return CAGradSolution(w, gw, rho, 0, True, gap if math.isfinite(gap) else 0.0)
     # Start: the exact w of the alternation's first t (‖ḡ‖/√φ, the t of w = 1/K), then active-set
     # steps on f itself; the alternation goes on only where those stop short of the optimum.
     t = 1.0 / c
@@ -328,6 +357,8 @@ class CAGrad(GramianWeighting):
         head_weighting: ``"unweighted"`` (official, LibMTL) or ``"weighted"``.
         tol: duality-gap tolerance of the exact solver (relative to max‖g_t‖·‖d‖).
         max_iter: alternations of the exact solver.
+        zero_gradients: a task with a zero gradient gets w*_t = 0 (``"exclude"``) or stays in the
+            dual problem (``"keep"``, the problem taken literally: then g_w* = 0 and the weights are 0).
     """
 
     min_tasks = 1
@@ -344,9 +375,11 @@ class CAGrad(GramianWeighting):
         head_weighting: HeadWeighting = "unweighted",
         tol: float = _TOL,
         max_iter: int = _MAX_ITER,
+        zero_gradients: ZeroGradients = "exclude",
     ) -> None:
         check_method_options(
             self,
+            zero_gradients=(zero_gradients, ZeroGradients),
             rescale=(rescale, Rescale),
             weight_scale=(weight_scale, WeightScale),
             solver=(solver, Solver),
@@ -365,6 +398,7 @@ class CAGrad(GramianWeighting):
         self.head_weighting = head_weighting
         self.tol = float(tol)
         self.max_iter = max_iter
+        self.zero_gradients: ZeroGradients = zero_gradients
 
     def factor(self, K: int) -> float:
         """The constant the weights are multiplied by: 1/(rescale divisor), ×K for ``"num-tasks"``."""
@@ -380,7 +414,9 @@ class CAGrad(GramianWeighting):
             weights = 1.0 / K + lam * w
             diagnostics = {"solver_iterations": iterations, "solver_converged": converged}
         else:
-            solution = solve_cagrad(G, self.c, tol=self.tol, max_iter=self.max_iter)
+            solution = solve_cagrad(
+                G, self.c, tol=self.tol, max_iter=self.max_iter, zero_gradients=self.zero_gradients
+            )
             trace = max(float(np.trace(G)) / max(float(np.max(np.diag(G))), 1e-300), 0.0)
             stationary = solution.rho > 0.0 and solution.gw_norm < self.norm_eps * math.sqrt(trace)
             if solution.rho == 0.0:
@@ -400,5 +436,6 @@ class CAGrad(GramianWeighting):
     def __repr__(self) -> str:
         return (
             f"CAGrad(c={self.c}, rescale={self.rescale!r}, weight_scale={self.weight_scale!r}, "
-            f"solver={self.solver!r}, norm_eps={self.norm_eps}, head_weighting={self.head_weighting!r})"
+            f"solver={self.solver!r}, norm_eps={self.norm_eps}, head_weighting={self.head_weighting!r}, "
+            f"zero_gradients={self.zero_gradients!r})"
         )
