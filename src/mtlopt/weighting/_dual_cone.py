@@ -106,15 +106,17 @@ def _pivoting(N: np.ndarray, Ut: np.ndarray, max_iter: int) -> tuple[np.ndarray,
 
     Returns s, the iterations and which rows met the complementarity test."""
     B, K = Ut.shape
-    Nr = N + _RIDGE * np.eye(K)  # for the block solves only; the tests use N itself
     q = Ut @ N
     free = q < 0.0  # the tasks that conflict with Jᵀu start free
+    if not free.any():  # no conflict: v = u
+        return np.zeros((B, K)), 0, np.ones(B, dtype=bool)
+    Nr = N + _RIDGE * np.eye(K)  # for the block solves only; the tests use N itself
     s = np.zeros((B, K))
     best = np.full(B, K + 1)
     tries = np.full(B, _BLOCK_TRIES)
-    pending = np.arange(B)
+    solved = ~free.any(axis=1)  # rows without a conflict: v = u
+    pending = np.flatnonzero(~solved)
     scale = np.abs(Ut).sum(axis=1)
-    solved = np.zeros(B, dtype=bool)
     for iteration in range(1, max_iter + 1):
         F = free[pending]
         # Each problem's free block, gathered into the first m slots (m: the largest block), the

@@ -80,7 +80,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..min_norm import min_norm
+from ..min_norm import _ACTIVE_SET_MAX_ITER, _ACTIVE_SET_TOL
+from ..min_norm import _active_set as _min_norm_active_set
 from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum, check_method_options
 
 __all__ = ["CAGrad", "CAGradSolution", "solve_cagrad"]
@@ -277,8 +278,9 @@ def _solve(
 
 def _shifted_min_norm(G: np.ndarray, b: np.ndarray, gbar2: float, t: float) -> np.ndarray:
     """argmin over the simplex of ‖g_w + t ḡ‖² (MGDA's problem on the gradients g_t + t ḡ)."""
-    H = G + t * (b[:, None] + b[None, :]) + (t * t * gbar2)
-    return min_norm(H, solver="active-set").weights.numpy()
+    H = G + t * (b[:, None] + b[None, :]) + (t * t * gbar2)  # PSD by construction: no input checks
+    alpha = np.clip(_min_norm_active_set(H, _ACTIVE_SET_TOL, _ACTIVE_SET_MAX_ITER)[0], 0.0, None)
+    return alpha / alpha.sum()
 
 
 def _active_set(
