@@ -80,7 +80,7 @@ def slsqp(J: np.ndarray, c: float) -> np.ndarray:
     return full(v)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(J=jacobians())
 def test_the_exact_solver_reaches_the_optimum_and_its_dual_conditions(J):
     c = 0.4
@@ -140,7 +140,7 @@ def test_rescale_and_weight_scale_are_constant_factors():
     for rescale, divisor in (("1+c^2", 1.25), ("1+c", 1.5)):
         for scale, factor in (("one", 1.0), ("num-tasks", 5.0)):
             out = weigh(mtlopt.CAGrad(0.5, rescale=rescale, weight_scale=scale), J).weights
-            torch.testing.assert_close(out, base * factor / divisor, rtol=1e-14, atol=0)
+            np.testing.assert_allclose(out, base * factor / divisor, rtol=1e-14, atol=0)
 
 
 def test_a_zero_gradient_is_left_out_of_the_dual_problem_unless_kept():

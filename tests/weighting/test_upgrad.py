@@ -57,7 +57,7 @@ def assert_no_conflict(J: np.ndarray, w: np.ndarray) -> None:
     assert (J @ d >= -norms * bound).all(), (J @ d) / (norms * bound + 1e-300)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(J=jacobians())
 def test_every_qp_is_solved_exactly_and_no_task_conflicts_with_the_update(J):
     K = J.shape[0]
