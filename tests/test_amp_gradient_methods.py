@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_amp import SMALL
 
 from mtlopt.benchmarks.cli import main
+from test_amp import SMALL
 
 METHODS = "cagrad,upgrad[gradients=features],dualproj"
 
