@@ -25,12 +25,14 @@ from ._base import (
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
+from .fairgrad import FairGrad
 from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
 from .gradnorm import GradNorm
 from .imtl_l import IMTLL
 from .mgda import MGDA
+from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
@@ -49,6 +51,7 @@ __all__ = [
     "RLW",
     "SI",
     "STCH",
+    "FairGrad",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -57,6 +60,7 @@ __all__ = [
     "LossOutput",
     "LossWeighting",
     "Method",
+    "NashMTL",
     "PCGrad",
     "ParetoMTL",
     "UncertaintyWeighting",
@@ -84,6 +88,8 @@ METHODS: tuple[type[Method], ...] = (
     IMTLL,
     FAMO,
     STCH,
+    NashMTL,
+    FairGrad,
 )
 
 

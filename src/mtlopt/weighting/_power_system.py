@@ -1,0 +1,134 @@
+r"""The positive solution of :math:`G w = w^{-1/a}` (elementwise), shared by Nash-MTL (a = 1) and FairGrad.
+
+The system is the stationarity condition of the strictly convex
+
+.. math::
+
+    F(w) = \tfrac12 w^\top G w - \sum_t h(w_t), \qquad h'(w) = w^{-1/a}
+    \quad (h = \log \text{ at } a = 1,\ h(w) = w^{1-1/a} / (1 - 1/a) \text{ otherwise}),
+
+on :math:`w > 0`, solved by damped Newton (Hessian :math:`G + \tfrac1a \operatorname{diag}(w^{-1-1/a})`,
+steps kept inside the positive orthant, Armijo backtracking on F). Every quantity is float64 numpy.
+
+Degenerate Gramians: a task whose gradient is exactly zero (:math:`G_{tt} = 0`) has no finite solution
+(:math:`w_t \to \infty`); it is left out and gets weight 0. When the remaining gradients admit a
+non-negative combination equal to 0 (a Pareto-stationary point), F is unbounded below (or has no
+minimizer); the ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε > 0, always applied)
+makes F coercive, so a solution always exists and is finite, and when G is well conditioned it moves w
+by about ε relatively. The residual is reported on the unridged G.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PowerSolution", "solve_power_system"]
+
+
+@dataclass(frozen=True)
+class PowerSolution:
+    """The weights (0 on zero-gradient tasks) and the solver's convergence."""
+
+    weights: np.ndarray
+    iterations: int
+    converged: bool
+    residual: float  # max_t |w_t^{1/a} (G w)_t - 1| over the tasks with a nonzero gradient, unridged G
+    zero_tasks: list[int]
+
+
+def _objective(G: np.ndarray, w: np.ndarray, a: float) -> float:
+    if a == 1.0:
+        h = np.log(w).sum()
+    else:
+        e = 1.0 - 1.0 / a
+        h = (w**e).sum() / e
+    return float(0.5 * w @ (G @ w) - h)
+
+
+def solve_power_system(
+    gramian: np.ndarray, a: float, *, ridge: float, tol: float, max_iter: int, per_task_scaling: bool
+) -> PowerSolution:
+    """Solve :math:`G w = w^{-1/a}` for w > 0 (see the module docstring).
+
+    ``per_task_scaling`` (exact for a = 1 only: w = D u with D = diag(G)^{-1/2} maps the system onto the
+    unit-diagonal one) conditions the problem per task; otherwise one global scale is divided out.
+    """
+    G = 0.5 * (gramian + gramian.T)
+    K = G.shape[0]
+    diag = np.diag(G).copy()
+    active = np.flatnonzero(diag > 0)
+    zero = np.flatnonzero(~(diag > 0)).tolist()
+    weights = np.zeros(K)
+    if active.size == 0:
+        return PowerSolution(weights, 0, True, 0.0, zero)
+    A = G[np.ix_(active, active)] if active.size < K else G
+    d = diag[active]
+    # w = scale * u with A_hat u = u^{-1/a}: divide the scale out (per task for a = 1, globally otherwise).
+    if per_task_scaling:
+        s = 1.0 / np.sqrt(d)
+        A_hat = A * np.outer(s, s)
+        np.fill_diagonal(A_hat, 1.0 + ridge)
+        scale = s
+    else:
+        m = float(d.mean())
+        A_hat = A / m
+        A_hat[np.diag_indices_from(A_hat)] = (d / m) * (1.0 + ridge)
+        scale = np.full(active.size, m ** (-a / (1.0 + a)))
+    u, iterations, converged = _newton(A_hat, a, tol, max_iter)
+    w = scale * u
+    weights[active] = w
+    Gw = A @ w
+    residual = float(np.max(np.abs(w ** (1.0 / a) * Gw - 1.0)))
+    return PowerSolution(weights, iterations, converged, residual, zero)
+
+
+def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
+    n = A.shape[0]
+    inv_a = 1.0 / a
+    # Start: the solution for orthogonal gradients, rescaled to minimize F along it.
+    u = np.diag(A) ** (-a / (1.0 + a))
+    quad = float(u @ (A @ u))
+    c = (float((u ** (1.0 - inv_a)).sum()) / quad) ** (a / (1.0 + a)) if quad > 0 else 1.0
+    u = c * u
+    if n == 2 and a == 1.0 and A[0, 0] == A[1, 1]:
+        # Unit diagonal (per-task scaling): the symmetric solution u_1 = u_2 = 1/sqrt(A_11 + A_12) is the
+        # unique one (F is strictly convex and symmetric under swapping the tasks).
+        total = float(A[0, 0] + A[0, 1])
+        if total > 0:
+            u = np.full(2, 1.0 / math.sqrt(total))
+            return u, 0, True
+    F = _objective(A, u, a)
+    for iteration in range(max_iter + 1):
+        Au = A @ u
+        power = u**-inv_a
+        if float(np.max(np.abs(Au / power - 1.0))) <= tol:
+            return u, iteration, True
+        if iteration == max_iter:
+            break
+        r = Au - power
+        H = A + np.diag(inv_a * power / u)
+        try:
+            p = np.linalg.solve(H, -r)
+        except np.linalg.LinAlgError:  # H ≻ 0 in exact arithmetic; guard against overflow
+            p = -r / np.diag(H)
+        decrement = float(-(r @ p))
+        # Fraction to the boundary: stay inside the positive orthant.
+        negative = p < 0
+        t = min(1.0, 0.99 * float(np.min(-u[negative] / p[negative]))) if negative.any() else 1.0
+        if decrement < 1e-12 * max(abs(F), 1.0) and t == 1.0:
+            u = u + p  # the quadratic-convergence region: F's decrease is below rounding
+            F = _objective(A, u, a)
+            continue
+        for _ in range(60):
+            trial = u + t * p
+            F_trial = _objective(A, trial, a)
+            if F_trial <= F - 1e-4 * t * decrement:
+                break
+            t *= 0.5
+        else:
+            return u, iteration, False  # no decrease: rounding dominates, u is as good as it gets
+        u, F = trial, F_trial
+    return u, max_iter, False
