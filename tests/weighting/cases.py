@@ -43,6 +43,8 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "IMTLL": (lambda K, layer=None: mtlopt.IMTLL(K).double(), True),
     "FAMO": (lambda K, layer=None: mtlopt.FAMO(K), True),
     "STCH": (lambda K, layer=None: mtlopt.STCH(warmup_epochs=0), True),
+    "NashMTL": (lambda K, layer=None: mtlopt.NashMTL(), True),
+    "FairGrad": (lambda K, layer=None: mtlopt.FairGrad(), True),
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against
