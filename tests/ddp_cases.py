@@ -246,6 +246,8 @@ CASES = {
     "imtl-l": loss_method_case(lambda: mtlopt.IMTLL(TASKS).double()),
     "famo": loss_method_case(lambda: mtlopt.FAMO(TASKS)),
     "stch": loss_method_case(lambda: mtlopt.STCH(warmup_epochs=0)),
+    "nash-mtl": weighting_case(lambda model: mtlopt.NashMTL(update_weights_every=2), "shared"),  # cached α equal on ranks
+    "fairgrad": weighting_case(lambda model: mtlopt.FairGrad(), "shared"),
 }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
+from .gradients import FairGradRunner, NashMTLRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -55,6 +56,7 @@ __all__ = [
     "EWRunner",
     "EpochRunner",
     "FAMORunner",
+    "FairGradRunner",
     "GLSRunner",
     "GradNormRunner",
     "GridRunner",
@@ -65,6 +67,7 @@ __all__ = [
     "MGDAUBRunner",
     "MTGDRunner",
     "MethodRunner",
+    "NashMTLRunner",
     "OptimizerSettings",
     "Option",
     "PCGradRunner",
