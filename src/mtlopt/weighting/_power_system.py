@@ -14,8 +14,8 @@ Degenerate Gramians: a task whose gradient is exactly zero (:math:`G_{tt} = 0`) 
 (:math:`w_t \to \infty`); it is left out and gets weight 0. When the remaining gradients admit a
 non-negative combination equal to 0 (a Pareto-stationary point), F is unbounded below (or has no
 minimizer); the ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε > 0, always applied)
-makes F coercive, so a solution always exists and is finite, and when G is well conditioned it moves w
-by about ε relatively. The residual is reported on the unridged G.
+makes F coercive, so a solution always exists and is finite; when G is well conditioned it moves w by
+about ε·max_t u_t² relatively (u the normalized weights, of order 1). The residual is reported on the unridged G.
 """
 
 from __future__ import annotations
@@ -100,11 +100,14 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
         if total > 0:
             u = np.full(2, 1.0 / math.sqrt(total))
             return u, 0, True
-    F = _objective(A, u, a)
+    absA = np.abs(A)
     for iteration in range(max_iter + 1):
         Au = A @ u
         power = u**-inv_a
-        if float(np.max(np.abs(Au / power - 1.0))) <= tol:
+        # Converged: the relative residual is below tol, or below what rounding in A u can resolve (a
+        # degenerate G, where u is large and A u cancels).
+        rounding = 256 * n * np.finfo(float).eps * float(np.max((absA @ u) / power))
+        if float(np.max(np.abs(Au / power - 1.0))) <= tol + rounding:
             return u, iteration, True
         if iteration == max_iter:
             break
@@ -114,21 +117,50 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
             p = np.linalg.solve(H, -r)
         except np.linalg.LinAlgError:  # H ≻ 0 in exact arithmetic; guard against overflow
             p = -r / np.diag(H)
-        decrement = float(-(r @ p))
-        # Fraction to the boundary: stay inside the positive orthant.
-        negative = p < 0
-        t = min(1.0, 0.99 * float(np.min(-u[negative] / p[negative]))) if negative.any() else 1.0
-        if decrement < 1e-12 * max(abs(F), 1.0) and t == 1.0:
-            u = u + p  # the quadratic-convergence region: F's decrease is below rounding
-            F = _objective(A, u, a)
-            continue
-        for _ in range(60):
-            trial = u + t * p
-            F_trial = _objective(A, trial, a)
-            if F_trial <= F - 1e-4 * t * decrement:
-                break
-            t *= 0.5
-        else:
-            return u, iteration, False  # no decrease: rounding dominates, u is as good as it gets
-        u, F = trial, F_trial
+        u = u + _line_search(A, u, p, inv_a) * p
     return u, max_iter, False
+
+
+def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> float:
+    """The exact minimizer of the convex φ(t) = F(u + t p) on the positive orthant: safeguarded Newton
+    on φ'(t) = t pᵀAp + uᵀAp − Σ p_i (u_i + t p_i)^{-1/a}, bracketed by φ'(0) < 0 and a t with φ' > 0.
+    Far steps matter on degenerate G, where u grows along a null direction (a damped step would
+    only double it)."""
+    Ap = A @ p
+    q = max(float(p @ Ap), 0.0)
+    b = float(u @ Ap)
+
+    def slope(t: float) -> tuple[float, float]:
+        x = u + t * p
+        power = x**-inv_a
+        return t * q + b - float(p @ power), q + inv_a * float((p * p) @ (power / x))
+
+    negative = p < 0
+    t_max = float(np.min(-u[negative] / p[negative])) if negative.any() else math.inf
+    lo, hi = 0.0, t_max
+    t = 1.0 if t_max > 1.0 else 0.5 * t_max
+    for _ in range(60):  # the bracket's right end: expand until φ' > 0
+        d1, _ = slope(t)
+        if d1 >= 0:
+            hi = t
+            break
+        lo = t
+        if math.isinf(hi):
+            t *= 4.0
+        else:
+            t = 0.5 * (t + hi)
+    for _ in range(30):
+        d1, d2 = slope(t)
+        if d1 == 0:
+            return t
+        if d1 > 0:
+            hi = t
+        else:
+            lo = t
+        step = t - d1 / d2 if d2 > 0 else math.nan
+        if not lo < step < hi:
+            step = 0.5 * (lo + hi) if not math.isinf(hi) else 2 * t
+        if abs(step - t) <= 1e-12 * t:
+            return step
+        t = step
+    return t

@@ -41,8 +41,8 @@ tolerance, not to rounding. ``diagnostics``: ``solver_iterations``, ``solver_con
 weight 0 and is listed in ``diagnostics["zero_gradient_tasks"]`` (the others are solved as usual, and
 :math:`\|d\| = \sqrt{K'}` with K' the tasks left). When a non-negative combination of the other
 gradients is zero (a Pareto-stationary point, e.g. two opposite gradients) F has no minimizer: the
-ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε, always applied; it moves α by about
-ε relatively when G is well conditioned) keeps α finite, large, and :math:`\|d\| \le \sqrt K` small.
+ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε, always applied; when G is well
+conditioned it moves α by a relative amount of order ε) keeps α finite, large, and :math:`\|d\| \le \sqrt K` small.
 
 **State**: the step counter and the last solved (unclipped) α. With ``update_weights_every = n`` the
 weights are solved at steps 0, n, 2n, … and reused in between (paper §6.4), the clip recomputed on
