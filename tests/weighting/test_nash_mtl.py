@@ -68,7 +68,9 @@ def test_the_update_has_norm_sqrt_k_before_the_clip_and_max_norm_after(scale):
     alpha = free.weights.numpy()
     assert math.sqrt(alpha @ G @ alpha) == pytest.approx(math.sqrt(K), rel=1e-9)
     assert free.diagnostics["update_norm"] == pytest.approx(math.sqrt(K), rel=1e-9)
-    np.testing.assert_allclose(alpha * scale, weigh(mtlopt.NashMTL(max_norm=0), G / scale**2).weights, rtol=1e-9)
+    np.testing.assert_allclose(
+        alpha * scale, weigh(mtlopt.NashMTL(max_norm=0), G / scale**2).weights, rtol=1e-9
+    )
     clipped = weigh(mtlopt.NashMTL(), G)  # max_norm = 1: always active for K ≥ 2
     w = clipped.weights.numpy()
     assert math.sqrt(w @ G @ w) == pytest.approx(1.0, rel=1e-9)
@@ -252,7 +254,18 @@ def test_nash_mtl_and_fairgrad_train_one_epoch_without_nan_under_autocast(tmp_pa
 
     small = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", "--quiet", "--batch-size", "64"]  # fmt: skip
     out = tmp_path / amp
-    args = ["compare", *small, "--methods", "nash-mtl,fairgrad", "--amp", amp, "--seeds", "1", "--epochs", "1"]
+    args = [
+        "compare",
+        *small,
+        "--methods",
+        "nash-mtl,fairgrad",
+        "--amp",
+        amp,
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     paths = list((out / "runs").glob("*/seed0/result.json"))
     assert {path.parent.parent.name.split("_")[0] for path in paths} == {"nash-mtl", "fairgrad"}

@@ -101,14 +101,22 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
             u = np.full(2, 1.0 / math.sqrt(total))
             return u, 0, True
     absA = np.abs(A)
+    best, best_u, stalled = math.inf, u, 0
     for iteration in range(max_iter + 1):
         Au = A @ u
         power = u**-inv_a
         # Converged: the relative residual is below tol, or below what rounding in A u can resolve (a
-        # degenerate G, where u is large and A u cancels).
+        # degenerate G, where u is large and A u cancels), or it stopped decreasing near that level.
         rounding = 256 * n * np.finfo(float).eps * float(np.max((absA @ u) / power))
-        if float(np.max(np.abs(Au / power - 1.0))) <= tol + rounding:
+        residual = float(np.max(np.abs(Au / power - 1.0)))
+        if residual <= tol + rounding:
             return u, iteration, True
+        if residual < 0.5 * best:
+            best, best_u, stalled = residual, u, 0
+        else:
+            stalled += 1
+            if stalled >= 5 and best <= 100 * (tol + rounding):
+                return best_u, iteration, True
         if iteration == max_iter:
             break
         r = Au - power
