@@ -52,7 +52,7 @@ def test_agrees_with_scipy_least_squares_the_official_solver():
         G = random_gramian(6, seed=3)
         K = len(G)
         ref = least_squares(
-            lambda x: G @ x - x ** (-1 / alpha),
+            lambda x, G=G, alpha=alpha: G @ x - x ** (-1 / alpha),
             np.ones(K) / K,
             bounds=(0, np.inf),
             xtol=1e-15,
