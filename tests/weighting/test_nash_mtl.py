@@ -277,3 +277,48 @@ def test_nash_mtl_and_fairgrad_train_one_epoch_without_nan_under_autocast(tmp_pa
         for record in result["history"]:
             for key, values in record["train"].items():
                 assert all(v == v and abs(v) < float("inf") for v in values), (path, key, values)
+
+
+# --- the benchmark runner -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "options"), [("nash-mtl", {"update-weights-every": 3}), ("fairgrad", {})])
+def test_the_runner_resumes_exactly_from_a_checkpoint(name, options):
+    """The CLI runner with bracketed options; its Nash-MTL state (step, cached α) survives a checkpoint."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from mtlopt.benchmarks.methods import OptimizerSettings, get_method
+    from mtlopt.benchmarks.models import SenerLeNet
+
+    class TwoDigits:
+        task_types = ("classification", "classification")
+
+        def losses(self, outputs, targets):
+            return [F.cross_entropy(o, targets[:, t]) for t, o in enumerate(outputs)]
+
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8, 2), generator=g)) for _ in range(6)
+    ]
+
+    def make():
+        runner = get_method(name)(options, num_tasks=2, seed=3)
+        runner.steps_per_epoch = 6
+        torch.manual_seed(0)
+        runner.build(SenerLeNet, OptimizerSettings("sgd", lr=0.05), total_steps=6, tasks=TwoDigits())
+        return runner
+
+    runner = make()
+    for x, y in data[:4]:
+        runner.train_step(x, y)
+    saved = copy.deepcopy(runner.state_dict())
+    logged = [runner.train_step(x, y) for x, y in data[4:]]
+    resumed = make()
+    resumed.load_state_dict(saved)
+    again = [resumed.train_step(x, y) for x, y in data[4:]]
+    for first, second in zip(logged, again, strict=True):
+        assert torch.equal(first["weights"], second["weights"]) and torch.isfinite(first["weights"]).all()
+    for a, b in zip(runner.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
