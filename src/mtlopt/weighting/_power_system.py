@@ -100,6 +100,11 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
         if total > 0:
             u = np.full(2, 1.0 / math.sqrt(total))
             return u, 0, True
+    if n == 2:
+        u2, iterations, converged = _newton_two(
+            float(A[0, 0]), float(A[0, 1]), float(A[1, 1]), float(u[0]), float(u[1]), a, tol, max_iter
+        )
+        return np.array(u2), iterations, converged
     absA = np.abs(A)
     best, best_u, stalled = math.inf, u, 0
     for iteration in range(max_iter + 1):
@@ -172,3 +177,67 @@ def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> f
             return step
         t = step
     return t
+
+
+def _newton_two(
+    a11: float, a12: float, a22: float, u1: float, u2: float, a: float, tol: float, max_iter: int
+) -> tuple[tuple[float, float], int, bool]:
+    """:func:`_newton` for two tasks in Python floats (the same steps, no array overhead)."""
+    inv_a = 1.0 / a
+    eps = 512 * np.finfo(float).eps
+    best, best_u, stalled = math.inf, (u1, u2), 0
+    for iteration in range(max_iter + 1):
+        g1, g2 = a11 * u1 + a12 * u2, a12 * u1 + a22 * u2
+        p1, p2 = u1**-inv_a, u2**-inv_a
+        rounding = eps * max((abs(a11) * u1 + abs(a12) * u2) / p1, (abs(a12) * u1 + abs(a22) * u2) / p2)
+        residual = max(abs(g1 / p1 - 1.0), abs(g2 / p2 - 1.0))
+        if residual <= tol + rounding:
+            return (u1, u2), iteration, True
+        if residual < 0.5 * best:
+            best, best_u, stalled = residual, (u1, u2), 0
+        else:
+            stalled += 1
+            if stalled >= 5 and best <= 100 * (tol + rounding):
+                return best_u, iteration, True
+        if iteration == max_iter:
+            break
+        r1, r2 = g1 - p1, g2 - p2
+        h11, h22 = a11 + inv_a * p1 / u1, a22 + inv_a * p2 / u2
+        det = h11 * h22 - a12 * a12
+        if not det > 0:
+            return (u1, u2), iteration, False
+        d1, d2 = -(h22 * r1 - a12 * r2) / det, -(h11 * r2 - a12 * r1) / det
+        # Exact line search on φ(t) = F(u + t d), as in _line_search.
+        q = max(d1 * (a11 * d1 + a12 * d2) + d2 * (a12 * d1 + a22 * d2), 0.0)
+        b = u1 * (a11 * d1 + a12 * d2) + u2 * (a12 * d1 + a22 * d2)
+        t_max = min(-u1 / d1 if d1 < 0 else math.inf, -u2 / d2 if d2 < 0 else math.inf)
+        lo, hi = 0.0, t_max
+        t = 1.0 if t_max > 1.0 else 0.5 * t_max
+        for _ in range(60):
+            x1, x2 = u1 + t * d1, u2 + t * d2
+            slope = t * q + b - d1 * x1**-inv_a - d2 * x2**-inv_a
+            if slope >= 0:
+                hi = t
+                break
+            lo = t
+            t = t * 4.0 if math.isinf(hi) else 0.5 * (t + hi)
+        for _ in range(30):
+            x1, x2 = u1 + t * d1, u2 + t * d2
+            y1, y2 = x1**-inv_a, x2**-inv_a
+            slope = t * q + b - d1 * y1 - d2 * y2
+            if slope == 0:
+                break
+            if slope > 0:
+                hi = t
+            else:
+                lo = t
+            curvature = q + inv_a * (d1 * d1 * y1 / x1 + d2 * d2 * y2 / x2)
+            step = t - slope / curvature if curvature > 0 else math.nan
+            if not lo < step < hi:
+                step = 0.5 * (lo + hi) if not math.isinf(hi) else 2 * t
+            done = abs(step - t) <= 1e-12 * t
+            t = step
+            if done:
+                break
+        u1, u2 = u1 + t * d1, u2 + t * d2
+    return (u1, u2), max_iter, False
