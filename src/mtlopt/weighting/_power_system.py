@@ -37,6 +37,7 @@ class PowerSolution:
     converged: bool
     residual: float  # max_t |w_t^{1/a} (G w)_t - 1| over the tasks with a nonzero gradient, unridged G
     zero_tasks: list[int]
+    ridged: bool  # whether the ridge was needed (a degenerate or nearly degenerate G)
 
 
 def _objective(G: np.ndarray, w: np.ndarray, a: float) -> float:
@@ -63,46 +64,79 @@ def solve_power_system(
     zero = np.flatnonzero(~(diag > 0)).tolist()
     weights = np.zeros(K)
     if active.size == 0:
-        return PowerSolution(weights, 0, True, 0.0, zero)
+        return PowerSolution(weights, 0, True, 0.0, zero, False)
     A = G[np.ix_(active, active)] if active.size < K else G
     d = diag[active]
     # w = scale * u with A_hat u = u^{-1/a}: divide the scale out (per task for a = 1, globally otherwise).
     if per_task_scaling:
         s = 1.0 / np.sqrt(d)
         A_hat = A * np.outer(s, s)
-        np.fill_diagonal(A_hat, 1.0 + ridge)
+        np.fill_diagonal(A_hat, 1.0)
         scale = s
     else:
         m = float(d.mean())
         A_hat = A / m
-        A_hat[np.diag_indices_from(A_hat)] = (d / m) * (1.0 + ridge)
+        A_hat[np.diag_indices_from(A_hat)] = d / m
         scale = np.full(active.size, m ** (-a / (1.0 + a)))
-    u, iterations, converged = _newton(A_hat, a, tol, max_iter)
+    # First without the ridge; if the weights grow past the ridge's scale (G is, or is nearly,
+    # degenerate) or Newton fails, again with it.
+    u, iterations, converged, ridged = _newton(A_hat, a, tol, max_iter, ridge)
     w = scale * u
     weights[active] = w
     Gw = A @ w
     residual = float(np.max(np.abs(w ** (1.0 / a) * Gw - 1.0)))
-    return PowerSolution(weights, iterations, converged, residual, zero)
+    return PowerSolution(weights, iterations, converged, residual, zero, ridged)
 
 
-def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
-    n = A.shape[0]
+def _newton(
+    A: np.ndarray, a: float, tol: float, max_iter: int, ridge: float
+) -> tuple[np.ndarray, int, bool, bool]:
+    """Newton without the ridge, then (when the weights pass its scale or Newton fails) with it."""
+    u0 = _start(A, a)
+    limit = float(np.max(u0)) * ridge ** (-a / (1.0 + a))
+    u, iterations, converged = _newton_from(A, u0, a, tol, max_iter, limit, 4.0)
+    if converged and float(np.max(u)) <= limit:
+        return u, iterations, True, False
+    A = A + ridge * np.diag(np.diag(A))
+    u, more, converged = _newton_from(A, _start(A, a), a, tol, max_iter, math.inf, 256.0)
+    return u, iterations + more, converged, True
+
+
+def _start(A: np.ndarray, a: float) -> np.ndarray:
+    """The solution for orthogonal gradients, rescaled to minimize F along it."""
     inv_a = 1.0 / a
-    # Start: the solution for orthogonal gradients, rescaled to minimize F along it.
     u = np.diag(A) ** (-a / (1.0 + a))
     quad = float(u @ (A @ u))
     c = (float((u ** (1.0 - inv_a)).sum()) / quad) ** (a / (1.0 + a)) if quad > 0 else 1.0
-    u = c * u
+    return c * u
+
+
+def _newton_from(
+    A: np.ndarray, u: np.ndarray, a: float, tol: float, max_iter: int, limit: float, slack: float
+) -> tuple[np.ndarray, int, bool]:
+    """Newton from u; ``slack`` scales the rounding level n·eps·max_t (|A|u)_t u_t^{1/a} below which the
+    residual counts as converged."""
+    n = A.shape[0]
+    inv_a = 1.0 / a
     if n == 2 and a == 1.0 and A[0, 0] == A[1, 1]:
         # Unit diagonal (per-task scaling): the symmetric solution u_1 = u_2 = 1/sqrt(A_11 + A_12) is the
         # unique one (F is strictly convex and symmetric under swapping the tasks).
         total = float(A[0, 0] + A[0, 1])
-        if total > 0:
+        if total > 0 and 1.0 / math.sqrt(total) <= limit:
             u = np.full(2, 1.0 / math.sqrt(total))
             return u, 0, True
     if n == 2:
         u2, iterations, converged = _newton_two(
-            float(A[0, 0]), float(A[0, 1]), float(A[1, 1]), float(u[0]), float(u[1]), a, tol, max_iter
+            float(A[0, 0]),
+            float(A[0, 1]),
+            float(A[1, 1]),
+            float(u[0]),
+            float(u[1]),
+            a,
+            tol,
+            max_iter,
+            limit,
+            slack,
         )
         return np.array(u2), iterations, converged
     absA = np.abs(A)
@@ -112,7 +146,7 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
         power = u**-inv_a
         # Converged: the relative residual is below tol, or below what rounding in A u can resolve (a
         # degenerate G, where u is large and A u cancels), or it stopped decreasing near that level.
-        rounding = 256 * n * np.finfo(float).eps * float(np.max((absA @ u) / power))
+        rounding = slack * n * np.finfo(float).eps * float(np.max((absA @ u) / power))
         residual = float(np.max(np.abs(Au / power - 1.0)))
         if residual <= tol + rounding:
             return u, iteration, True
@@ -130,15 +164,17 @@ def _newton(A: np.ndarray, a: float, tol: float, max_iter: int) -> tuple[np.ndar
             p = np.linalg.solve(H, -r)
         except np.linalg.LinAlgError:  # H ≻ 0 in exact arithmetic; guard against overflow
             p = -r / np.diag(H)
-        u = u + _line_search(A, u, p, inv_a) * p
+        u = u + _line_search(A, u, p, inv_a, limit) * p
+        if float(np.max(u)) > limit:
+            return u, iteration + 1, False
     return u, max_iter, False
 
 
-def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> float:
+def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float, limit: float) -> float:
     """The exact minimizer of the convex φ(t) = F(u + t p) on the positive orthant: safeguarded Newton
     on φ'(t) = t pᵀAp + uᵀAp − Σ p_i (u_i + t p_i)^{-1/a}, bracketed by φ'(0) < 0 and a t with φ' > 0.
     Far steps matter on degenerate G, where u grows along a null direction (a damped step would
-    only double it)."""
+    only double it); the search stops once φ' is below 1e-3 of |φ'(0)| or u passes ``limit``."""
     Ap = A @ p
     q = max(float(p @ Ap), 0.0)
     b = float(u @ Ap)
@@ -152,8 +188,12 @@ def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> f
     t_max = float(np.min(-u[negative] / p[negative])) if negative.any() else math.inf
     lo, hi = 0.0, t_max
     t = 1.0 if t_max > 1.0 else 0.5 * t_max
+    enough = 1e-3 * abs(b - float(p @ u**-inv_a))
+    p_max = float(np.max(p))
     for _ in range(60):  # the bracket's right end: expand until φ' > 0
         d1, _ = slope(t)
+        if abs(d1) <= enough or t * p_max > limit:
+            return t
         if d1 >= 0:
             hi = t
             break
@@ -164,7 +204,7 @@ def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> f
             t = 0.5 * (t + hi)
     for _ in range(30):
         d1, d2 = slope(t)
-        if d1 == 0:
+        if abs(d1) <= enough:
             return t
         if d1 > 0:
             hi = t
@@ -180,11 +220,20 @@ def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float) -> f
 
 
 def _newton_two(
-    a11: float, a12: float, a22: float, u1: float, u2: float, a: float, tol: float, max_iter: int
+    a11: float,
+    a12: float,
+    a22: float,
+    u1: float,
+    u2: float,
+    a: float,
+    tol: float,
+    max_iter: int,
+    limit: float,
+    slack: float,
 ) -> tuple[tuple[float, float], int, bool]:
     """:func:`_newton` for two tasks in Python floats (the same steps, no array overhead)."""
     inv_a = 1.0 / a
-    eps = 512 * np.finfo(float).eps
+    eps = 2 * slack * np.finfo(float).eps
     best, best_u, stalled = math.inf, (u1, u2), 0
     for iteration in range(max_iter + 1):
         g1, g2 = a11 * u1 + a12 * u2, a12 * u1 + a22 * u2
@@ -213,19 +262,24 @@ def _newton_two(
         t_max = min(-u1 / d1 if d1 < 0 else math.inf, -u2 / d2 if d2 < 0 else math.inf)
         lo, hi = 0.0, t_max
         t = 1.0 if t_max > 1.0 else 0.5 * t_max
+        enough = 1e-3 * abs(b - d1 * p1 - d2 * p2)
+        searching = True
         for _ in range(60):
             x1, x2 = u1 + t * d1, u2 + t * d2
             slope = t * q + b - d1 * x1**-inv_a - d2 * x2**-inv_a
+            if abs(slope) <= enough or t * max(d1, d2) > limit:
+                searching = False
+                break
             if slope >= 0:
                 hi = t
                 break
             lo = t
             t = t * 4.0 if math.isinf(hi) else 0.5 * (t + hi)
-        for _ in range(30):
+        for _ in range(30 if searching else 0):
             x1, x2 = u1 + t * d1, u2 + t * d2
             y1, y2 = x1**-inv_a, x2**-inv_a
             slope = t * q + b - d1 * y1 - d2 * y2
-            if slope == 0:
+            if abs(slope) <= enough:
                 break
             if slope > 0:
                 hi = t
@@ -240,4 +294,6 @@ def _newton_two(
             if done:
                 break
         u1, u2 = u1 + t * d1, u2 + t * d2
+        if max(u1, u2) > limit:
+            return (u1, u2), iteration + 1, False
     return (u1, u2), max_iter, False

@@ -43,7 +43,7 @@ option                default                          alternatives / peers
                       ∇L_t (official: per-task         backpropagates Σ w_t L_t)
                       backward passes)
 ``ridge``             1e-10                            any ε > 0 (see above)
-``tol`` / ``max_iter``  1e-10 / 100                    Newton's stopping rule
+``tol`` / ``max_iter``  1e-12 / 100                    Newton's stopping rule
 ====================  ===============================  ==========================================
 
 No state.
@@ -90,7 +90,7 @@ class FairGrad(GramianWeighting):
         max_norm: float | None = None,
         head_weighting: HeadWeighting = "unweighted",
         ridge: float = 1e-10,
-        tol: float = 1e-10,
+        tol: float = 1e-12,
         max_iter: int = 100,
     ) -> None:
         check_method_options(

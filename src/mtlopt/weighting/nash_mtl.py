@@ -61,7 +61,7 @@ option                        default                     alternatives / peers
                               α_t ∇L_t (official, LibMTL  ``mtl_backward``)
                               backpropagate Σ α_t L_t)
 ``ridge``                     1e-10                       any ε > 0 (see above)
-``tol`` / ``max_iter``        1e-10 / 100                 Newton's stopping rule
+``tol`` / ``max_iter``        1e-12 / 100                 Newton's stopping rule
 ============================  ==========================  ========================================
 
 The paper applies the method to the gradients of the shared parameters (its App. C: gradients w.r.t.
@@ -108,7 +108,7 @@ class NashMTL(GramianWeighting):
         update_weights_every: int = 1,
         head_weighting: HeadWeighting = "weighted",
         ridge: float = 1e-10,
-        tol: float = 1e-10,
+        tol: float = 1e-12,
         max_iter: int = 100,
     ) -> None:
         check_method_options(self, head_weighting=(head_weighting, HeadWeighting))
