@@ -7,15 +7,18 @@ The system is the stationarity condition of the strictly convex
     F(w) = \tfrac12 w^\top G w - \sum_t h(w_t), \qquad h'(w) = w^{-1/a}
     \quad (h = \log \text{ at } a = 1,\ h(w) = w^{1-1/a} / (1 - 1/a) \text{ otherwise}),
 
-on :math:`w > 0`, solved by damped Newton (Hessian :math:`G + \tfrac1a \operatorname{diag}(w^{-1-1/a})`,
-steps kept inside the positive orthant, Armijo backtracking on F). Every quantity is float64 numpy.
+on :math:`w > 0`, solved by Newton's method (Hessian :math:`G + \tfrac1a \operatorname{diag}(w^{-1-1/a})`)
+with a line search for the minimum of F along each Newton direction inside the positive orthant, after
+dividing out the scale (per task for a = 1, where it is exact, globally otherwise), from the solution
+for orthogonal gradients. Every quantity is float64 (numpy; Python floats for two tasks).
 
 Degenerate Gramians: a task whose gradient is exactly zero (:math:`G_{tt} = 0`) has no finite solution
 (:math:`w_t \to \infty`); it is left out and gets weight 0. When the remaining gradients admit a
 non-negative combination equal to 0 (a Pareto-stationary point), F is unbounded below (or has no
-minimizer); the ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε > 0, always applied)
-makes F coercive, so a solution always exists and is finite; when G is well conditioned it moves w by
-about ε·max_t u_t² relatively (u the normalized weights, of order 1). The residual is reported on the unridged G.
+minimizer) and the weights grow without bound: once they pass the scale :math:`\varepsilon^{-a/(1+a)}`
+(normalized weights, of order 1 for well-conditioned G), the system is solved again with the ridge
+:math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε > 0), which makes F coercive, so a finite
+solution always exists. The residual is reported on the unridged G, and whether the ridge applied.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def _newton(
 ) -> tuple[np.ndarray, int, bool, bool]:
     """Newton without the ridge, then (when the weights pass its scale or Newton fails) with it."""
     u0 = _start(A, a)
-    limit = float(np.max(u0)) * ridge ** (-a / (1.0 + a))
+    # The scale of the ridged solution, from the orthogonal-gradient weights (before any rescaling).
+    limit = float(np.max(np.diag(A) ** (-a / (1.0 + a)))) * ridge ** (-a / (1.0 + a))
     u, iterations, converged = _newton_from(A, u0, a, tol, max_iter, limit, 4.0)
     if converged and float(np.max(u)) <= limit:
         return u, iterations, True, False

@@ -26,8 +26,10 @@ gradient scales. ``diagnostics``: ``solver_iterations``, ``solver_converged``, `
 
 **Degenerate Gramians.** A task whose gradient is exactly zero has no finite weight; it gets weight 0
 and is listed in ``diagnostics["zero_gradient_tasks"]``. When a non-negative combination of the other
-gradients is zero (Pareto stationary), F has no minimizer: the ridge
-:math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε, always applied) keeps w finite.
+gradients is zero (Pareto stationary), F has no minimizer and w grows without bound; once the
+normalized w passes :math:`\varepsilon^{-\alpha/(1+\alpha)}` the system is solved again with the ridge
+:math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε; ``diagnostics["ridged"]``), which keeps w
+finite.
 
 Options (the official code's runs where the paper is silent):
 
@@ -117,6 +119,7 @@ class FairGrad(GramianWeighting):
             "solver_iterations": solution.iterations,
             "solver_converged": solution.converged,
             "residual": solution.residual,
+            "ridged": solution.ridged,
             "update_norm": norm,
         }
         if self.max_norm is not None:

@@ -40,9 +40,10 @@ tolerance, not to rounding. ``diagnostics``: ``solver_iterations``, ``solver_con
 **Degenerate Gramians.** A task whose gradient is exactly zero has no finite weight (α_t → ∞); it gets
 weight 0 and is listed in ``diagnostics["zero_gradient_tasks"]`` (the others are solved as usual, and
 :math:`\|d\| = \sqrt{K'}` with K' the tasks left). When a non-negative combination of the other
-gradients is zero (a Pareto-stationary point, e.g. two opposite gradients) F has no minimizer: the
-ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε, always applied; when G is well
-conditioned it moves α by a relative amount of order ε) keeps α finite, large, and :math:`\|d\| \le \sqrt K` small.
+gradients is zero (a Pareto-stationary point, e.g. two opposite gradients) F has no minimizer and α
+grows without bound; once the per-task normalized α passes :math:`\varepsilon^{-1/2}` the system is
+solved again with the ridge :math:`G + \varepsilon \operatorname{diag}(G)` (``ridge`` = ε;
+``diagnostics["ridged"]``), which keeps α finite (large) and :math:`\|d\| \le \sqrt K` (small).
 
 **State**: the step counter and the last solved (unclipped) α. With ``update_weights_every = n`` the
 weights are solved at steps 0, n, 2n, … and reused in between (paper §6.4), the clip recomputed on
@@ -166,6 +167,7 @@ class NashMTL(GramianWeighting):
                 solver_iterations=solution.iterations,
                 solver_converged=solution.converged,
                 residual=solution.residual,
+                ridged=solution.ridged,
             )
             zero = solution.zero_tasks
         else:
