@@ -30,6 +30,8 @@ import numpy as np
 
 __all__ = ["PowerSolution", "solve_power_system"]
 
+_EPS = float(np.finfo(float).eps)
+
 
 @dataclass(frozen=True)
 class PowerSolution:
@@ -150,8 +152,8 @@ def _newton_from(
         power = u**-inv_a
         # Converged: the relative residual is below tol, or below what rounding in A u can resolve (a
         # degenerate G, where u is large and A u cancels), or it stopped decreasing near that level.
-        rounding = slack * n * np.finfo(float).eps * float(np.max((absA @ u) / power))
-        residual = float(np.max(np.abs(Au / power - 1.0)))
+        rounding = slack * n * _EPS * float(((absA @ u) / power).max())
+        residual = float(np.abs(Au / power - 1.0).max())
         if residual <= tol + rounding:
             return u, iteration, True
         if residual < 0.5 * best:
@@ -168,34 +170,37 @@ def _newton_from(
             p = np.linalg.solve(H, -r)
         except np.linalg.LinAlgError:  # H ≻ 0 in exact arithmetic; guard against overflow
             p = -r / np.diag(H)
-        u = u + _line_search(A, u, p, inv_a, limit) * p
-        if float(np.max(u)) > limit:
+        u = u + _line_search(A, u, p, float(p @ r), inv_a, limit) * p
+        if float(u.max()) > limit:
             return u, iteration + 1, False
     return u, max_iter, False
 
 
-def _line_search(A: np.ndarray, u: np.ndarray, p: np.ndarray, inv_a: float, limit: float) -> float:
+def _line_search(
+    A: np.ndarray, u: np.ndarray, p: np.ndarray, slope0: float, inv_a: float, limit: float
+) -> float:
     """The exact minimizer of the convex φ(t) = F(u + t p) on the positive orthant: safeguarded Newton
     on φ'(t) = t pᵀAp + uᵀAp − Σ p_i (u_i + t p_i)^{-1/a}, bracketed by φ'(0) < 0 and a t with φ' > 0.
     Far steps matter on degenerate G, where u grows along a null direction (a damped step would
-    only double it); the search stops once φ' is below 1e-3 of |φ'(0)| or u passes ``limit``."""
+    only double it); the search stops once |φ'| is below 0.1 |φ'(0)| or u passes ``limit``."""
     Ap = A @ p
     q = max(float(p @ Ap), 0.0)
     b = float(u @ Ap)
 
-    def slope(t: float) -> tuple[float, float]:
+    def slope(t: float, curvature: bool = True) -> tuple[float, float]:
         x = u + t * p
         power = x**-inv_a
-        return t * q + b - float(p @ power), q + inv_a * float((p * p) @ (power / x))
+        d1 = t * q + b - float(p @ power)
+        return d1, (q + inv_a * float((p * p) @ (power / x))) if curvature else 0.0
 
     negative = p < 0
-    t_max = float(np.min(-u[negative] / p[negative])) if negative.any() else math.inf
+    t_max = float((-u[negative] / p[negative]).min()) if negative.any() else math.inf
     lo, hi = 0.0, t_max
     t = 1.0 if t_max > 1.0 else 0.5 * t_max
-    enough = 1e-3 * abs(b - float(p @ u**-inv_a))
-    p_max = float(np.max(p))
+    enough = 0.1 * abs(slope0)  # φ'(0) = pᵀ(Au − u^{-1/a})
+    p_max = float(p.max())
     for _ in range(60):  # the bracket's right end: expand until φ' > 0
-        d1, _ = slope(t)
+        d1, _ = slope(t, False)
         if abs(d1) <= enough or t * p_max > limit:
             return t
         if d1 >= 0:
@@ -266,7 +271,7 @@ def _newton_two(
         t_max = min(-u1 / d1 if d1 < 0 else math.inf, -u2 / d2 if d2 < 0 else math.inf)
         lo, hi = 0.0, t_max
         t = 1.0 if t_max > 1.0 else 0.5 * t_max
-        enough = 1e-3 * abs(b - d1 * p1 - d2 * p2)
+        enough = 0.1 * abs(b - d1 * p1 - d2 * p2)
         searching = True
         for _ in range(60):
             x1, x2 = u1 + t * d1, u2 + t * d2

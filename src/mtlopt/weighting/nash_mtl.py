@@ -28,13 +28,15 @@ heads receive the clipped weights, where the official code and LibMTL give them 
 ``diagnostics["update_norm"]`` is :math:`\|d\|` before the clip, ``"clip_factor"`` the factor applied.
 
 **Solver.** :math:`G\alpha = 1/\alpha` is the stationarity condition of the strictly convex
-:math:`F(\alpha) = \tfrac12 \alpha^\top G \alpha - \sum_t \log \alpha_t`; mtlopt solves it with damped
-Newton on the K×K Gramian (float64, after the exact per-task rescaling
-:math:`\alpha = \operatorname{diag}(G)^{-1/2} \beta`), to a relative residual
+:math:`F(\alpha) = \tfrac12 \alpha^\top G \alpha - \sum_t \log \alpha_t`; mtlopt solves it by Newton's
+method with a line search for the minimum of F along each direction, on the K×K Gramian (float64,
+after the exact per-task rescaling :math:`\alpha = \operatorname{diag}(G)^{-1/2} \beta`; for two tasks
+the closed form :math:`\beta_1 = \beta_2 = (1 + \cos(g_1, g_2))^{-1/2}`), to a relative residual
 :math:`\max_t |\alpha_t (G\alpha)_t - 1| \le` ``tol``. The paper and the official code approximate the
-same solution by a sequence of convex programs (CCP, 20 iterations of cvxpy/ECOS on G divided by its
-Frobenius norm); they reach it only to their solver's tolerance, so the weights agree to that
-tolerance, not to rounding. ``diagnostics``: ``solver_iterations``, ``solver_converged``, ``residual``
+same solution by a sequence of convex programs (CCP: at most 20 cvxpy/ECOS solves on G divided by its
+Frobenius norm, warm-started from the last α); they reach it only to their solver's tolerance, so the
+weights agree to that tolerance, not to rounding, and where the CCP stops short of the solution
+(its residual stays large) they differ. ``diagnostics``: ``solver_iterations``, ``solver_converged``, ``residual``
 (on the unridged G).
 
 **Degenerate Gramians.** A task whose gradient is exactly zero has no finite weight (α_t → ∞); it gets
