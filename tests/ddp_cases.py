@@ -260,6 +260,8 @@ CASES = {
     "cagrad-features": weighting_case(lambda model: mtlopt.CAGrad(rescale="1+c^2", weight_scale="num-tasks"), "features"),
     "upgrad": weighting_case(lambda model: mtlopt.UPGrad(), "shared"),
     "dualproj": weighting_case(lambda model: mtlopt.DualProj(), "features"),
+    "nash-mtl": weighting_case(lambda model: mtlopt.NashMTL(update_weights_every=2), "shared"),  # cached α equal on ranks
+    "fairgrad": weighting_case(lambda model: mtlopt.FairGrad(), "shared"),
 }  # fmt: skip
 
 

@@ -51,6 +51,8 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "CAGrad": (lambda K, layer=None: mtlopt.CAGrad(), True),
     "UPGrad": (lambda K, layer=None: mtlopt.UPGrad(), True),
     "DualProj": (lambda K, layer=None: mtlopt.DualProj(), True),
+    "NashMTL": (lambda K, layer=None: mtlopt.NashMTL(), True),
+    "FairGrad": (lambda K, layer=None: mtlopt.FairGrad(), True),
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against

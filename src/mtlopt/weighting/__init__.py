@@ -29,6 +29,7 @@ from .dualproj import DualProj
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
+from .fairgrad import FairGrad
 from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
@@ -38,6 +39,7 @@ from .imtl import IMTL
 from .imtl_g import IMTLG
 from .imtl_l import IMTLL
 from .mgda import MGDA
+from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
@@ -63,6 +65,7 @@ __all__ = [
     "CAGrad",
     "ConFIG",
     "DualProj",
+    "FairGrad",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -72,6 +75,7 @@ __all__ = [
     "LossOutput",
     "LossWeighting",
     "Method",
+    "NashMTL",
     "PCGrad",
     "ParetoMTL",
     "UPGrad",
@@ -108,6 +112,8 @@ METHODS: tuple[type[Method], ...] = (
     CAGrad,
     UPGrad,
     DualProj,
+    NashMTL,
+    FairGrad,
 )
 
 

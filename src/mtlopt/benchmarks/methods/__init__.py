@@ -7,7 +7,8 @@ one-line description and the command-line options it accepts.
 
 The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.losses`
 (one model, a loss-level peer method with its loop hooks), :mod:`.gradients` (one model, a
-Gramian peer method: CAGrad, UPGrad, DualProj, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac), :mod:`.optimizers`
+Gramian peer method: CAGrad, UPGrad, DualProj, Nash-MTL, FairGrad, IMTL-G, IMTL, Aligned-MTL, ConFIG,
+GradVac), :mod:`.optimizers`
 (methods that schedule their own optimizer steps) and :mod:`.population` (one model per trade-off);
 the interface and the registry are in :mod:`._base`.
 """
@@ -36,9 +37,20 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
-from .gradients import GradientRunner, IMTLGRunner, IMTLRunner
-from .gradients import AlignedMTLRunner, AlignedMTLUBRunner, ConFIGRunner, GradVacRunner
-from .gradients import CAGradRunner, DualProjRunner, UPGradRunner
+from .gradients import (
+    AlignedMTLRunner,
+    AlignedMTLUBRunner,
+    CAGradRunner,
+    ConFIGRunner,
+    DualProjRunner,
+    FairGradRunner,
+    GradientRunner,
+    GradVacRunner,
+    IMTLGRunner,
+    IMTLRunner,
+    NashMTLRunner,
+    UPGradRunner,
+)
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -64,6 +76,7 @@ __all__ = [
     "EWRunner",
     "EpochRunner",
     "FAMORunner",
+    "FairGradRunner",
     "GLSRunner",
     "GradNormRunner",
     "GradVacRunner",
@@ -78,6 +91,7 @@ __all__ = [
     "MGDAUBRunner",
     "MTGDRunner",
     "MethodRunner",
+    "NashMTLRunner",
     "OptimizerSettings",
     "Option",
     "PCGradRunner",
