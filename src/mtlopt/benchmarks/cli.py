@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import mtlopt
+from mtlopt._optional import MissingOptionalDependency
 
 from .data.sources import DataUnavailable
 from .interfaces import DataOptions
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OutputError,
         CorruptRunFile,
         FileNotFoundError,
+        MissingOptionalDependency,
     ) as error:
         print(f"mtlopt: error: {error}", file=sys.stderr)
         return 2
@@ -390,6 +392,23 @@ def _add_common(parser: argparse.ArgumentParser, benchmark: str | None, protocol
         help="rescale every method's shared update to this total weight on the tasks (e.g. 1), so that "
         "methods compare at one learning rate (default: each method's own total; see docs/conventions.md)",
     )
+    logging = parser.add_argument_group("logging")
+    logging.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="write TensorBoard scalars every epoch (per-task losses and metrics, the task weights' epoch "
+        "means, weight_sum, hypervolume) to DIR (default without DIR: the run's --out/tensorboard; "
+        "under compare, DIR/<run>/seed<N>); needs the tensorboard package "
+        '(pip install "mtlopt[tensorboard]"). Every step\'s weights and losses are in --out/steps.npz '
+        "in any case",
+    )
+    logging.add_argument(
+        "--tensorboard-steps",
+        action="store_true",
+        help="with --tensorboard: also every training step's task weights and losses (in DIR/steps)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-root",
@@ -665,6 +684,8 @@ def _compare(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
             config.label = label
+            if args.tensorboard:  # one event directory per run below the one given
+                config.tensorboard = str(Path(args.tensorboard) / _directory_name(label) / f"seed{seed}")
             configs.append(config)
     warning = _short_run_warning(configs[0], args.quiet)
     prepare_output_dir(out)
@@ -808,6 +829,8 @@ def _per_model(
 def _config(
     args: argparse.Namespace, method: str, options: dict[str, Any], seed: int, out: Path
 ) -> TrainConfig:
+    if args.tensorboard_steps and args.tensorboard is None:
+        raise UsageError("--tensorboard-steps logs into the --tensorboard directory: give --tensorboard too")
     return TrainConfig(
         benchmark=args.benchmark,
         method=method,
@@ -837,6 +860,8 @@ def _config(
         device=args.device,
         amp=args.amp,
         progress=not args.quiet and sys.stderr.isatty(),
+        tensorboard=args.tensorboard,
+        tensorboard_steps=args.tensorboard_steps,
     )
 
 
