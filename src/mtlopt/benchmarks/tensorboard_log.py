@@ -16,6 +16,7 @@ per-step record. The ``tensorboard`` package is an optional dependency (the ``te
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,29 @@ STEPS_SUBDIR = "steps"
 
 def require_tensorboard() -> None:
     """Raise :class:`~mtlopt._optional.MissingOptionalDependency` (one line) without the package."""
-    require("tensorboard", extra="tensorboard", needed_by="--tensorboard", purpose=" to write its event files")
+    require(
+        "tensorboard", extra="tensorboard", needed_by="--tensorboard", purpose=" to write its event files"
+    )
 
 
 def has_events(directory: Path) -> bool:
     return directory.is_dir() and any(directory.glob("events.out.tfevents.*"))
+
+
+def _after_existing(directory: Path) -> None:
+    """Wait (under a second) until the clock is past the newest event file's second: TensorBoard reads a
+    directory's files in name order, the name starts with the second it was created, so a resumed run's
+    file (whose purge_step drops the later epochs of the earlier files) must sort after them."""
+    stamps = []
+    for path in directory.glob("events.out.tfevents.*"):
+        try:
+            stamps.append(int(path.name.split(".")[3]))
+        except (IndexError, ValueError):
+            continue
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if 0 < wait <= 1:  # same second: a run resumed in the same process (tests, library calls)
+            time.sleep(wait)
 
 
 def _tags(prefix: str, key: str, count: int, task_names: Sequence[str]) -> list[str]:
@@ -70,12 +89,14 @@ class RunLogger:
         log_dir = Path(log_dir)
         fill = not has_events(log_dir)
         purge = start_epoch + 1 if start_epoch and not fill else None
+        _after_existing(log_dir)
         self.writer = SummaryWriter(str(log_dir), purge_step=purge)
         self.step_writer: Any = None
         fill_steps = False
         if steps:
             step_dir = log_dir / STEPS_SUBDIR
             fill_steps = not has_events(step_dir)
+            _after_existing(step_dir)
             first = start_epoch * steps_per_epoch + 1
             self.step_writer = SummaryWriter(
                 str(step_dir), purge_step=first if start_epoch and not fill_steps else None

@@ -510,8 +510,7 @@ def train(
         history.append(record)
         runner_state = runner.state_dict()  # collective for distributed populations: every rank calls it
         if rank == 0:  # the steps first: a resumed run drops the rows of epochs after its checkpoint
-            columns = step_record.columns()
-            _write_atomic(out / STEPS_FILE, "wb", lambda f: np.savez(f, **columns))
+            step_record.write(out / STEPS_FILE)
             _save_checkpoint(
                 checkpoint_path,
                 identity,
@@ -583,6 +582,11 @@ class _StepRecord:
             self._rows = []
         return self._columns
 
+    def write(self, path: Path) -> None:
+        """``steps.npz``, atomically (uncompressed: the float columns hardly compress)."""
+        columns: dict[str, Any] = self.columns()
+        _write_atomic(path, "wb", lambda f: np.savez(f, **columns))
+
     def epoch_rows(self, epoch: int) -> dict[str, np.ndarray]:
         columns = self.columns()
         if not columns:
@@ -610,8 +614,12 @@ def _merge_rows(columns: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> d
     old = len(columns["epoch"]) if columns else 0
     total = old + len(rows)
     merged: dict[str, np.ndarray] = {
-        "epoch": np.concatenate([columns.get("epoch", np.zeros(0)), [r["epoch"] for r in rows]]).astype(np.int32),
-        "step": np.concatenate([columns.get("step", np.zeros(0)), [r["step"] for r in rows]]).astype(np.int32),
+        "epoch": np.concatenate([columns.get("epoch", np.zeros(0)), [r["epoch"] for r in rows]]).astype(
+            np.int32
+        ),
+        "step": np.concatenate([columns.get("step", np.zeros(0)), [r["step"] for r in rows]]).astype(
+            np.int32
+        ),
         "seconds": np.concatenate([columns.get("seconds", np.zeros(0)), [r["seconds"] for r in rows]]).astype(
             np.float64
         ),
