@@ -4,7 +4,9 @@
 ``--benchmark`` (and ``--protocol``) shows that protocol's. ``train``, ``pareto`` and ``compare`` end
 every epoch line with the overall progress and an estimate of the time left (on stderr, also when it
 goes to a file), warn when the run is too short for its numbers to mean anything, and extend a
-finished run when ``--epochs`` is larger than its own.
+finished run when ``--epochs`` is larger than its own. Every run writes each training step's task
+weights and losses to its ``steps.npz``; ``--tensorboard [DIR]`` adds TensorBoard scalars per epoch
+(``--tensorboard-steps``: per step too), written by rank 0 and continued without duplicates on resume.
 
 Bad arguments, missing data, an unusable ``--out`` and a damaged checkpoint print one line starting with
 ``mtlopt: error:`` and exit with code 2. A run that diverges (its loss becomes NaN or infinite) prints
@@ -399,10 +401,9 @@ def _add_common(parser: argparse.ArgumentParser, benchmark: str | None, protocol
         const="",
         metavar="DIR",
         help="write TensorBoard scalars every epoch (per-task losses and metrics, the task weights' epoch "
-        "means, weight_sum, hypervolume) to DIR (default without DIR: the run's --out/tensorboard; "
-        "under compare, DIR/<run>/seed<N>); needs the tensorboard package "
-        '(pip install "mtlopt[tensorboard]"). Every step\'s weights and losses are in --out/steps.npz '
-        "in any case",
+        "means, weight_sum, hypervolume) into each run's --out/tensorboard, or with DIR into DIR (compare: "
+        'DIR/<run>/seed<N>); needs the tensorboard package (pip install "mtlopt[tensorboard]"). '
+        "Each run's steps.npz holds every step's weights and losses in any case",
     )
     logging.add_argument(
         "--tensorboard-steps",
