@@ -7,7 +7,9 @@ one-line error when the package is missing."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,3 +187,27 @@ def test_tensorboard_steps_needs_tensorboard(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--method", "ew", "--out", str(out), "--tensorboard-steps"]) == 2
     assert "--tensorboard-steps logs into the --tensorboard directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.cpu_only("two gloo processes on the CPU")
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard is not installed")
+def test_under_torchrun_rank_0_alone_writes_the_event_files_and_the_steps(tmp_path):
+    env = dict(os.environ, MTLOPT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = tmp_path / "two"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["-m", "mtlopt", "train", *TINY, "--method", "mgda-ub", "--epochs", "2", "--tensorboard"]
+    run = subprocess.run(
+        [sys.executable, *launcher, *args, "--tensorboard-steps", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((out / "tensorboard" / "steps").glob("events.out.tfevents.*"))) == 1
+    result = json.loads((out / "result.json").read_text())
+    assert result["environment"]["processes"] == 2
+    check_means(out, result["history"])
+    assert [step for step, _ in scalars(out / "tensorboard")["train/weights/left"]] == [1, 2]
