@@ -445,6 +445,7 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - began)
+            logged = {key: value.detach().to("cpu") for key, value in logged.items()}  # one copy each
             step_record.add(epoch + 1, step, step_times[-1], logged)
             for key, value in logged.items():
                 value = value.detach().to("cpu", torch.float64)
@@ -573,7 +574,7 @@ class _StepRecord:
         row: dict[str, Any] = {"epoch": epoch, "step": step, "seconds": seconds}
         for key, value in logged.items():
             dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-            row[key] = value.detach().to("cpu", dtype).reshape(-1).numpy()
+            row[key] = value.detach().to("cpu", dtype).reshape(-1).numpy().copy()  # not a view of it
         self._rows.append(row)
 
     def columns(self) -> dict[str, np.ndarray]:
