@@ -39,7 +39,7 @@ def test_both_runners_are_registered_with_features_by_default():
         assert isinstance(runner._weighting, cls)
         z = torch.zeros(1)
         assert runner.backward_kwargs(z)["features"] is z
-        shared = make_runner(name, {"on": "shared", "feature-batch": "sum", "solve": "gramian"})
+        shared = make_runner(name, {"gradients": "shared", "feature-batch": "sum", "solve": "gramian"})
         assert shared.backward_kwargs(z) == {"shared_params": shared.model.encoder}
         assert shared._weighting.feature_batch == "sum" and shared._weighting.solve == "gramian"
 
@@ -48,14 +48,14 @@ def test_both_runners_are_registered_with_features_by_default():
 @pytest.mark.parametrize("on", ["features", "shared"])
 def test_runner_state_resumes_exactly_from_a_mid_epoch_checkpoint(name, on):
     data = batches(6)
-    runner = make_runner(name, {"on": on})
+    runner = make_runner(name, {"gradients": on})
     train(runner, data, 0, 3)
     saved = copy.deepcopy(runner.state_dict())
     logged = train(runner, data, 3, 6)
     assert all(torch.isfinite(v).all() for entry in logged for v in entry.values())
     for entry in logged:
         assert float(entry["weights"].sum()) == pytest.approx(1.0)
-    resumed = make_runner(name, {"on": on})
+    resumed = make_runner(name, {"gradients": on})
     resumed.load_state_dict(saved)
     again = train(resumed, data, 3, 6)
     for a, b in zip(runner.model.parameters(), resumed.model.parameters(), strict=True):
@@ -78,7 +78,7 @@ def test_imtl_runner_trains_its_scales_without_weight_decay():
 def test_both_train_one_epoch_under_mixed_precision(tmp_path, amp):
     """bf16 autocast, and fp16 autocast with a GradScaler (the Gramian is unscaled before IMTL-G)."""
     out = tmp_path / amp
-    methods = "imtl-g,imtl,imtl-g[on=shared]"
+    methods = "imtl-g,imtl,imtl-g[gradients=shared]"
     args = ["compare", *SMALL, "--methods", methods, "--amp", amp, "--seeds", "1", "--epochs", "1"]
     assert main([*args, "--out", str(out)]) == 0
     paths = sorted((out / "runs").glob("*/seed0/result.json"))

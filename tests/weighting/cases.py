@@ -48,6 +48,9 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "AlignedMTL": (lambda K, layer=None: mtlopt.AlignedMTL(), True),
     "ConFIG": (lambda K, layer=None: mtlopt.ConFIG(), True),
     "GradVac": (lambda K, layer=None: mtlopt.GradVac(seed=3), False),  # random orders: equivariant in law
+    "CAGrad": (lambda K, layer=None: mtlopt.CAGrad(), True),
+    "UPGrad": (lambda K, layer=None: mtlopt.UPGrad(), True),
+    "DualProj": (lambda K, layer=None: mtlopt.DualProj(), True),
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against

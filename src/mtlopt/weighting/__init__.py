@@ -3,7 +3,7 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO, IMTL-G, IMTL).
+  Pareto MTL, EPO, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac, CAGrad, UPGrad, DualProj).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from ._base import (
     WeightSum,
 )
 from .aligned_mtl import AlignedMTL
+from .cagrad import CAGrad
 from .config import ConFIG
+from .dualproj import DualProj
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
@@ -41,6 +43,7 @@ from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
 from .si import SI
 from .stch import STCH
+from .upgrad import UPGrad
 from .uw import UncertaintyWeighting
 
 __all__ = [
@@ -57,7 +60,9 @@ __all__ = [
     "SI",
     "STCH",
     "AlignedMTL",
+    "CAGrad",
     "ConFIG",
+    "DualProj",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -69,6 +74,7 @@ __all__ = [
     "Method",
     "PCGrad",
     "ParetoMTL",
+    "UPGrad",
     "UncertaintyWeighting",
     "Update",
     "WeightSum",
@@ -99,6 +105,9 @@ METHODS: tuple[type[Method], ...] = (
     AlignedMTL,
     ConFIG,
     GradVac,
+    CAGrad,
+    UPGrad,
+    DualProj,
 )
 
 

@@ -6,7 +6,8 @@ this interface, so a new method plugs in by registering a runner (``@register``)
 one-line description and the command-line options it accepts.
 
 The runners are grouped by family: :mod:`.weightings` (one model, one weighting), :mod:`.losses`
-(one model, a loss-level peer method with its loop hooks), :mod:`.optimizers`
+(one model, a loss-level peer method with its loop hooks), :mod:`.gradients` (one model, a
+Gramian peer method: CAGrad, UPGrad, DualProj, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac), :mod:`.optimizers`
 (methods that schedule their own optimizer steps) and :mod:`.population` (one model per trade-off);
 the interface and the registry are in :mod:`._base`.
 """
@@ -35,8 +36,9 @@ from .losses import (
     SIRunner,
     STCHRunner,
 )
-from .gradients import GramianRunner, IMTLGRunner, IMTLRunner
+from .gradients import GradientRunner, IMTLGRunner, IMTLRunner
 from .gradients import AlignedMTLRunner, AlignedMTLUBRunner, ConFIGRunner, GradVacRunner
+from .gradients import CAGradRunner, DualProjRunner, UPGradRunner
 from .optimizers import ADAPTIVE_LR_WARNING, AlternatingRunner, MAORunner, STLRunner
 from .population import (
     EPORunner,
@@ -54,8 +56,10 @@ __all__ = [
     "AlignedMTLRunner",
     "AlignedMTLUBRunner",
     "AlternatingRunner",
+    "CAGradRunner",
     "ConFIGRunner",
     "DWARunner",
+    "DualProjRunner",
     "EPORunner",
     "EWRunner",
     "EpochRunner",
@@ -63,7 +67,7 @@ __all__ = [
     "GLSRunner",
     "GradNormRunner",
     "GradVacRunner",
-    "GramianRunner",
+    "GradientRunner",
     "GridRunner",
     "IMTLGRunner",
     "IMTLLRunner",
@@ -85,6 +89,7 @@ __all__ = [
     "STCHRunner",
     "STLRunner",
     "SingleModelRunner",
+    "UPGradRunner",
     "UWRunner",
     "get_method",
     "last_weight_layer",

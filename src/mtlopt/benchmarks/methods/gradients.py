@@ -1,34 +1,37 @@
 """Gradient-level peer methods: one model, one optimizer, the update from ``mtlopt.backward`` with a
-Gramian weighting.
+Gramian weighting (CAGrad, UPGrad, DualProj, IMTL-G, IMTL, Aligned-MTL(-UB), ConFIG, GradVac).
 
-IMTL-G and the IMTL hybrid (IMTL-L's learned scales, then IMTL-G) take their gradients where ``--on``
-says: ``features`` (the shared representation, the paper's and LibMTL's published setting, the default)
-or ``shared`` (the encoder's parameters). Aligned-MTL, ConFIG and GradVac take them w.r.t. the encoder's
-parameters, Aligned-MTL-UB w.r.t. the representation.
+``--gradients`` says where the per-task gradients are taken: ``shared`` (the encoder's parameters, the
+exact setting) or ``features`` (the representation, one backward pass through the encoder). The
+default is the published setting: ``shared``, except IMTL-G and IMTL (``features``, as the IMTL paper
+and LibMTL's runs). Aligned-MTL-UB is Aligned-MTL on the representation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
 import mtlopt
 from mtlopt._options import choices
-from mtlopt.weighting import FeatureBatch, HeadWeighting, aligned_mtl, config, gradvac, imtl_g
+from mtlopt.weighting import FeatureBatch, HeadWeighting, aligned_mtl, cagrad, config, gradvac, imtl_g
 
 from ._base import Option, register
 from .weightings import SingleModelRunner
 
-On = Literal["features", "shared"]
 
-_GRADIENT_OPTIONS = (
-    Option(
-        "on",
-        "features",
-        "task gradients w.r.t. the representation (paper) or the shared parameters",
-        choices(On),
-    ),
+def _gradients(default: str) -> Option:
+    return Option(
+        "gradients",
+        default,
+        "Gramian of the gradients w.r.t. the encoder's parameters (shared) or the representation (features)",
+        ("shared", "features") if default == "shared" else ("features", "shared"),
+    )
+
+
+_IMTL_OPTIONS = (
+    _gradients("features"),
     Option(
         "feature-batch",
         "flatten",
@@ -39,32 +42,105 @@ _GRADIENT_OPTIONS = (
 )
 
 
-class GramianRunner(SingleModelRunner):
-    """A Gramian weighting whose gradients are taken where ``--on`` says."""
+_HEADS = Option(
+    "head-weighting", "unweighted", "heads get grad L_t or w_t grad L_t", choices(HeadWeighting)[::-1]
+)
+
+
+class GradientRunner(SingleModelRunner):
+    """A Gramian weighting on the encoder's parameters, or on the representation with gradients=features."""
 
     def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
-        if self.config["on"] == "features":
+        if self.config["gradients"] == "features":
             return {"features": z}
         return {"shared_params": self.model.encoder}
 
 
 @register
-class IMTLGRunner(GramianRunner):
+class CAGradRunner(GradientRunner):
+    name = "cagrad"
+    description = (
+        "CAGrad (Liu et al. 2021): the best worst-task improvement in a ball around the mean gradient"
+    )
+    options = (
+        Option("c", 0.4, "radius of the ball, relative to the mean gradient's norm", parse=float),
+        Option("rescale", "none", "divide the update by 1, 1+c^2 (official) or 1+c", choices(cagrad.Rescale)),
+        Option(
+            "weight-scale",
+            "one",
+            "built on the mean gradient, or x K (official)",
+            choices(cagrad.WeightScale),
+        ),
+        Option("solver", "exact", "exact solver or the official scipy SLSQP", choices(cagrad.Solver)),
+        _HEADS,
+        _gradients("shared"),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        return mtlopt.CAGrad(
+            self.config["c"],
+            rescale=self.config["rescale"],
+            weight_scale=self.config["weight-scale"],
+            solver=self.config["solver"],
+            head_weighting=self.config["head-weighting"],
+        )
+
+
+_DUAL_CONE_OPTIONS = (
+    Option("reg-eps", 0.0, "ridge on the trace-normalized Gramian (TorchJD: 1e-4)", parse=float),
+    Option(
+        "norm-eps", 0.0, "trace below which TorchJD's normalized Gramian is 0 (TorchJD: 1e-4)", parse=float
+    ),
+    _HEADS,
+    _gradients("shared"),
+)
+
+
+@register
+class UPGradRunner(GradientRunner):
+    name = "upgrad"
+    description = "UPGrad (Quinton & Rey 2024): each task's gradient projected onto the dual cone, summed"
+    options = _DUAL_CONE_OPTIONS
+
+    def weighting(self) -> mtlopt.Method:
+        return mtlopt.UPGrad(
+            reg_eps=self.config["reg-eps"],
+            norm_eps=self.config["norm-eps"],
+            head_weighting=self.config["head-weighting"],
+        )
+
+
+@register
+class DualProjRunner(GradientRunner):
+    name = "dualproj"
+    description = "DualProj (TorchJD): the mean gradient projected onto the dual cone of the task gradients"
+    options = _DUAL_CONE_OPTIONS
+
+    def weighting(self) -> mtlopt.Method:
+        return mtlopt.DualProj(
+            reg_eps=self.config["reg-eps"],
+            norm_eps=self.config["norm-eps"],
+            head_weighting=self.config["head-weighting"],
+        )
+
+
+@register
+class IMTLGRunner(GradientRunner):
     name = "imtl-g"
     description = (
         "IMTL-G (Liu et al. 2021): weights summing to 1 with equal projections on the unit gradients"
     )
-    options = _GRADIENT_OPTIONS
+    options = _IMTL_OPTIONS
 
     def weighting(self) -> mtlopt.Method:
         return mtlopt.IMTLG(feature_batch=self.config["feature-batch"], solve=self.config["solve"])
 
 
 @register
-class IMTLRunner(GramianRunner):
+class IMTLRunner(GradientRunner):
     name = "imtl"
     description = "IMTL (Liu et al. 2021): learned loss scales exp(s) L - s, then IMTL-G on their gradients"
-    options = _GRADIENT_OPTIONS
+    options = _IMTL_OPTIONS
 
     def weighting(self) -> mtlopt.Method:
         imtl = mtlopt.IMTL(
@@ -72,13 +148,6 @@ class IMTLRunner(GramianRunner):
         )
         return imtl.to(next(self.model.parameters()).device)
 
-
-_HEADS = Option(
-    "head-weighting",
-    "unweighted",
-    "heads get grad L_t (official) or w_t grad L_t",
-    choices(HeadWeighting)[::-1],
-)
 
 _ALIGNED_OPTIONS = (
     Option(
