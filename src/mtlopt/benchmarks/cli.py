@@ -4,7 +4,9 @@
 ``--benchmark`` (and ``--protocol``) shows that protocol's. ``train``, ``pareto`` and ``compare`` end
 every epoch line with the overall progress and an estimate of the time left (on stderr, also when it
 goes to a file), warn when the run is too short for its numbers to mean anything, and extend a
-finished run when ``--epochs`` is larger than its own.
+finished run when ``--epochs`` is larger than its own. Every run writes each training step's task
+weights and losses to its ``steps.npz``; ``--tensorboard [DIR]`` adds TensorBoard scalars per epoch
+(``--tensorboard-steps``: per step too), written by rank 0 and continued without duplicates on resume.
 
 Bad arguments, missing data, an unusable ``--out`` and a damaged checkpoint print one line starting with
 ``mtlopt: error:`` and exit with code 2. A run that diverges (its loss becomes NaN or infinite) prints
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import mtlopt
+from mtlopt._optional import MissingOptionalDependency
 
 from .data.sources import DataUnavailable
 from .interfaces import DataOptions
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OutputError,
         CorruptRunFile,
         FileNotFoundError,
+        MissingOptionalDependency,
     ) as error:
         print(f"mtlopt: error: {error}", file=sys.stderr)
         return 2
@@ -390,6 +394,22 @@ def _add_common(parser: argparse.ArgumentParser, benchmark: str | None, protocol
         help="rescale every method's shared update to this total weight on the tasks (e.g. 1), so that "
         "methods compare at one learning rate (default: each method's own total; see docs/conventions.md)",
     )
+    logging = parser.add_argument_group("logging")
+    logging.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="write TensorBoard scalars every epoch (per-task losses and metrics, the task weights' epoch "
+        "means, weight_sum, hypervolume) into each run's --out/tensorboard, or with DIR into DIR (compare: "
+        'DIR/<run>/seed<N>); needs the tensorboard package (pip install "mtlopt[tensorboard]"). '
+        "Each run's steps.npz holds every step's weights and losses in any case",
+    )
+    logging.add_argument(
+        "--tensorboard-steps",
+        action="store_true",
+        help="with --tensorboard: also every training step's task weights and losses (in DIR/steps)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-root",
@@ -665,6 +685,8 @@ def _compare(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             config = _config(args, name, merged, seed, out / "runs" / _directory_name(label) / f"seed{seed}")
             config.label = label
+            if args.tensorboard:  # one event directory per run below the one given
+                config.tensorboard = str(Path(args.tensorboard) / _directory_name(label) / f"seed{seed}")
             configs.append(config)
     warning = _short_run_warning(configs[0], args.quiet)
     prepare_output_dir(out)
@@ -808,6 +830,8 @@ def _per_model(
 def _config(
     args: argparse.Namespace, method: str, options: dict[str, Any], seed: int, out: Path
 ) -> TrainConfig:
+    if args.tensorboard_steps and args.tensorboard is None:
+        raise UsageError("--tensorboard-steps logs into the --tensorboard directory: give --tensorboard too")
     return TrainConfig(
         benchmark=args.benchmark,
         method=method,
@@ -837,6 +861,8 @@ def _config(
         device=args.device,
         amp=args.amp,
         progress=not args.quiet and sys.stderr.isatty(),
+        tensorboard=args.tensorboard,
+        tensorboard_steps=args.tensorboard_steps,
     )
 
 

@@ -14,6 +14,13 @@
 - A run whose loss becomes NaN or infinite stops with :class:`Diverged` (method, seed, epoch, step and a
   hint) and leaves ``DIR/result.json`` with ``"status": "failed"`` and the reason, so that a comparison
   can report it and go on; running it again raises the recorded failure (delete that file to retry).
+- ``DIR/steps.npz``: every training step's logged values (the task weights, losses, weight sums, ...),
+  one row per step, beside the run's ``epoch``, ``step`` (1-based within the epoch) and ``seconds``;
+  written atomically with every checkpoint, kept across resumption and extension without duplicates
+  (:func:`read_steps`). An epoch's mean of a column is its ``history`` value: NaN rows are the steps
+  the GradScaler skipped (``train_steps_left_out``), left out of that mean as well.
+- Optional TensorBoard scalars per epoch (and per step) with ``TrainConfig.tensorboard``, rank 0 only
+  (:mod:`mtlopt.benchmarks.tensorboard_log`).
 - The output directory is checked before any training (:func:`prepare_output_dir`), and a damaged
   checkpoint is reported with the file to delete (:class:`CorruptRunFile`).
 """
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import mtlopt
@@ -44,6 +52,8 @@ from .methods import OptimizerSettings, get_method
 from .suite import get_benchmark
 
 RESULT_FORMAT = 1
+STEPS_FILE = "steps.npz"
+_STEP_INDEX = ("epoch", "step", "seconds")  # the columns of steps.npz that are not logged values
 
 
 class RunConflict(RuntimeError):
@@ -130,6 +140,8 @@ class TrainConfig:
     amp: str = "off"  # "off", "bf16" (autocast) or "fp16" (autocast and a GradScaler)
     weight_total: float | None = None  # rescale every shared update to this total weight (None: native)
     label: str | None = None  # how reports name this run (e.g. "grid[task-weights=0.3,0.7]")
+    tensorboard: str | None = None  # TensorBoard event directory ("": OUT/tensorboard); None: none
+    tensorboard_steps: bool = False  # also every step's logged values (in the directory's steps/)
 
     def resolved(self) -> ResolvedConfig:
         """A copy with defaults filled in and every value checked (ValueError naming the bad one)."""
@@ -255,6 +267,10 @@ def train(
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     config = config.resolved()
+    if config.tensorboard is not None:  # before any training, on every rank: one line naming the package
+        from .tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     out = Path(config.out)
     result_path, checkpoint_path = out / "result.json", out / "checkpoint.pt"
     identity = config.identity()
@@ -267,6 +283,8 @@ def train(
             raise Diverged.recorded(existing, result_path)
         if saved == identity:
             log(f"{out}: already finished, skipping")
+            if config.tensorboard is not None and os.environ.get("RANK", "0") == "0":
+                _log_finished_run(config, existing)  # fills an empty event directory from the result
             return existing
         if not _only_epochs_differ(saved, identity):
             _check_same_run(saved, identity, out)
@@ -347,6 +365,20 @@ def train(
         if extending is not None:
             log(f"{out}: extending the finished {extending}-epoch run to {config.epochs} epochs")
         log(f"{out}: resuming after epoch {start_epoch}")
+    step_record = _StepRecord.resume(out / STEPS_FILE, start_epoch)
+    tensorboard = None
+    if config.tensorboard is not None and rank == 0:
+        from .tensorboard_log import RunLogger
+
+        tensorboard = RunLogger(
+            _tensorboard_dir(config),
+            data.task_names,
+            steps_per_epoch,
+            start_epoch=start_epoch,
+            history=history,
+            step_record=step_record.columns(),
+            steps=config.tensorboard_steps,
+        )
 
     def diverged(reason: str, epoch: int, step: int) -> Diverged:
         """The error to raise, after recording the failed run in result.json (rank 0)."""
@@ -413,6 +445,8 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - began)
+            logged = {key: value.detach().to("cpu") for key, value in logged.items()}  # one copy each
+            step_record.add(epoch + 1, step, step_times[-1], logged)
             for key, value in logged.items():
                 value = value.detach().to("cpu", torch.float64)
                 # A method that does not check its losses (one process only: a rank that raised alone
@@ -476,7 +510,8 @@ def train(
         record["seconds"] = seconds
         history.append(record)
         runner_state = runner.state_dict()  # collective for distributed populations: every rank calls it
-        if rank == 0:
+        if rank == 0:  # the steps first: a resumed run drops the rows of epochs after its checkpoint
+            step_record.write(out / STEPS_FILE)
             _save_checkpoint(
                 checkpoint_path,
                 identity,
@@ -490,6 +525,8 @@ def train(
             )
         if process_group is not None:
             torch.distributed.barrier(process_group)
+        if tensorboard is not None:  # after the checkpoint: a resumed run logs from the epoch after it
+            tensorboard.epoch(record, step_record.epoch_rows(epoch + 1) if config.tensorboard_steps else None)
         log(
             _epoch_line(config, record, data.task_names)
             + (epoch_note(epoch + 1, config.epochs, seconds) if epoch_note else "")
@@ -502,11 +539,158 @@ def train(
     result["environment"]["processes"] = world
     result["environment"]["examples_dropped_per_epoch"] = dropped
     result["environment"]["amp"] = config.amp
+    result["steps"] = step_record.describe(steps_per_epoch)
+    if tensorboard is not None:
+        tensorboard.close()
+        result["tensorboard"] = str(_tensorboard_dir(config))
     if rank == 0:
         write_json_atomic(result_path, result)
     if process_group is not None:
         torch.distributed.barrier(process_group)
     return result
+
+
+class _StepRecord:
+    """Every training step's logged values, as the columns of ``steps.npz``: ``epoch``, ``step`` (1-based
+    within the epoch), ``seconds`` (1-D), and each logged key as ``(steps, n)`` (n: its entries, e.g. K
+    task weights; 1 for a scalar) in float32, or float64 where the method logs float64. NaN: a step the
+    GradScaler skipped (or, for a key a method logs on some steps only, a step without it)."""
+
+    def __init__(self, columns: dict[str, np.ndarray] | None = None) -> None:
+        self._columns = columns or {}
+        self._rows: list[dict[str, Any]] = []  # this session's steps, merged into _columns on demand
+
+    @classmethod
+    def resume(cls, path: Path, start_epoch: int) -> _StepRecord:
+        """The record of a run resumed after ``start_epoch``: the saved rows of those epochs only (an
+        interrupted session may have saved a later epoch's rows before its checkpoint)."""
+        if start_epoch == 0 or not path.is_file():
+            return cls()
+        columns = read_steps(path)
+        keep = columns["epoch"] <= start_epoch
+        return cls({key: values[keep] for key, values in columns.items()})
+
+    def add(self, epoch: int, step: int, seconds: float, logged: dict[str, torch.Tensor]) -> None:
+        row: dict[str, Any] = {"epoch": epoch, "step": step, "seconds": seconds}
+        for key, value in logged.items():
+            dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+            row[key] = value.detach().to("cpu", dtype).reshape(-1).numpy().copy()  # not a view of it
+        self._rows.append(row)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        if self._rows:
+            self._columns = _merge_rows(self._columns, self._rows)
+            self._rows = []
+        return self._columns
+
+    def write(self, path: Path) -> None:
+        """``steps.npz``, atomically (uncompressed: the float columns hardly compress)."""
+        columns: dict[str, Any] = self.columns()
+        _write_atomic(path, "wb", lambda f: np.savez(f, **columns))
+
+    def epoch_rows(self, epoch: int) -> dict[str, np.ndarray]:
+        columns = self.columns()
+        if not columns:
+            return {}
+        mask = columns["epoch"] == epoch
+        return {key: values[mask] for key, values in columns.items()}
+
+    def describe(self, steps_per_epoch: int) -> dict[str, Any]:
+        """What ``result.json`` says of the record (``"steps"``)."""
+        columns = self.columns()
+        epochs = columns["epoch"] if columns else np.zeros(0, dtype=np.int32)
+        return {
+            "file": STEPS_FILE,
+            "rows": len(epochs),
+            "steps_per_epoch": steps_per_epoch,
+            "epochs": [int(epochs.min()), int(epochs.max())] if len(epochs) else [],
+            "columns": {
+                key: list(values.shape[1:]) for key, values in columns.items() if key not in _STEP_INDEX
+            },
+        }
+
+
+def _merge_rows(columns: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``columns`` with ``rows`` appended; a key missing from some rows (or shorter) is NaN there."""
+    old = len(columns["epoch"]) if columns else 0
+    total = old + len(rows)
+    merged: dict[str, np.ndarray] = {
+        "epoch": np.concatenate([columns.get("epoch", np.zeros(0)), [r["epoch"] for r in rows]]).astype(
+            np.int32
+        ),
+        "step": np.concatenate([columns.get("step", np.zeros(0)), [r["step"] for r in rows]]).astype(
+            np.int32
+        ),
+        "seconds": np.concatenate([columns.get("seconds", np.zeros(0)), [r["seconds"] for r in rows]]).astype(
+            np.float64
+        ),
+    }
+    keys = dict.fromkeys([k for k in columns if k not in _STEP_INDEX] + [k for r in rows for k in r])
+    for key in keys:
+        if key in _STEP_INDEX:
+            continue
+        parts = [r[key] for r in rows if key in r]
+        saved = columns.get(key)
+        width = max([len(p) for p in parts] + ([saved.shape[1]] if saved is not None else []))
+        wide = any(p.dtype == np.float64 for p in parts) or (saved is not None and saved.dtype == np.float64)
+        values = np.full((total, width), np.nan, dtype=np.float64 if wide else np.float32)
+        if saved is not None:
+            values[:old, : saved.shape[1]] = saved
+        for i, r in enumerate(rows):
+            if key in r:
+                values[old + i, : len(r[key])] = r[key]
+        merged[key] = values
+    return merged
+
+
+def read_steps(path: Path | str) -> dict[str, np.ndarray]:
+    """A run's per-step record (``DIR/steps.npz``, or ``DIR``): its columns (see the module's docstring).
+
+    The mean of a column over an epoch's rows, NaN rows left out, is that epoch's ``history`` value.
+    :class:`CorruptRunFile` naming the file when it cannot be read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / STEPS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            columns = {key: saved[key] for key in saved.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise CorruptRunFile(
+            f"{path} cannot be read as a per-step record ({_first_line(error)}); delete it "
+            "(a resumed run then records the steps from where it resumes)"
+        ) from None
+    if not {"epoch", "step", "seconds"} <= set(columns):
+        raise CorruptRunFile(f"{path} is not a per-step record of mtlopt's trainer; delete it")
+    return columns
+
+
+def _tensorboard_dir(config: TrainConfig) -> Path:
+    return Path(config.tensorboard) if config.tensorboard else Path(config.out) / "tensorboard"
+
+
+def _log_finished_run(config: TrainConfig, result: dict[str, Any]) -> None:
+    """The TensorBoard scalars of a finished run, when its event directory has none yet."""
+    from .tensorboard_log import STEPS_SUBDIR, RunLogger, has_events
+
+    directory = _tensorboard_dir(config)
+    if has_events(directory) and (not config.tensorboard_steps or has_events(directory / STEPS_SUBDIR)):
+        return  # logged already: a new event file would add nothing
+    history = result.get("history") or []
+    steps_file = Path(config.out) / STEPS_FILE
+    columns = read_steps(steps_file) if steps_file.is_file() else None
+    steps_per_epoch = (result.get("steps") or {}).get("steps_per_epoch") or (
+        int(columns["step"].max()) if columns is not None and len(columns["step"]) else 1
+    )
+    RunLogger(
+        _tensorboard_dir(config),
+        result.get("tasks") or [],
+        steps_per_epoch,
+        start_epoch=len(history),
+        history=history,
+        step_record=columns,
+        steps=config.tensorboard_steps,
+    ).close()
 
 
 @torch.no_grad()
