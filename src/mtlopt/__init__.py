@@ -38,6 +38,7 @@ from .weighting import (
     circle_preferences,
     non_uniformity,
 )
+from .weighting import DBMTL, DirectionMethod, DirectionOutput, ExcessMTL, MoCo
 
 
 def __getattr__(name: str) -> object:
@@ -98,6 +99,11 @@ __all__ = [
     "min_norm",
     "non_dominated",
     "non_uniformity",
+    "DBMTL",
+    "DirectionMethod",
+    "DirectionOutput",
+    "ExcessMTL",
+    "MoCo",
     "preference_vectors",
     "transfer_matrix",
 ]

@@ -3,7 +3,9 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO, IMTL-G, IMTL).
+  Pareto MTL, EPO, IMTL-G, IMTL);
+- :class:`DirectionMethod`: from the K×P Jacobian itself, with per-task per-parameter state, returning
+  the shared update (ExcessMTL, MoCo, DB-MTL).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import warnings
 from typing import Any
 
 from ._base import (
+    DirectionMethod,
+    DirectionOutput,
     FeatureBatch,
     GramianWeighting,
     HeadWeighting,
@@ -22,9 +26,11 @@ from ._base import (
     WeightingOutput,
     WeightSum,
 )
+from .db_mtl import DBMTL
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
+from .excess_mtl import ExcessMTL
 from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
@@ -33,6 +39,7 @@ from .imtl import IMTL
 from .imtl_g import IMTLG
 from .imtl_l import IMTLL
 from .mgda import MGDA
+from .moco import MoCo
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
@@ -69,6 +76,11 @@ __all__ = [
     "WeightingOutput",
     "circle_preferences",
     "non_uniformity",
+    "DBMTL",
+    "DirectionMethod",
+    "DirectionOutput",
+    "ExcessMTL",
+    "MoCo",
 ]
 
 # Every method exported here, for `mtlopt list`, the contract tests and the docs table.
@@ -90,6 +102,9 @@ METHODS: tuple[type[Method], ...] = (
     STCH,
     IMTLG,
     IMTL,
+    ExcessMTL,
+    MoCo,
+    DBMTL,
 )
 
 

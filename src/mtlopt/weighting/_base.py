@@ -9,6 +9,11 @@ r"""The two method protocols, chosen by what a method reads.
   GradNorm's balanced layer). How the weights are applied is the method's :attr:`update`:
   ``"combined"`` writes :math:`\sum_t w_t g_t` into the shared parameters (MGDA, PCGrad, ...);
   ``"loss"`` backpropagates the reweighted loss :math:`\sum_t w_t L_t` (GradNorm).
+- :class:`DirectionMethod` reads the K×P Jacobian itself (rows :math:`g_t`, w.r.t. the shared
+  parameters), the losses and its own per-task, per-parameter state (moving averages of the
+  gradients, per-coordinate accumulators) and returns the shared update :math:`d` (P,) directly,
+  with the weights for logging where it has them: ExcessMTL, MoCo, DB-MTL. The Gramian is not enough
+  for them: their state needs the gradients coordinate by coordinate.
 
 Both check their input once, here, before the method sees it: the number of tasks, shapes, finiteness.
 Both state the total weight their default update puts on the tasks (:attr:`Method.weight_sum`).
@@ -28,6 +33,8 @@ from .._options import check_choice
 from ..errors import NonFiniteError
 
 __all__ = [
+    "DirectionMethod",
+    "DirectionOutput",
     "FeatureBatch",
     "GramianWeighting",
     "HeadWeighting",
@@ -152,6 +159,91 @@ class LossWeighting(Method, ABC):
         # Not checked for finiteness: mtlopt.backward does (naming the task), unless told not to.
         output = self.weigh(values.detach().to("cpu", torch.float64))
         return LossOutput(self.objective(losses, output), _weights64(output.weights), output.diagnostics)
+
+
+@dataclass(frozen=True)
+class DirectionOutput:
+    """What a :class:`DirectionMethod` returns for one step.
+
+    Attributes:
+        direction: the shared update d, shape (P,), in the Jacobian's dtype and device; written into
+            ``.grad`` of the shared parameters (``θ ← θ − η d``).
+        weights: (K,) float64, the per-task coefficients of the update, for logging and for the heads
+            (``head_weighting="weighted"``) and ``weight_total``: the weights of the current gradients
+            where :math:`d = J^\top w` (ExcessMTL), else the coefficients of the method's own vectors
+            (MoCo: λ on its tracked Y; DB-MTL: ones, K unit-direction terms).
+        diagnostics: scalars worth logging.
+    """
+
+    direction: Tensor
+    weights: Tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class DirectionMethod(Method, ABC):
+    r"""A method that reads the K×P Jacobian itself and returns the shared update.
+
+    Subclasses implement :meth:`direct`. The Jacobian :math:`J` (rows :math:`g_t = \nabla_\theta L_t`,
+    the shared parameters flattened and concatenated in order) reaches it **in the model's dtype, on
+    the model's device**, promoted to at least float32 (float16 / bfloat16 gradients are promoted, so
+    that squared-gradient accumulators do not overflow): the per-task, per-parameter state (K×P) is
+    kept in that dtype and device, the size of K copies of the shared gradient, not twice that.
+    Under several processes :func:`mtlopt.backward` passes the all-reduced J (every rank holds the
+    same state) and under a ``GradScaler`` the unscaled J; a step with non-finite gradients under a
+    scaler is skipped before the method sees it, so its state does not move.
+
+    A method may override :meth:`transform_losses` (the losses whose gradients it reads; DB-MTL: their
+    logarithms) and sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla
+    L_t`). It takes its gradients w.r.t. ``shared_params=``; ``features=`` is refused (none of these
+    methods is defined on a representation's batch of gradients).
+
+    :meth:`compute` checks J (K×P, finite) and the losses ((K,), finite) once.
+    """
+
+    head_weighting: HeadWeighting = "unweighted"
+
+    @abstractmethod
+    def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
+        """The update of one step from the checked K×P Jacobian and the K float64 CPU loss values."""
+
+    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
+        """The K differentiable losses whose gradients the method reads (the user's by default)."""
+        return losses
+
+    def __call__(self, jacobian: Tensor, losses: Tensor) -> Tensor:
+        """The direction alone (see :meth:`compute`)."""
+        return self.compute(jacobian, losses).direction
+
+    def compute(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
+        """The checked direction, weights and diagnostics of one step (see :meth:`direct`)."""
+        who = type(self).__name__
+        if not isinstance(jacobian, Tensor):
+            raise TypeError(f"{who} needs the K×P Jacobian as a torch.Tensor, got {type(jacobian).__name__}")
+        if jacobian.ndim != 2:
+            raise ValueError(f"{who} needs a K×P Jacobian, got shape {tuple(jacobian.shape)}")
+        losses = _check_vector(self, losses, "losses")
+        K = jacobian.shape[0]
+        if self.num_tasks is not None and K != self.num_tasks:
+            source = self.num_tasks_source.format(n=self.num_tasks)
+            raise ValueError(f"{who} {source} but the Jacobian has {K} rows")
+        if losses.shape != (K,):
+            raise ValueError(f"{who} got a Jacobian of {K} rows but losses of shape {tuple(losses.shape)}")
+        self.check_num_tasks(K)
+        J = jacobian.detach()
+        if not J.is_floating_point() or J.dtype in (torch.float16, torch.bfloat16):
+            J = J.to(torch.float32)
+        if not bool(torch.isfinite(J).all()):
+            bad = sorted({int(i) for i in (~torch.isfinite(J)).nonzero()[:, 0]})
+            raise NonFiniteError(f"{who}: non-finite Jacobian entries in rows {bad}")
+        output = self.direct(J, _finite64(self, losses, "loss"))
+        weights = _weights64(output.weights)
+        if output.direction.shape != (J.shape[1],):
+            raise RuntimeError(
+                f"{who} returned a direction of shape {tuple(output.direction.shape)} for {J.shape[1]} parameters"
+            )
+        if weights.shape != (K,):
+            raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
+        return DirectionOutput(output.direction.detach(), weights, output.diagnostics)
 
 
 class GramianWeighting(Method, ABC):
