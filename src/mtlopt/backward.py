@@ -153,7 +153,7 @@ def backward(
     all_reduce_mean_([detached], group)  # methods see the global batch's losses
     if check_finite:  # after the all-reduce: a NaN on one rank makes every rank raise, none waits
         check_finite_losses(names, detached if group is not None else loss_vector)
-    if isinstance(weighting, (GramianWeighting, DirectionMethod)):  # IMTL: its scaled losses
+    if isinstance(weighting, GramianWeighting):  # the losses it combines (IMTL: its scaled losses)
         transformed = weighting.transform_losses(items)
         if transformed is not items:
             items = list(transformed)

@@ -173,11 +173,15 @@ class DirectionOutput:
             where :math:`d = J^\top w` (ExcessMTL), else the coefficients of the method's own vectors
             (MoCo: λ on its tracked Y; DB-MTL: ones, K unit-direction terms).
         diagnostics: scalars worth logging.
+        head_weights: (K,) the coefficients :math:`c_t` of the heads' update :math:`\sum_t c_t \nabla
+            L_t` when the method sets them (DB-MTL: :math:`1/(L_t + \epsilon)`, the gradient of
+            :math:`\log(L_t + \epsilon)`); None: as ``head_weighting`` says.
     """
 
     direction: Tensor
     weights: Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    head_weights: Tensor | None = None
 
 
 class DirectionMethod(Method, ABC):
@@ -192,23 +196,24 @@ class DirectionMethod(Method, ABC):
     same state) and under a ``GradScaler`` the unscaled J; a step with non-finite gradients under a
     scaler is skipped before the method sees it, so its state does not move.
 
-    A method may override :meth:`transform_losses` (the losses whose gradients it reads; DB-MTL: their
-    logarithms) and sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla
-    L_t`). It takes its gradients w.r.t. ``shared_params=``; ``features=`` is refused (none of these
+    A method sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla L_t`), or
+    returns its own head coefficients (:attr:`DirectionOutput.head_weights`). A method that reads the
+    gradients of a function of the losses (DB-MTL: of :math:`\log(L_t + \epsilon)`) applies the chain
+    rule to J and the (global) loss values, so that several processes compute what one would. It takes its gradients w.r.t. ``shared_params=``; ``features=`` is refused (none of these
     methods is defined on a representation's batch of gradients).
 
     :meth:`compute` checks J (K×P, finite) and the losses ((K,), finite) once.
     """
 
     head_weighting: HeadWeighting = "unweighted"
+    # Whether d = Jᵀw for the reported weights (ExcessMTL); False when they weigh the method's own
+    # vectors (MoCo's tracked Y, DB-MTL's rescaled moving averages): their sum is then not the total
+    # weight on the current gradients (see weight_sum).
+    weights_on_gradients: ClassVar[bool] = True
 
     @abstractmethod
     def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
         """The update of one step from the checked K×P Jacobian and the K float64 CPU loss values."""
-
-    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
-        """The K differentiable losses whose gradients the method reads (the user's by default)."""
-        return losses
 
     def __call__(self, jacobian: Tensor, losses: Tensor) -> Tensor:
         """The direction alone (see :meth:`compute`)."""
@@ -243,7 +248,10 @@ class DirectionMethod(Method, ABC):
             )
         if weights.shape != (K,):
             raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
-        return DirectionOutput(output.direction.detach(), weights, output.diagnostics)
+        heads = None if output.head_weights is None else _weights64(output.head_weights)
+        if heads is not None and heads.shape != (K,):
+            raise RuntimeError(f"{who} returned head weights of shape {tuple(heads.shape)} for {K} tasks")
+        return DirectionOutput(output.direction.detach(), weights, output.diagnostics, heads)
 
 
 class GramianWeighting(Method, ABC):

@@ -17,7 +17,10 @@ Loss balancing: the gradients are those of :math:`\log(L_t + \epsilon)`, i.e. :m
 ĝ starting at 0 with no bias correction: every task's moving average is rescaled to the largest
 one's norm and the K are summed, so :math:`\|d\| \le K \max_t \|\hat g_t\|`. The heads receive
 :math:`\nabla \log(L_t + \epsilon)`, unweighted (the official code backpropagates each log loss).
-The losses must exceed :math:`-\epsilon` (a ``ValueError`` names the task otherwise).
+The losses must exceed :math:`-\epsilon` (a ``ValueError`` names the task otherwise). Computed by the
+chain rule from the Jacobian of the losses themselves, :math:`\nabla L_t/(L_t+\epsilon)` with the
+global batch's loss values, so that two processes give what one gives on the whole batch (the log of
+a per-rank mean would not); the heads' coefficients are :math:`1/(L_t+\epsilon)`.
 
 =================  ===========================================  =====================================
 choice             here (default)                                peers
@@ -29,9 +32,11 @@ where J is taken   ``shared_params=`` (LibMTL refuses            --
                    ``rep_grad``)
 =================  ===========================================  =====================================
 
-Weights: none over the current gradients; the reported weights are ones (the K rescaled terms, as
-LibMTL returns), so ``weight_sum = "K"`` in :func:`mtlopt.backward`'s reading and ``weight_total``
-divides d by K / weight_total; the length of d is loss-dependent (log-loss gradients). State: ĝ (K×P,
+Weights: none over the current gradients (``weights_on_gradients = False``); the reported weights are
+ones (the K rescaled terms, as LibMTL returns), so ``weight_total`` divides d by K / weight_total.
+``weight_sum = "data-dependent"``: on K identical tasks :math:`d = K(1-\beta)\nabla L / (L+\epsilon)` on
+the first step, :math:`K \nabla L/(L+\epsilon)` once the average has settled (log-loss gradients).
+State: ĝ (K×P,
 the Jacobian's dtype and device) and the step; :meth:`reset` zeroes them. Diagnostics: ``step``,
 ``beta`` (β_k), ``ema_norms`` (:math:`\|\hat g_t\|`), ``scales`` (the K factors).
 """
@@ -43,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import DirectionMethod, DirectionOutput, WeightSum
+from ._base import DirectionMethod, DirectionOutput, HeadWeighting, WeightSum
 from ._state import check_state_keys, copied
 
 __all__ = ["DBMTL"]
@@ -54,8 +59,9 @@ _KEYS = {"grad_buffer", "step"}
 class DBMTL(DirectionMethod):
     """DB-MTL (Lin et al. 2023); see the module docstring for the rule and the options."""
 
-    weight_sum: WeightSum = "K"
-    head_weighting = "unweighted"
+    weight_sum: WeightSum = "data-dependent"
+    weights_on_gradients = False
+    head_weighting: HeadWeighting = "unweighted"
 
     def __init__(self, beta: float = 0.9, *, beta_decay: float = 0.0, eps: float = 1e-8) -> None:
         for name, value, low in (("beta", beta, "[0, 1)"), ("beta_decay", beta_decay, ">= 0"), ("eps", eps, "> 0")):
@@ -85,20 +91,17 @@ class DBMTL(DirectionMethod):
         self.grad_buffer = copied(state["grad_buffer"])
         self.step = int(state["step"])
 
-    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
-        """:math:`\\log(L_t + \\epsilon)` (the gradients DB-MTL reads, and the heads receive)."""
-        values = torch.stack([loss.detach().to(torch.float64) for loss in losses])
-        bad = (values <= -self.eps).nonzero()[:, 0].tolist()
+    def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
+        K = jacobian.shape[0]
+        bad = (losses <= -self.eps).nonzero()[:, 0].tolist()
         if bad:
             raise ValueError(
                 f"DBMTL takes log(L + {self.eps:g}) of the losses: task(s) {bad} have losses "
-                f"{[float(values[t]) for t in bad]} <= -eps"
+                f"{[float(losses[t]) for t in bad]} <= -eps"
             )
-        return [torch.log(loss + self.eps) for loss in losses]
-
-    def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
-        J = jacobian
-        K = J.shape[0]
+        shifted = losses + self.eps
+        # the chain rule on the global batch's J and losses: ∇ log(L + ε) = ∇L / (L + ε)
+        J = jacobian / shifted.to(jacobian.device, jacobian.dtype)[:, None]
         if self.grad_buffer is None:
             self.grad_buffer = torch.zeros_like(J)
         elif self.grad_buffer.shape != J.shape:
@@ -119,4 +122,5 @@ class DBMTL(DirectionMethod):
             "ema_norms": norms.tolist(),
             "scales": scales.tolist(),
         }
-        return DirectionOutput(direction, torch.ones(K, dtype=torch.float64), diagnostics)
+        ones = torch.ones(K, dtype=torch.float64)
+        return DirectionOutput(direction, ones, diagnostics, head_weights=1.0 / shifted)

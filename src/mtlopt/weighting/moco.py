@@ -38,8 +38,10 @@ choice                    here (default)                         peers
 ``head_weighting``        ``"unweighted"`` (official, LibMTL)    ``"weighted"``
 ========================  =====================================  ====================================
 
-``weight_sum = "1"`` (λ ∈ Δ, applied to Y, not to the current gradients; K with ``"num-tasks"``); the
-reported weights are cλ. State: Y (K×P, the Jacobian's dtype and device), λ (float64), the step;
+``weight_sum = "data-dependent"``: Σλ = 1 (c with ``"num-tasks"``), but λ weighs the tracked Y, not the
+current gradients (``weights_on_gradients = False``): Y starts at 0, so on the first step
+:math:`d = \beta_0 c\, J^\top\lambda` (total β on identical tasks), tending to c as Y tracks J. The reported weights are cλ
+(``weight_total`` rescales them, and d with them). State: Y (K×P, the Jacobian's dtype and device), λ (float64), the step;
 :meth:`reset` restores the start. Diagnostics: ``step``, ``beta``, ``gamma`` (this step's β_k, γ_k),
 ``tracking_error`` (:math:`\|Y - J\|_F / \|J\|_F` after the update); :func:`mtlopt.backward` adds
 ``weight_sum`` and ``direction_norm``.
@@ -75,7 +77,8 @@ def _rate(name: str, value: float, nonnegative: bool = False) -> float:
 class MoCo(DirectionMethod):
     """MoCo (Fernando et al. 2023); see the module docstring for the rule and the options."""
 
-    weight_sum: WeightSum = "1"
+    weight_sum: WeightSum = "data-dependent"
+    weights_on_gradients = False
 
     def __init__(
         self,
@@ -108,7 +111,6 @@ class MoCo(DirectionMethod):
         self.lambda_map = lambda_map
         self.weight_scale = weight_scale
         self.head_weighting = head_weighting
-        self.weight_sum = "1" if weight_scale == "one" else "K"
         self.reset()
 
     def reset(self) -> None:
