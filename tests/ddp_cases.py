@@ -251,6 +251,9 @@ CASES = {
     "imtl": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "features"),
     "imtl-shared": weighting_case(lambda model: mtlopt.IMTL(TASKS).double(), "shared"),
     "imtl-features-sum": weighting_case(lambda model: mtlopt.IMTL(TASKS, feature_batch="sum").double(), "features"),
+    "excess-mtl": weighting_case(lambda model: mtlopt.ExcessMTL(0.5), "shared"),
+    "moco": weighting_case(lambda model: mtlopt.MoCo(0.5, 0.5, rho=0.1), "shared"),
+    "db-mtl": weighting_case(lambda model: mtlopt.DBMTL(0.5), "shared"),
 }  # fmt: skip
 
 

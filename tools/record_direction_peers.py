@@ -27,7 +27,10 @@ import direction_scenario as sc  # noqa: E402
 
 def main() -> None:
     head = subprocess.run(
-        ["git", f"--git-dir={sc.LIBMTL_MIRROR}", "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ["git", f"--git-dir={sc.LIBMTL_MIRROR}", "rev-parse", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     record: dict[str, Any] = {
         "_about": {

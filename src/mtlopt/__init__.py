@@ -13,6 +13,7 @@ from .population import Population, PopulationStepResult, Transfer, transfer_mat
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
 from .weighting import (
+    DBMTL,
     DWA,
     EPO,
     EW,
@@ -25,12 +26,16 @@ from .weighting import (
     RLW,
     SI,
     STCH,
+    DirectionMethod,
+    DirectionOutput,
+    ExcessMTL,
     FixedWeights,
     GradNorm,
     GramianWeighting,
     LossOutput,
     LossWeighting,
     Method,
+    MoCo,
     ParetoMTL,
     PCGrad,
     UncertaintyWeighting,
@@ -38,7 +43,6 @@ from .weighting import (
     circle_preferences,
     non_uniformity,
 )
-from .weighting import DBMTL, DirectionMethod, DirectionOutput, ExcessMTL, MoCo
 
 
 def __getattr__(name: str) -> object:
@@ -55,6 +59,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "EPO",
     "EW",
@@ -71,6 +76,9 @@ __all__ = [
     "AlternatingStepResult",
     "AlternatingSteps",
     "BackwardResult",
+    "DirectionMethod",
+    "DirectionOutput",
+    "ExcessMTL",
     "FixedWeights",
     "GradNorm",
     "GramianWeighting",
@@ -79,6 +87,7 @@ __all__ = [
     "LossWeighting",
     "Method",
     "MinNormResult",
+    "MoCo",
     "NonFiniteError",
     "PCGrad",
     "ParetoMTL",
@@ -99,11 +108,6 @@ __all__ = [
     "min_norm",
     "non_dominated",
     "non_uniformity",
-    "DBMTL",
-    "DirectionMethod",
-    "DirectionOutput",
-    "ExcessMTL",
-    "MoCo",
     "preference_vectors",
     "transfer_matrix",
 ]

@@ -96,8 +96,8 @@ def direction_backward(
     if heads:
         coefficients = ctx.head_coefficients(weights, loss_vector)
         if output.head_weights is not None:  # the method's own (DB-MTL: 1/(L_t + ε))
-            own = output.head_weights * (factor if method.head_weighting == "weighted" else 1.0)
-            coefficients = own.to(loss_vector.device, loss_vector.dtype)
+            given = output.head_weights * (factor if method.head_weighting == "weighted" else 1.0)
+            coefficients = given.to(loss_vector.device, loss_vector.dtype)
         torch.autograd.backward(
             (coefficients * loss_vector).sum(), inputs=heads, retain_graph=ctx.retain_graph
         )

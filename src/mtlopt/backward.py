@@ -47,13 +47,13 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
+from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
 from ._task_step import StepContext, checked_gramian, fill_nan
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import Jacobian, JacobianMethod, choose_method
-from ._direction import direction_backward
 from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 

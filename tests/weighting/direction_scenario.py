@@ -47,7 +47,9 @@ def batch(step: int) -> tuple[Tensor, Tensor]:
     if not _DATA:
         g = torch.Generator().manual_seed(2)
         _DATA["x"] = torch.randn(32, 4, generator=g, dtype=F64)
-        _DATA["y"] = torch.randn(32, K, generator=g, dtype=F64) * torch.tensor([1.0, 3.0, 0.3], dtype=F64) + 0.5
+        _DATA["y"] = (
+            torch.randn(32, K, generator=g, dtype=F64) * torch.tensor([1.0, 3.0, 0.3], dtype=F64) + 0.5
+        )
     rows = slice((step % 4) * 8, (step % 4) * 8 + 8)
     return _DATA["x"][rows], _DATA["y"][rows]
 
@@ -95,9 +97,7 @@ def _cases() -> dict[str, tuple[Callable[[], Any], str, dict[str, Any]]]:
         ),
         # TorchJD: Σw = 1, its n_warmup_steps=1 is the official first step; heads get ∇L_t
         "excess-mtl-torchjd": (
-            lambda: mtlopt.ExcessMTL(
-                1.0, weight_scale="one", baseline_eps=1e-7, head_weighting="unweighted"
-            ),
+            lambda: mtlopt.ExcessMTL(1.0, weight_scale="one", baseline_eps=1e-7, head_weighting="unweighted"),
             "torchjd:ExcessMTL",
             {"robust_step_size": 1.0, "n_warmup_steps": 1},
         ),
@@ -114,14 +114,24 @@ def _cases() -> dict[str, tuple[Callable[[], Any], str, dict[str, Any]]]:
                 0.5, 0.1, beta_decay=0.5, gamma_decay=0.5, normalize="unit-times-loss", lambda_map="softmax"
             ),
             "libmtl:MoCo",
-            {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0},
+            {
+                "MoCo_beta": 0.5,
+                "MoCo_beta_sigma": 0.5,
+                "MoCo_gamma": 0.1,
+                "MoCo_gamma_sigma": 0.5,
+                "MoCo_rho": 0.0,
+            },
         ),
         "moco-libmtl-rho": (
-            lambda: mtlopt.MoCo(
-                0.99, 0.5, rho=0.1, normalize="unit-times-loss", lambda_map="softmax"
-            ),
+            lambda: mtlopt.MoCo(0.99, 0.5, rho=0.1, normalize="unit-times-loss", lambda_map="softmax"),
             "libmtl:MoCo",
-            {"MoCo_beta": 0.99, "MoCo_beta_sigma": 0.0, "MoCo_gamma": 0.5, "MoCo_gamma_sigma": 0.0, "MoCo_rho": 0.1},
+            {
+                "MoCo_beta": 0.99,
+                "MoCo_beta_sigma": 0.0,
+                "MoCo_gamma": 0.5,
+                "MoCo_gamma_sigma": 0.0,
+                "MoCo_rho": 0.1,
+            },
         ),
         "db-mtl-libmtl": (lambda: mtlopt.DBMTL(), "libmtl:DB_MTL", {"DB_beta": 0.9, "DB_beta_sigma": 0.0}),
         "db-mtl-libmtl-decay": (

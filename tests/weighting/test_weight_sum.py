@@ -35,7 +35,11 @@ def identical_tasks(K: int):
 def measured_total(name: str, K: int, **backward_options) -> tuple[float, mtlopt.BackwardResult]:
     theta, losses, g = identical_tasks(K)
     method = BUILDERS[name][0](K, [theta])
-    where = {} if isinstance(method, mtlopt.LossWeighting) or getattr(method, "probe", None) else {"shared_params": [theta]}
+    where = (
+        {}
+        if isinstance(method, mtlopt.LossWeighting) or getattr(method, "probe", None)
+        else {"shared_params": [theta]}
+    )
     result = mtlopt.backward(losses, method, **where, **backward_options)
     total = float(theta.grad @ g / (g @ g))
     torch.testing.assert_close(theta.grad, total * g, rtol=1e-10, atol=1e-12)  # the update is along ∇f

@@ -48,6 +48,7 @@ from .stch import STCH
 from .uw import UncertaintyWeighting
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "EPO",
     "EW",
@@ -60,6 +61,9 @@ __all__ = [
     "RLW",
     "SI",
     "STCH",
+    "DirectionMethod",
+    "DirectionOutput",
+    "ExcessMTL",
     "FeatureBatch",
     "FixedWeights",
     "GradNorm",
@@ -68,6 +72,7 @@ __all__ = [
     "LossOutput",
     "LossWeighting",
     "Method",
+    "MoCo",
     "PCGrad",
     "ParetoMTL",
     "UncertaintyWeighting",
@@ -76,11 +81,6 @@ __all__ = [
     "WeightingOutput",
     "circle_preferences",
     "non_uniformity",
-    "DBMTL",
-    "DirectionMethod",
-    "DirectionOutput",
-    "ExcessMTL",
-    "MoCo",
 ]
 
 # Every method exported here, for `mtlopt list`, the contract tests and the docs table.

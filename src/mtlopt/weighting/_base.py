@@ -163,7 +163,7 @@ class LossWeighting(Method, ABC):
 
 @dataclass(frozen=True)
 class DirectionOutput:
-    """What a :class:`DirectionMethod` returns for one step.
+    r"""What a :class:`DirectionMethod` returns for one step.
 
     Attributes:
         direction: the shared update d, shape (P,), in the Jacobian's dtype and device; written into

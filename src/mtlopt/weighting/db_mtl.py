@@ -64,7 +64,11 @@ class DBMTL(DirectionMethod):
     head_weighting: HeadWeighting = "unweighted"
 
     def __init__(self, beta: float = 0.9, *, beta_decay: float = 0.0, eps: float = 1e-8) -> None:
-        for name, value, low in (("beta", beta, "[0, 1)"), ("beta_decay", beta_decay, ">= 0"), ("eps", eps, "> 0")):
+        for name, value, low in (
+            ("beta", beta, "[0, 1)"),
+            ("beta_decay", beta_decay, ">= 0"),
+            ("eps", eps, "> 0"),
+        ):
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not value < float("inf"):
                 raise ValueError(f"DBMTL {name} must be a finite number {low}, got {value!r}")

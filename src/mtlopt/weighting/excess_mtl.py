@@ -86,7 +86,9 @@ class ExcessMTL(DirectionMethod):
         baseline_eps: float = 0.0,
         head_weighting: HeadWeighting = "weighted",
     ) -> None:
-        check_method_options(self, weight_scale=(weight_scale, WeightScale), head_weighting=(head_weighting, HeadWeighting))
+        check_method_options(
+            self, weight_scale=(weight_scale, WeightScale), head_weighting=(head_weighting, HeadWeighting)
+        )
         if not (isinstance(step_size, (int, float)) and 0 < step_size < float("inf")):
             raise ValueError(f"ExcessMTL step_size must be a finite number > 0, got {step_size!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
