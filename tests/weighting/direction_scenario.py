@@ -134,6 +134,19 @@ def _cases() -> dict[str, tuple[Callable[[], Any], str, dict[str, Any]]]:
             },
         ),
         "db-mtl-libmtl": (lambda: mtlopt.DBMTL(), "libmtl:DB_MTL", {"DB_beta": 0.9, "DB_beta_sigma": 0.0}),
+        # GradDrop at the representation (LibMTL 1.1.5, rep_grad=True; its purity has +1e-7), its
+        # torch.rand_like drawing from a generator seeded as ours; TorchJD's on J (torch.rand patched)
+        "graddrop-libmtl": (
+            lambda: mtlopt.GradDrop(purity_eps=1e-7, seed=5),
+            "libmtl:GradDrop",
+            {"leak": 0.0},
+        ),
+        "graddrop-libmtl-leak": (
+            lambda: mtlopt.GradDrop(leak=0.3, purity_eps=1e-7, seed=5),
+            "libmtl:GradDrop",
+            {"leak": 0.3},
+        ),
+        "graddrop-torchjd": (lambda: mtlopt.GradDrop("parameters", seed=5), "torchjd:GradDrop", {}),
         "db-mtl-libmtl-decay": (
             lambda: mtlopt.DBMTL(0.5, beta_decay=0.5),
             "libmtl:DB_MTL",
@@ -156,26 +169,47 @@ def run_mtlopt(case: str, **backward_kwargs: Any) -> dict[str, list[list[float]]
     def step(net: Model, x: Tensor, y: Tensor) -> Tensor:
         z = net.encoder(x)
         losses = net.losses_of([head(z) for head in net.heads], y)
-        return mtlopt.backward(losses, method, shared_params=net.encoder, **backward_kwargs).weights
+        reads = getattr(method, "reads", "parameters")
+        where = {"features": z} if reads == "features" else {"shared_params": net.encoder}
+        return mtlopt.backward(losses, method, **where, **backward_kwargs).weights
 
     return run(step, model())
 
 
+def seeded_draws(seed: int) -> Callable[..., Tensor]:
+    """Uniform draws as GradDrop's: float64 on the CPU from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = torch.rand
+
+    def draw(shape: Any, dtype: torch.dtype | None = None, device: Any = None) -> Tensor:
+        return rand(tuple(shape), generator=generator, dtype=F64).to(device=device, dtype=dtype or F64)
+
+    return draw
+
+
 def run_torchjd(case: str) -> dict[str, list[list[float]]]:
-    """TorchJD's ExcessMTL on the Jacobian w.r.t. the encoder (``mtl_backward`` + ``jac_to_grad``)."""
-    from torchjd.aggregation import ExcessMTL
+    """TorchJD's aggregator on the Jacobian w.r.t. the encoder (``mtl_backward`` + ``jac_to_grad``)."""
+    from torchjd import aggregation
     from torchjd.autojac import jac_to_grad, mtl_backward
 
-    aggregator = ExcessMTL(**cases()[case][2])
+    name = cases()[case][1].split(":")[1]
+    aggregator = getattr(aggregation, name)(**cases()[case][2])
     weights: list[Tensor] = []
-    aggregator.weighting.register_forward_hook(lambda _m, _i, out: weights.append(out.detach().clone()))
+    if name == "ExcessMTL":
+        aggregator.weighting.register_forward_hook(lambda _m, _i, out: weights.append(out.detach().clone()))
+    draw = seeded_draws(5)
+    rand = torch.rand
 
     def step(net: Model, x: Tensor, y: Tensor) -> Tensor:
         z = net.encoder(x)
         losses = net.losses_of([head(z) for head in net.heads], y)
         mtl_backward(losses, features=z)
-        jac_to_grad(list(net.encoder.parameters()), aggregator)
-        return weights[-1]
+        torch.rand = lambda shape, dtype=None, device=None: draw(shape, dtype, device)  # type: ignore[assignment]
+        try:
+            jac_to_grad(list(net.encoder.parameters()), aggregator)
+        finally:
+            torch.rand = rand
+        return weights[-1] if weights else torch.ones(K, dtype=F64)
 
     return run(step, model())
 
@@ -200,17 +234,29 @@ def libmtl_head_class(name: str) -> type:
     return getattr(sys.modules[key], name)
 
 
-def libmtl_available() -> bool:
+def libmtl_available(case: str = "") -> bool:
+    """LibMTL imports (and, but for GradDrop, the mirror of its HEAD is here)."""
     from mtlopt.benchmarks.speed import import_peer
 
-    return LIBMTL_MIRROR.exists() and import_peer("libmtl") is not None
+    head = not case.startswith("graddrop")
+    return (LIBMTL_MIRROR.exists() or not head) and import_peer("libmtl") is not None
 
 
 def run_libmtl(case: str) -> dict[str, list[list[float]]]:
     """LibMTL HEAD's ``X.backward(losses, **config)`` on ``class M(HPS, X)``, same weights and batches."""
     _, peer, config = cases()[case]
-    weighting = libmtl_head_class(peer.split(":")[1])  # imports LibMTL (with its torchvision stub)
+    name = peer.split(":")[1]
+    if name == "GradDrop":  # in the installed 1.1.5
+        from mtlopt.benchmarks.speed import import_peer
+
+        assert import_peer("libmtl") is not None
+        from LibMTL.weighting import GradDrop as weighting
+    else:
+        weighting = libmtl_head_class(name)  # imports LibMTL (with its torchvision stub)
     from LibMTL.architecture import HPS
+
+    rep_grad = name == "GradDrop"
+    draw = seeded_draws(5)
 
     class M(HPS, weighting):  # type: ignore[misc, valid-type]
         def zero_grad_share_params(self) -> None:
@@ -219,7 +265,7 @@ def run_libmtl(case: str) -> dict[str, list[list[float]]]:
     ours = model()
     names = [f"t{t}" for t in range(K)]
     decoders = nn.ModuleDict({name: head for name, head in zip(names, ours.heads)})
-    net = M(names, lambda: ours.encoder, decoders, False, False, torch.device("cpu"))
+    net = M(names, lambda: ours.encoder, decoders, rep_grad, False, torch.device("cpu"))
     ours.heads = nn.ModuleList(decoders[name] for name in names)
     default = torch.get_default_dtype()
     # LibMTL allocates its buffers in the default dtype: float64 here (not float32 rounding)
@@ -233,10 +279,14 @@ def run_libmtl(case: str) -> dict[str, list[list[float]]]:
         out = net(x)
         losses = ours.losses_of([out[name] for name in names], y)
         torch.set_default_dtype(F64)
+        rand_like = torch.rand_like
+        torch.rand_like = lambda t: draw(t.shape, t.dtype, t.device)  # type: ignore[assignment]
         try:
-            return torch.as_tensor(net.backward(torch.stack(losses), **config))
+            out = net.backward(torch.stack(losses), **config)
         finally:
             torch.set_default_dtype(default)
+            torch.rand_like = rand_like
+        return torch.ones(K, dtype=F64) if out is None else torch.as_tensor(out)
 
     return run(step, ours)
 

@@ -30,6 +30,7 @@ METHODS = {
     "excess-mtl": lambda: mtlopt.ExcessMTL(0.5),
     "moco": lambda: mtlopt.MoCo(0.5, 0.5, rho=0.1),
     "db-mtl": lambda: mtlopt.DBMTL(0.5),
+    "graddrop-shared": lambda: mtlopt.GradDrop("parameters", leak=0.1, seed=2),
 }
 
 
@@ -65,7 +66,7 @@ def test_weights_and_grads_agree_with_the_recorded_peer_over_every_step(case):
     weights = torch.tensor(peer["weights"], dtype=F64)
     grads = torch.tensor(peer["grads"], dtype=F64)
     assert (grads[1:] - grads[:-1]).abs().max() > 1e-3  # the runs move: the state is exercised
-    if not case.startswith("db-mtl"):
+    if not case.startswith(("db-mtl", "graddrop")):
         assert (weights[-1] - weights[0]).abs().max() > 1e-4
 
 
@@ -84,7 +85,7 @@ def _peer_available(case: str) -> None:
     peer = sc.cases()[case][1]
     if peer.startswith("torchjd") and import_peer("torchjd") is None:
         pytest.skip("TorchJD is not installed here (tools/record_direction_peers.py runs it elsewhere)")
-    if peer.startswith("libmtl") and not sc.libmtl_available():
+    if peer.startswith("libmtl") and not sc.libmtl_available(case):
         pytest.skip("LibMTL or the mirror of its GitHub HEAD is not here")
 
 
@@ -223,6 +224,94 @@ def test_db_mtl_follows_algorithm_1_on_log_loss_gradients():
     assert np.linalg.norm(d) <= 3 * norms.max() * (1 + 1e-12)
 
 
+def graddrop_reference(S, seed, leak=0.0, eps=0.0):
+    """Algorithm 1's masks on signed gradients S (K, ...), U from a generator seeded as GradDrop's."""
+    P = 0.5 * (1 + S.sum(0) / (np.abs(S).sum(0) + eps))
+    U = torch.rand(P.shape, generator=torch.Generator().manual_seed(seed), dtype=F64).numpy()
+    M = (P > U) * (S > 0) + (P < U) * (S < 0)
+    return leak + (1 - leak) * M
+
+
+def test_graddrop_on_the_jacobian_follows_algorithm_1():
+    J = random_jacobians(1, P=40)[0]
+    out = mtlopt.GradDrop("parameters", leak=0.25, seed=9).compute(
+        torch.from_numpy(J), torch.ones(3, dtype=F64)
+    )
+    mask = graddrop_reference(J, 9, 0.25)
+    np.testing.assert_allclose(out.direction.numpy(), (mask * J).sum(0), rtol=1e-13)
+    assert 0 < min(out.diagnostics["kept"]) and max(out.diagnostics["kept"]) < 1  # it drops something
+    same = np.tile(J[:1], (3, 1))  # identical tasks: nothing dropped, the sum
+    agree = mtlopt.GradDrop("parameters").compute(torch.from_numpy(same), torch.ones(3, dtype=F64))
+    np.testing.assert_allclose(agree.direction.numpy(), 3 * J[0], rtol=1e-14)
+
+
+def test_graddrop_at_the_features_masks_elements_and_backpropagates_once():
+    net = Net()
+    x, y = data()
+    z = net.encoder(x)
+    losses = [((h(z).squeeze(1) - y[:, t]) ** 2).mean() + 0.1 for t, h in enumerate(net.heads)]
+    per_task = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses])
+    signed = (per_task * z.detach().sign()).sum(1).numpy()
+    mask = torch.from_numpy(graddrop_reference(signed, 4, 0.1))
+    expected_z = (mask[:, None, :] * per_task).sum(0)
+    reference = Net()
+    z_ref = reference.encoder(x)
+    z_ref.backward(expected_z)
+    sum(
+        ((h(z_ref.detach()).squeeze(1) - y[:, t]) ** 2).mean() for t, h in enumerate(reference.heads)
+    ).backward()
+    result = mtlopt.backward(losses, mtlopt.GradDrop(leak=0.1, seed=4), features=z)
+    for p, q in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-15)
+    assert result.weights.tolist() == [1.0, 1.0, 1.0] and result.diagnostics["weight_sum"] == 3.0
+
+
+def test_graddrop_draws_are_resumed_and_reset():
+    method = mtlopt.GradDrop("parameters", seed=1)
+    J = torch.from_numpy(random_jacobians(1, P=30)[0])
+    method.compute(J, torch.ones(3, dtype=F64))
+    saved = copy.deepcopy(method.state_dict())
+    second = method.compute(J, torch.ones(3, dtype=F64)).direction
+    other = mtlopt.GradDrop("parameters", seed=1)
+    other.load_state_dict(saved)
+    assert torch.equal(other.compute(J, torch.ones(3, dtype=F64)).direction, second)
+    method.reset()
+    first = mtlopt.GradDrop("parameters", seed=1).compute(J, torch.ones(3, dtype=F64)).direction
+    assert torch.equal(method.compute(J, torch.ones(3, dtype=F64)).direction, first)
+    assert not torch.equal(first, second)
+
+
+def test_graddrop_level_and_inputs_must_match():
+    net = Net()
+    x, y = data()
+    with pytest.raises(
+        ValueError, match="GradDrop reads the per-task gradients w.r.t. the shared representation"
+    ):
+        mtlopt.backward(net.losses(x, y), mtlopt.GradDrop(), shared_params=net.encoder)
+    with pytest.raises(ValueError, match="level='features'.*pass features"):
+        mtlopt.GradDrop().compute(torch.ones(3, 4, dtype=F64), torch.ones(3, dtype=F64))
+    z = net.encoder(x)
+    with pytest.raises(ValueError, match=r"GradDrop needs features of shape \(batch, ...\)"):
+        mtlopt.backward([z.sum() * 0 + z[0, 0], z[0, 1]], mtlopt.GradDrop(), features=z[0])
+    with pytest.raises(ValueError, match="GradDrop was set up for 2 tasks but got 3 losses"):
+        mtlopt.backward(net.losses(x, y), mtlopt.GradDrop(leak=[0.1, 0.2]), features=z)
+    with pytest.raises(ValueError, match=r"GradDrop leak must be a number in \[0, 1\]"):
+        mtlopt.GradDrop(leak=1.5)
+
+
+def test_graddrop_features_under_a_grad_scaler():
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        net = Net()
+        x, y = data()
+        z = net.encoder(x)
+        losses = [((h(z).squeeze(1) - y[:, t]) ** 2).mean() + 0.1 for t, h in enumerate(net.heads)]
+        mtlopt.backward(losses, mtlopt.GradDrop(seed=3), features=z, scaler=scaler)
+        runs.append(grads(net))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b, a * 2.0**10, rtol=1e-10, atol=1e-12)
+
+
 def test_db_mtl_refuses_losses_below_minus_eps():
     with pytest.raises(ValueError, match=r"DBMTL takes log\(L \+ 1e-08\).*task\(s\) \[1\]"):
         mtlopt.DBMTL().compute(torch.ones(2, 3, dtype=F64), torch.tensor([1.0, -0.5], dtype=F64))
@@ -250,7 +339,9 @@ def test_bad_options_are_refused_naming_the_value(build, match):
 
 
 def test_a_jacobian_of_another_shape_after_the_first_step_is_refused():
-    for build in METHODS.values():
+    for name, build in METHODS.items():
+        if name.startswith("graddrop"):  # no per-parameter state
+            continue
         method = build()
         method.compute(torch.randn(3, 4, dtype=F64), torch.ones(3, dtype=F64))
         with pytest.raises(ValueError, match="call reset"):
@@ -276,6 +367,12 @@ class Net(nn.Module):
 def data(dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(8, 4, generator=g).to(dtype), torch.randn(8, 3, generator=g).to(dtype)
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
 
 
 def grads(net):
@@ -338,7 +435,7 @@ def test_state_dict_resumes_exactly_through_backward(name):
     with pytest.raises(KeyError, match="expects the keys"):
         again_method.load_state_dict({"step": 1})
     again_method.reset()
-    assert again_method.state_dict() == METHODS[name]().state_dict()
+    assert same_state(again_method.state_dict(), METHODS[name]().state_dict())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -365,7 +462,7 @@ def test_an_overflow_under_a_grad_scaler_skips_the_step_and_leaves_the_state(nam
     result = mtlopt.backward(net.losses(x, y * 1e6), method, shared_params=net.encoder, scaler=scaler)
     assert result.diagnostics["skipped"] and bool(torch.isnan(result.weights).all())
     assert all(bool(torch.isnan(p.grad).all()) for p in net.parameters())
-    assert method.state_dict() == METHODS[name]().state_dict()
+    assert same_state(method.state_dict(), METHODS[name]().state_dict())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -440,6 +537,7 @@ def make_runner(name, options=None):
         ("excess-mtl", {"step-size": 0.5, "weight-scale": "one", "warmup-steps": 2}, ("step_size", 0.5)),
         ("moco", {"lambda-map": "softmax", "normalize": "l2", "gamma": 0.2}, ("lambda_map", "softmax")),
         ("db-mtl", {"beta": 0.5, "beta-decay": 0.5}, ("beta_decay", 0.5)),
+        ("graddrop", {"level": "parameters", "leak": 0.2}, ("level", "parameters")),
     ],
 )
 def test_runners_pass_their_options_and_resume_exactly(name, options, check):

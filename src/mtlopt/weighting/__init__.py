@@ -5,7 +5,7 @@
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
   Pareto MTL, EPO, IMTL-G, IMTL);
 - :class:`DirectionMethod`: from the K×P Jacobian itself, with per-task per-parameter state, returning
-  the shared update (ExcessMTL, MoCo, DB-MTL).
+  the shared update (ExcessMTL, MoCo, DB-MTL, GradDrop).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .excess_mtl import ExcessMTL
 from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
+from .graddrop import GradDrop
 from .gradnorm import GradNorm
 from .imtl import IMTL
 from .imtl_g import IMTLG
@@ -66,6 +67,7 @@ __all__ = [
     "ExcessMTL",
     "FeatureBatch",
     "FixedWeights",
+    "GradDrop",
     "GradNorm",
     "GramianWeighting",
     "HeadWeighting",
@@ -105,6 +107,7 @@ METHODS: tuple[type[Method], ...] = (
     ExcessMTL,
     MoCo,
     DBMTL,
+    GradDrop,
 )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -199,8 +200,11 @@ class DirectionMethod(Method, ABC):
     A method sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla L_t`), or
     returns its own head coefficients (:attr:`DirectionOutput.head_weights`). A method that reads the
     gradients of a function of the losses (DB-MTL: of :math:`\log(L_t + \epsilon)`) applies the chain
-    rule to J and the (global) loss values, so that several processes compute what one would. It takes its gradients w.r.t. ``shared_params=``; ``features=`` is refused (none of these
-    methods is defined on a representation's batch of gradients).
+    rule to J and the (global) loss values, so that several processes compute what one would.
+
+    Where it reads its gradients is its ``reads``: ``"parameters"`` (:meth:`direct` on J w.r.t.
+    ``shared_params=``) or ``"features"`` (:meth:`direct_features` on the per-task gradients w.r.t. the
+    representation ``features=`` Z, elementwise: GradDrop's masks); the other one is refused.
 
     :meth:`compute` checks J (K×P, finite) and the losses ((K,), finite) once.
     """
@@ -210,6 +214,16 @@ class DirectionMethod(Method, ABC):
     # vectors (MoCo's tracked Y, DB-MTL's rescaled moving averages): their sum is then not the total
     # weight on the current gradients (see weight_sum).
     weights_on_gradients: ClassVar[bool] = True
+    reads: Literal["parameters", "features"] = "parameters"
+
+    def direct_features(
+        self, grads: Tensor, features: Tensor, losses: Tensor, reduce: Callable[[Tensor], Tensor]
+    ) -> DirectionOutput:
+        """The gradient to send into Z, shape ``features.shape``, from the (K, *Z.shape) per-task
+        gradients w.r.t. Z (unscaled, finite, at least float32), Z itself (detached) and the K loss
+        values. ``reduce`` averages a tensor over the processes (the identity in one): statistics of
+        the global batch go through it, so that every rank takes the same decisions."""
+        raise NotImplementedError(f"{type(self).__name__} does not read gradients w.r.t. features")
 
     @abstractmethod
     def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:

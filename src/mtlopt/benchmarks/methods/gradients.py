@@ -5,7 +5,8 @@ IMTL-G and the IMTL hybrid (IMTL-L's learned scales, then IMTL-G). Both take the
 the default) or ``shared`` (the encoder's parameters).
 
 ExcessMTL, MoCo and DB-MTL (direction methods: the K×P Jacobian itself, per-task per-parameter
-state) take their gradients w.r.t. the encoder's parameters.
+state) take their gradients w.r.t. the encoder's parameters; GradDrop where its ``--level`` says
+(the representation by default, the paper's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 import mtlopt
 from mtlopt._options import choices
-from mtlopt.weighting import FeatureBatch, excess_mtl, imtl_g, moco
+from mtlopt.weighting import FeatureBatch, excess_mtl, graddrop, imtl_g, moco
 
 from ._base import Option, register
 from .weightings import SingleModelRunner
@@ -154,3 +155,28 @@ class DBMTLRunner(DirectionRunner):
 
     def weighting(self) -> mtlopt.Method:
         return mtlopt.DBMTL(self.config["beta"], beta_decay=self.config["beta-decay"])
+
+
+@register
+class GradDropRunner(SingleModelRunner):
+    name = "graddrop"
+    description = "GradDrop (Chen et al. 2020): each task's gradient kept where its sign wins a random draw"
+    options = (
+        Option(
+            "level",
+            "features",
+            "masks on the representation's gradients (paper) or on the Jacobian's coordinates",
+            choices(graddrop.Level),
+        ),
+        Option("leak", 0.0, "share of each task's gradient always kept", parse=float),
+        Option("purity-eps", 0.0, "added to the purity's denominator (LibMTL 1e-7)", parse=float),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        c = self.config
+        return mtlopt.GradDrop(c["level"], leak=c["leak"], purity_eps=c["purity-eps"], seed=self.seed)
+
+    def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
+        if self.config["level"] == "features":
+            return {"features": z}
+        return {"shared_params": self.model.encoder}
