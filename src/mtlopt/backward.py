@@ -136,6 +136,8 @@ def backward(
             warm-up: :math:`\sum_t |w_t|`; all-zero weights stay zero); None (default): the method's own total
             (see its ``weight_sum``). The shared update and weighted heads are rescaled; so is a loss
             method's whole returned loss (a constant factor, which keeps its stationary points).
+            A direction method's update is rescaled by ``weight_total / Σ_t |w_t|`` of its reported
+            weights (ones for DB-MTL and GradDrop: d / K · weight_total).
 
     Returns:
         The weights, losses, Gramian and diagnostics of this step.

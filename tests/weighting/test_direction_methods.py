@@ -556,3 +556,49 @@ def test_runners_pass_their_options_and_resume_exactly(name, options, check):
         assert torch.equal(a, b)
     for first, second in zip(logged, again, strict=True):
         assert torch.equal(first["weights"], second["weights"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_the_runners_train_one_epoch_under_mixed_precision(tmp_path, monkeypatch, amp):
+    """bf16 autocast, and fp16 autocast with a GradScaler (J unscaled before the method, overflow skipped)."""
+    import math
+
+    from mtlopt.benchmarks.cli import main
+
+    monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
+    small = [
+        "--benchmark",
+        "multimnist",
+        "--max-sources",
+        "400",
+        "--threads",
+        "1",
+        "--quiet",
+        "--batch-size",
+        "64",
+    ]
+    methods = "excess-mtl,moco,db-mtl,graddrop,graddrop[level=parameters]"
+    out = tmp_path / amp
+    args = [
+        "compare",
+        *small,
+        "--methods",
+        methods,
+        "--amp",
+        amp,
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    paths = sorted((out / "runs").glob("*/seed0/result.json"))
+    assert len(paths) == 5
+    for path in paths:
+        result = json.loads(path.read_text())
+        assert result["environment"]["amp"] == amp
+        for values in result["final"]["test"].values():
+            assert all(math.isfinite(v) for v in values.values()), (path, values)

@@ -1,4 +1,4 @@
-r"""The two method protocols, chosen by what a method reads.
+r"""The three method protocols, chosen by what a method reads.
 
 - :class:`LossWeighting` reads the K losses (and its own state) and returns the scalar objective to
   differentiate, with the weights for logging: EW, fixed weights, uncertainty weighting, the
@@ -12,11 +12,12 @@ r"""The two method protocols, chosen by what a method reads.
 - :class:`DirectionMethod` reads the K×P Jacobian itself (rows :math:`g_t`, w.r.t. the shared
   parameters), the losses and its own per-task, per-parameter state (moving averages of the
   gradients, per-coordinate accumulators) and returns the shared update :math:`d` (P,) directly,
-  with the weights for logging where it has them: ExcessMTL, MoCo, DB-MTL. The Gramian is not enough
-  for them: their state needs the gradients coordinate by coordinate.
+  with the weights for logging where it has them: ExcessMTL, MoCo, DB-MTL, and GradDrop (which reads
+  the per-task gradients w.r.t. the representation elementwise instead). The Gramian is not enough
+  for them: their state or their masks need the gradients coordinate by coordinate.
 
-Both check their input once, here, before the method sees it: the number of tasks, shapes, finiteness.
-Both state the total weight their default update puts on the tasks (:attr:`Method.weight_sum`).
+Each checks its input once, here, before the method sees it: the number of tasks, shapes, finiteness.
+Each states the total weight its default update puts on the tasks (:attr:`Method.weight_sum`).
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ class DirectionMethod(Method, ABC):
     Under several processes :func:`mtlopt.backward` passes the all-reduced J (every rank holds the
     same state) and under a ``GradScaler`` the unscaled J; a step with non-finite gradients under a
     scaler is skipped before the method sees it, so its state does not move.
+
+    The dtype choice: float64 (as the Gramian methods) would double the K×P state and move it off
+    the accelerator for no gain in what these rules compute (moving averages, per-coordinate ratios).
 
     A method sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla L_t`), or
     returns its own head coefficients (:attr:`DirectionOutput.head_weights`). A method that reads the
