@@ -19,6 +19,8 @@ import direction_scenario as sc
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import mtlopt
@@ -602,3 +604,53 @@ def test_the_runners_train_one_epoch_under_mixed_precision(tmp_path, monkeypatch
         assert result["environment"]["amp"] == amp
         for values in result["final"]["test"].values():
             assert all(math.isfinite(v) for v in values.values()), (path, values)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    K=st.integers(2, 64),
+    seed=st.integers(0, 2**16),
+    log_scales=st.lists(st.floats(-8, 8), min_size=64, max_size=64),
+    zero_row=st.booleans(),
+)
+def test_excess_mtl_weights_ignore_per_task_gradient_scales(K, seed, log_scales, zero_row):
+    """e_t and e⁰_t both scale with c_t when task t's gradients do: the ratio, and the weights, do not
+    (up to the 1e-7 inside the square root: compared for c ≥ 1, finite for every c)."""
+    g = torch.Generator().manual_seed(seed)
+    # entries of magnitude 0.5-1.5, so that S ≫ 1e-7 in every coordinate (c ≥ 1)
+    Js = [
+        torch.randn(K, 9, generator=g, dtype=F64).sign() * (0.5 + torch.rand(K, 9, generator=g, dtype=F64))
+        for _ in range(3)
+    ]
+    if zero_row:
+        Js[0][0] = 0  # no baseline for task 0: ratio 0 in every run
+    c = 10.0 ** torch.tensor(log_scales[:K], dtype=F64)
+    scales = (torch.ones(K, dtype=F64), c, c.clamp(min=1.0))
+    runs = [mtlopt.ExcessMTL(0.5) for _ in scales]
+    for J in Js:
+        wa, wb, wc = (
+            m.compute(J * s[:, None], torch.ones(K, dtype=F64)).weights for m, s in zip(runs, scales)
+        )
+    assert bool(torch.isfinite(wb).all()) and wb.sum() == pytest.approx(K)
+    torch.testing.assert_close(wc, wa, rtol=1e-6, atol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    K=st.integers(2, 64),
+    seed=st.integers(0, 2**16),
+    log_scales=st.lists(st.floats(-8, 8), min_size=64, max_size=64),
+)
+def test_db_mtl_is_invariant_to_the_scale_of_each_loss(K, seed, log_scales):
+    """log(c L) = log c + log L: the gradients DB-MTL reads do not depend on c (up to ε = 1e-8:
+    compared for c ≥ 0.1, finite for every c)."""
+    g = torch.Generator().manual_seed(seed)
+    c = 10.0 ** torch.tensor(log_scales[:K], dtype=F64)
+    scales = (torch.ones(K, dtype=F64), c, c.clamp(min=0.1))
+    runs = [mtlopt.DBMTL(0.5) for _ in scales]
+    for _ in range(3):
+        J = torch.randn(K, 9, generator=g, dtype=F64)
+        L = torch.rand(K, generator=g, dtype=F64) + 0.5
+        da, db, dc = (m.compute(J * s[:, None], L * s).direction for m, s in zip(runs, scales))
+    assert bool(torch.isfinite(db).all())
+    torch.testing.assert_close(dc, da, rtol=1e-6, atol=1e-9 * float(da.abs().max()))
