@@ -32,6 +32,8 @@ choice                    here (default)                         peers
                                                                  :math:`g_t/(\|g_t\|+10^{-8})\,L_t`
                                                                  (LibMTL; official ``raw_loss``);
                                                                  ``"l2"``: :math:`g_t/(\|g_t\|+10^{-8})`
+                                                                 (Trade-Off-MOL's ``"loss"``,
+                                                                 ``"loss+"``: not offered)
 ``lambda_map``            ``"projection"`` (official)            ``"softmax"`` (LibMTL: λ ← softmax(·);
                                                                  keeps λ near uniform)
 ``weight_scale``          ``"one"`` (λ ∈ Δ)                      ``"num-tasks"`` (official ×K)
