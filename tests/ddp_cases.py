@@ -262,6 +262,11 @@ CASES = {
     "dualproj": weighting_case(lambda model: mtlopt.DualProj(), "features"),
     "nash-mtl": weighting_case(lambda model: mtlopt.NashMTL(update_weights_every=2), "shared"),  # cached α equal on ranks
     "fairgrad": weighting_case(lambda model: mtlopt.FairGrad(), "shared"),
+    "excess-mtl": weighting_case(lambda model: mtlopt.ExcessMTL(0.5), "shared"),
+    "moco": weighting_case(lambda model: mtlopt.MoCo(0.5, 0.5, rho=0.1), "shared"),
+    "db-mtl": weighting_case(lambda model: mtlopt.DBMTL(0.5), "shared"),
+    "graddrop": weighting_case(lambda model: mtlopt.GradDrop(leak=0.2, seed=4), "features"),
+    "graddrop-shared": weighting_case(lambda model: mtlopt.GradDrop("parameters", seed=4), "shared"),
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from .population import Population, PopulationStepResult, Transfer, transfer_mat
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
 from .weighting import (
+    DBMTL,
     DWA,
     EPO,
     EW,
@@ -28,15 +29,20 @@ from .weighting import (
     AlignedMTL,
     CAGrad,
     ConFIG,
+    DirectionMethod,
+    DirectionOutput,
     DualProj,
+    ExcessMTL,
     FairGrad,
     FixedWeights,
+    GradDrop,
     GradNorm,
     GradVac,
     GramianWeighting,
     LossOutput,
     LossWeighting,
     Method,
+    MoCo,
     NashMTL,
     ParetoMTL,
     PCGrad,
@@ -62,6 +68,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "EPO",
     "EW",
@@ -81,9 +88,13 @@ __all__ = [
     "BackwardResult",
     "CAGrad",
     "ConFIG",
+    "DirectionMethod",
+    "DirectionOutput",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "FixedWeights",
+    "GradDrop",
     "GradNorm",
     "GradVac",
     "GramianWeighting",
@@ -92,6 +103,7 @@ __all__ = [
     "LossWeighting",
     "Method",
     "MinNormResult",
+    "MoCo",
     "NashMTL",
     "NonFiniteError",
     "PCGrad",

@@ -31,6 +31,9 @@ the same with ``features=z`` (MGDA-UB)
     the heads, then one full pass with the gradient reaching Z replaced. Either way the encoder runs
     forward once and backward once, so BatchNorm statistics and dropout masks are those of the user's
     single forward pass.
+a :class:`~mtlopt.weighting.DirectionMethod` with ``shared_params=...`` (ExcessMTL, MoCo, DB-MTL)
+    The K×P Jacobian (averaged across ranks, unscaled), the method's direction d written into the
+    shared parameters' ``.grad``, one backward through the heads (see :mod:`mtlopt._direction`).
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
+from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
 from ._task_step import StepContext, checked_gramian, fill_nan
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import Jacobian, JacobianMethod, choose_method
-from .weighting._base import GramianWeighting, LossWeighting, Method, WeightingOutput
+from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 
 if TYPE_CHECKING:
@@ -132,6 +136,8 @@ def backward(
             warm-up: :math:`\sum_t |w_t|`; all-zero weights stay zero); None (default): the method's own total
             (see its ``weight_sum``). The shared update and weighted heads are rescaled; so is a loss
             method's whole returned loss (a constant factor, which keeps its stationary points).
+            A direction method's update is rescaled by ``weight_total / Σ_t |w_t|`` of its reported
+            weights (ones for DB-MTL and GradDrop: d / K · weight_total).
 
     Returns:
         The weights, losses, Gramian and diagnostics of this step.
@@ -169,9 +175,12 @@ def backward(
         leaves_ = leaves([output.loss]) if group is not None or not shared else shared
         _loss_backward(ctx, output.loss * factor, leaves_, shared_names if leaves_ is shared else None)
         return ctx.result(output.weights * factor, None, output.diagnostics)
+    if isinstance(weighting, DirectionMethod):
+        return direction_backward(ctx, shared, shared_names, head_params, features)
     if not isinstance(weighting, GramianWeighting):
         raise TypeError(
-            f"the method must be a LossWeighting or a GramianWeighting (e.g. mtlopt.EW(), mtlopt.MGDA()), "
+            "the method must be a LossWeighting, a GramianWeighting or a DirectionMethod (e.g. mtlopt.EW(), "
+            f"mtlopt.MGDA(), mtlopt.ExcessMTL()), "
             f"got {type(weighting).__name__}"
         )
     probe = weighting.probe
@@ -199,7 +208,7 @@ def backward(
 class _Context:
     step: StepContext
     loss_vector: Tensor
-    weighting: GramianWeighting | LossWeighting
+    weighting: GramianWeighting | LossWeighting | DirectionMethod
     retain_graph: bool
     global_losses: Tensor
     weight_total: float | None

@@ -53,6 +53,10 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "DualProj": (lambda K, layer=None: mtlopt.DualProj(), True),
     "NashMTL": (lambda K, layer=None: mtlopt.NashMTL(), True),
     "FairGrad": (lambda K, layer=None: mtlopt.FairGrad(), True),
+    "ExcessMTL": (lambda K, layer=None: mtlopt.ExcessMTL(0.5), True),
+    "MoCo": (lambda K, layer=None: mtlopt.MoCo(0.5, 0.5, rho=0.1), True),
+    "DBMTL": (lambda K, layer=None: mtlopt.DBMTL(0.5), True),
+    "GradDrop": (lambda K, layer=None: mtlopt.GradDrop("parameters", seed=3), True),  # the same U
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against
@@ -64,7 +68,7 @@ def exported_methods() -> list[str]:
     names = []
     for name in mtlopt.weighting.__all__:
         value = getattr(mtlopt.weighting, name)
-        bases = (Method, mtlopt.LossWeighting, mtlopt.GramianWeighting)
+        bases = (Method, mtlopt.LossWeighting, mtlopt.GramianWeighting, mtlopt.DirectionMethod)
         if isinstance(value, type) and issubclass(value, Method) and value not in bases:
             names.append(name)
     return sorted(names)
@@ -97,8 +101,12 @@ def fixed_inputs(K: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
     return torch.from_numpy(J @ J.T), torch.from_numpy(losses), J
 
 
-def outputs(method: Method, G: torch.Tensor, L: torch.Tensor) -> mtlopt.WeightingOutput:
-    """One step of either protocol on fixed inputs: the weights and diagnostics."""
+def outputs(method: Method, G: torch.Tensor, L: torch.Tensor, J=None) -> mtlopt.WeightingOutput:
+    """One step of any protocol on fixed inputs: the weights and diagnostics. A DirectionMethod reads
+    the Jacobian J (with G = J Jᵀ): its "weights" are its reported weights followed by its direction."""
+    if isinstance(method, mtlopt.DirectionMethod):
+        out = method.compute(torch.as_tensor(J), L)
+        return mtlopt.WeightingOutput(torch.cat([out.weights, out.direction.double()]), out.diagnostics)
     if isinstance(method, mtlopt.LossWeighting):
         out = method(L.clone().requires_grad_(True))
         return mtlopt.WeightingOutput(out.weights, out.diagnostics)
@@ -108,11 +116,11 @@ def outputs(method: Method, G: torch.Tensor, L: torch.Tensor) -> mtlopt.Weightin
 def golden_steps(name: str, K: int = 3) -> list[list[float]]:
     """The weights of three consecutive steps (the state matters) on fixed inputs, as floats."""
     method = BUILDERS[name][0](K)
-    G, L, _ = fixed_inputs(K)
+    G, L, J = fixed_inputs(K)
     rows = []
     for step in range(3):
         scale = 1.0 + 0.5 * step
-        rows.append(outputs(method, G * scale, L / scale).weights.tolist())
+        rows.append(outputs(method, G * scale, L / scale, torch.from_numpy(J) * scale**0.5).weights.tolist())
     return rows
 
 

@@ -3,7 +3,10 @@
 - :class:`LossWeighting`: from the K losses (EW, fixed weights, uncertainty weighting, DWA, RLW, GLS,
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
-  Pareto MTL, EPO, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac, CAGrad, UPGrad, DualProj).
+  Pareto MTL, EPO, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac, CAGrad, UPGrad, DualProj, Nash-MTL,
+  FairGrad);
+- :class:`DirectionMethod`: from the K×P Jacobian itself, with per-task per-parameter state, returning
+  the shared update (ExcessMTL, MoCo, DB-MTL, GradDrop).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import warnings
 from typing import Any
 
 from ._base import (
+    DirectionMethod,
+    DirectionOutput,
     FeatureBatch,
     GramianWeighting,
     HeadWeighting,
@@ -25,20 +30,24 @@ from ._base import (
 from .aligned_mtl import AlignedMTL
 from .cagrad import CAGrad
 from .config import ConFIG
+from .db_mtl import DBMTL
 from .dualproj import DualProj
 from .dwa import DWA
 from .epo import EPO, non_uniformity
 from .ew import EW
+from .excess_mtl import ExcessMTL
 from .fairgrad import FairGrad
 from .famo import FAMO
 from .fixed import FixedWeights
 from .gls import GLS
+from .graddrop import GradDrop
 from .gradnorm import GradNorm
 from .gradvac import GradVac
 from .imtl import IMTL
 from .imtl_g import IMTLG
 from .imtl_l import IMTLL
 from .mgda import MGDA
+from .moco import MoCo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
@@ -49,6 +58,7 @@ from .upgrad import UPGrad
 from .uw import UncertaintyWeighting
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "EPO",
     "EW",
@@ -64,10 +74,14 @@ __all__ = [
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
+    "DirectionMethod",
+    "DirectionOutput",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "FeatureBatch",
     "FixedWeights",
+    "GradDrop",
     "GradNorm",
     "GradVac",
     "GramianWeighting",
@@ -75,6 +89,7 @@ __all__ = [
     "LossOutput",
     "LossWeighting",
     "Method",
+    "MoCo",
     "NashMTL",
     "PCGrad",
     "ParetoMTL",
@@ -114,6 +129,10 @@ METHODS: tuple[type[Method], ...] = (
     DualProj,
     NashMTL,
     FairGrad,
+    ExcessMTL,
+    MoCo,
+    DBMTL,
+    GradDrop,
 )
 
 

@@ -1,4 +1,4 @@
-r"""The two method protocols, chosen by what a method reads.
+r"""The three method protocols, chosen by what a method reads.
 
 - :class:`LossWeighting` reads the K losses (and its own state) and returns the scalar objective to
   differentiate, with the weights for logging: EW, fixed weights, uncertainty weighting, the
@@ -9,15 +9,22 @@ r"""The two method protocols, chosen by what a method reads.
   GradNorm's balanced layer). How the weights are applied is the method's :attr:`update`:
   ``"combined"`` writes :math:`\sum_t w_t g_t` into the shared parameters (MGDA, PCGrad, ...);
   ``"loss"`` backpropagates the reweighted loss :math:`\sum_t w_t L_t` (GradNorm).
+- :class:`DirectionMethod` reads the K×P Jacobian itself (rows :math:`g_t`, w.r.t. the shared
+  parameters), the losses and its own per-task, per-parameter state (moving averages of the
+  gradients, per-coordinate accumulators) and returns the shared update :math:`d` (P,) directly,
+  with the weights for logging where it has them: ExcessMTL, MoCo, DB-MTL, and GradDrop (which reads
+  the per-task gradients w.r.t. the representation elementwise instead). The Gramian is not enough
+  for them: their state or their masks need the gradients coordinate by coordinate.
 
-Both check their input once, here, before the method sees it: the number of tasks, shapes, finiteness.
-Both state the total weight their default update puts on the tasks (:attr:`Method.weight_sum`).
+Each checks its input once, here, before the method sees it: the number of tasks, shapes, finiteness.
+Each states the total weight its default update puts on the tasks (:attr:`Method.weight_sum`).
 """
 
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -28,6 +35,8 @@ from .._options import check_choice
 from ..errors import NonFiniteError
 
 __all__ = [
+    "DirectionMethod",
+    "DirectionOutput",
     "FeatureBatch",
     "GramianWeighting",
     "HeadWeighting",
@@ -152,6 +161,115 @@ class LossWeighting(Method, ABC):
         # Not checked for finiteness: mtlopt.backward does (naming the task), unless told not to.
         output = self.weigh(values.detach().to("cpu", torch.float64))
         return LossOutput(self.objective(losses, output), _weights64(output.weights), output.diagnostics)
+
+
+@dataclass(frozen=True)
+class DirectionOutput:
+    r"""What a :class:`DirectionMethod` returns for one step.
+
+    Attributes:
+        direction: the shared update d, shape (P,), in the Jacobian's dtype and device; written into
+            ``.grad`` of the shared parameters (``θ ← θ − η d``).
+        weights: (K,) float64, the per-task coefficients of the update, for logging and for the heads
+            (``head_weighting="weighted"``) and ``weight_total``: the weights of the current gradients
+            where :math:`d = J^\top w` (ExcessMTL), else the coefficients of the method's own vectors
+            (MoCo: λ on its tracked Y; DB-MTL: ones, K unit-direction terms).
+        diagnostics: scalars worth logging.
+        head_weights: (K,) the coefficients :math:`c_t` of the heads' update :math:`\sum_t c_t \nabla
+            L_t` when the method sets them (DB-MTL: :math:`1/(L_t + \epsilon)`, the gradient of
+            :math:`\log(L_t + \epsilon)`); None: as ``head_weighting`` says.
+    """
+
+    direction: Tensor
+    weights: Tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    head_weights: Tensor | None = None
+
+
+class DirectionMethod(Method, ABC):
+    r"""A method that reads the K×P Jacobian itself and returns the shared update.
+
+    Subclasses implement :meth:`direct`. The Jacobian :math:`J` (rows :math:`g_t = \nabla_\theta L_t`,
+    the shared parameters flattened and concatenated in order) reaches it **in the model's dtype, on
+    the model's device**, promoted to at least float32 (float16 / bfloat16 gradients are promoted, so
+    that squared-gradient accumulators do not overflow): the per-task, per-parameter state (K×P) is
+    kept in that dtype and device, the size of K copies of the shared gradient, not twice that.
+    Under several processes :func:`mtlopt.backward` passes the all-reduced J (every rank holds the
+    same state) and under a ``GradScaler`` the unscaled J; a step with non-finite gradients under a
+    scaler is skipped before the method sees it, so its state does not move.
+
+    The dtype choice: float64 (as the Gramian methods) would double the K×P state and move it off
+    the accelerator for no gain in what these rules compute (moving averages, per-coordinate ratios).
+
+    A method sets ``head_weighting`` (heads receive :math:`w_t \nabla L_t` or :math:`\nabla L_t`), or
+    returns its own head coefficients (:attr:`DirectionOutput.head_weights`). A method that reads the
+    gradients of a function of the losses (DB-MTL: of :math:`\log(L_t + \epsilon)`) applies the chain
+    rule to J and the (global) loss values, so that several processes compute what one would.
+
+    Where it reads its gradients is its ``reads``: ``"parameters"`` (:meth:`direct` on J w.r.t.
+    ``shared_params=``) or ``"features"`` (:meth:`direct_features` on the per-task gradients w.r.t. the
+    representation ``features=`` Z, elementwise: GradDrop's masks); the other one is refused.
+
+    :meth:`compute` checks J (K×P, finite) and the losses ((K,), finite) once.
+    """
+
+    head_weighting: HeadWeighting = "unweighted"
+    # Whether d = Jᵀw for the reported weights (ExcessMTL); False when they weigh the method's own
+    # vectors (MoCo's tracked Y, DB-MTL's rescaled moving averages): their sum is then not the total
+    # weight on the current gradients (see weight_sum).
+    weights_on_gradients: ClassVar[bool] = True
+    reads: Literal["parameters", "features"] = "parameters"
+
+    def direct_features(
+        self, grads: Tensor, features: Tensor, losses: Tensor, reduce: Callable[[Tensor], Tensor]
+    ) -> DirectionOutput:
+        """The gradient to send into Z, shape ``features.shape``, from the (K, *Z.shape) per-task
+        gradients w.r.t. Z (unscaled, finite, at least float32), Z itself (detached) and the K loss
+        values. ``reduce`` averages a tensor over the processes (the identity in one): statistics of
+        the global batch go through it, so that every rank takes the same decisions."""
+        raise NotImplementedError(f"{type(self).__name__} does not read gradients w.r.t. features")
+
+    @abstractmethod
+    def direct(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
+        """The update of one step from the checked K×P Jacobian and the K float64 CPU loss values."""
+
+    def __call__(self, jacobian: Tensor, losses: Tensor) -> Tensor:
+        """The direction alone (see :meth:`compute`)."""
+        return self.compute(jacobian, losses).direction
+
+    def compute(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
+        """The checked direction, weights and diagnostics of one step (see :meth:`direct`)."""
+        who = type(self).__name__
+        if not isinstance(jacobian, Tensor):
+            raise TypeError(f"{who} needs the K×P Jacobian as a torch.Tensor, got {type(jacobian).__name__}")
+        if jacobian.ndim != 2:
+            raise ValueError(f"{who} needs a K×P Jacobian, got shape {tuple(jacobian.shape)}")
+        losses = _check_vector(self, losses, "losses")
+        K = jacobian.shape[0]
+        if self.num_tasks is not None and K != self.num_tasks:
+            source = self.num_tasks_source.format(n=self.num_tasks)
+            raise ValueError(f"{who} {source} but the Jacobian has {K} rows")
+        if losses.shape != (K,):
+            raise ValueError(f"{who} got a Jacobian of {K} rows but losses of shape {tuple(losses.shape)}")
+        self.check_num_tasks(K)
+        J = jacobian.detach()
+        if not J.is_floating_point() or J.dtype in (torch.float16, torch.bfloat16):
+            J = J.to(torch.float32)
+        if not bool(torch.isfinite(J).all()):
+            bad = sorted({int(i) for i in (~torch.isfinite(J)).nonzero()[:, 0]})
+            raise NonFiniteError(f"{who}: non-finite Jacobian entries in rows {bad}")
+        output = self.direct(J, _finite64(self, losses, "loss"))
+        weights = _weights64(output.weights)
+        if output.direction.shape != (J.shape[1],):
+            raise RuntimeError(
+                f"{who} returned a direction of shape {tuple(output.direction.shape)} for {J.shape[1]} parameters"
+            )
+        if weights.shape != (K,):
+            raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
+        heads = None if output.head_weights is None else _weights64(output.head_weights)
+        if heads is not None and heads.shape != (K,):
+            raise RuntimeError(f"{who} returned head weights of shape {tuple(heads.shape)} for {K} tasks")
+        return DirectionOutput(output.direction.detach(), weights, output.diagnostics, heads)
 
 
 class GramianWeighting(Method, ABC):

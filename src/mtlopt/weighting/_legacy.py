@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ._base import GramianWeighting, LossOutput, LossWeighting, Method, WeightingOutput
+from ._base import DirectionMethod, GramianWeighting, LossOutput, LossWeighting, Method, WeightingOutput
 
 __all__ = ["as_method"]
 
@@ -54,9 +54,9 @@ class _GramianAdapter(GramianWeighting):
         return self.legacy.compute(gramian, losses)
 
 
-def as_method(method: Any) -> LossWeighting | GramianWeighting:
+def as_method(method: Any) -> LossWeighting | GramianWeighting | DirectionMethod:
     """The method as :func:`mtlopt.backward` reads it (a 0.1 ``Weighting`` subclass adapted)."""
-    if isinstance(method, (LossWeighting, GramianWeighting)):
+    if isinstance(method, (LossWeighting, GramianWeighting, DirectionMethod)):
         return method
     if isinstance(method, Method) and callable(getattr(method, "compute", None)):
         warnings.warn(

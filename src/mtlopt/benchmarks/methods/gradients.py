@@ -6,6 +6,10 @@ GradVac).
 exact setting) or ``features`` (the representation, one backward pass through the encoder). The
 default is the published setting: ``shared``, except IMTL-G and IMTL (``features``, as the IMTL paper
 and LibMTL's runs). Aligned-MTL-UB is Aligned-MTL on the representation.
+
+ExcessMTL, MoCo and DB-MTL (direction methods: the K×P Jacobian itself, per-task per-parameter
+state) take their gradients w.r.t. the encoder's parameters; GradDrop where its ``--level`` says
+(the representation by default, the paper's).
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from mtlopt.weighting import (
     aligned_mtl,
     cagrad,
     config,
+    excess_mtl,
     fairgrad,
+    graddrop,
     gradvac,
     imtl_g,
+    moco,
 )
 
 from ._base import Option, register
@@ -310,3 +317,110 @@ class FairGradRunner(GradientRunner):
             max_norm=self.config["max-norm"],
             head_weighting=self.config["head-weighting"],
         )
+
+
+class DirectionRunner(SingleModelRunner):
+    """A direction method: the Jacobian w.r.t. the encoder's parameters."""
+
+    def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
+        return {"shared_params": self.model.encoder}
+
+
+@register
+class ExcessMTLRunner(DirectionRunner):
+    name = "excess-mtl"
+    description = "ExcessMTL (He et al. 2024): weights raised by each task's excess-risk estimate"
+    options = (
+        Option("step-size", 1e-2, "step size of the exponentiated weight update", parse=float),
+        Option(
+            "weight-scale",
+            "num-tasks",
+            "weights sum to K (official) or 1 (TorchJD)",
+            choices(excess_mtl.WeightScale),
+        ),
+        Option("warmup-steps", 1, "steps that only collect the baseline excess risk", parse=int),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        return mtlopt.ExcessMTL(
+            self.config["step-size"],
+            weight_scale=self.config["weight-scale"],
+            warmup_steps=self.config["warmup-steps"],
+        )
+
+
+@register
+class MoCoRunner(DirectionRunner):
+    name = "moco"
+    description = "MoCo (Fernando et al. 2023): a projected min-norm step on tracked task gradients"
+    options = (
+        Option("beta", 0.99, "tracking step of Y", parse=float),
+        Option("beta-decay", 0.0, "beta / (1 + k)^decay", parse=float),
+        Option("gamma", 0.1, "step of lambda", parse=float),
+        Option("gamma-decay", 0.0, "gamma / (1 + k)^decay", parse=float),
+        Option("rho", 0.0, "l2 regularization of lambda's step", parse=float),
+        Option(
+            "normalize",
+            "none",
+            "task gradients as they are, unit, or unit times the loss",
+            choices(moco.Normalize),
+        ),
+        Option(
+            "lambda-map",
+            "projection",
+            "simplex projection (official) or softmax (LibMTL)",
+            choices(moco.LambdaMap),
+        ),
+        Option("weight-scale", "one", "lambda sums to 1 or to K (official x K)", choices(moco.WeightScale)),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        c = self.config
+        return mtlopt.MoCo(
+            c["beta"],
+            c["gamma"],
+            beta_decay=c["beta-decay"],
+            gamma_decay=c["gamma-decay"],
+            rho=c["rho"],
+            normalize=c["normalize"],
+            lambda_map=c["lambda-map"],
+            weight_scale=c["weight-scale"],
+        )
+
+
+@register
+class DBMTLRunner(DirectionRunner):
+    name = "db-mtl"
+    description = "DB-MTL (Lin et al. 2023): log losses, moving-average gradients scaled to the largest norm"
+    options = (
+        Option("beta", 0.9, "moving-average factor", parse=float),
+        Option("beta-decay", 0.0, "beta / k^decay", parse=float),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        return mtlopt.DBMTL(self.config["beta"], beta_decay=self.config["beta-decay"])
+
+
+@register
+class GradDropRunner(SingleModelRunner):
+    name = "graddrop"
+    description = "GradDrop (Chen et al. 2020): each task's gradient kept where its sign wins a random draw"
+    options = (
+        Option(
+            "level",
+            "features",
+            "masks on the representation's gradients (paper) or on the Jacobian's coordinates",
+            choices(graddrop.Level),
+        ),
+        Option("leak", 0.0, "share of each task's gradient always kept", parse=float),
+        Option("purity-eps", 0.0, "added to the purity's denominator (LibMTL 1e-7)", parse=float),
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        c = self.config
+        return mtlopt.GradDrop(c["level"], leak=c["leak"], purity_eps=c["purity-eps"], seed=self.seed)
+
+    def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
+        if self.config["level"] == "features":
+            return {"features": z}
+        return {"shared_params": self.model.encoder}
