@@ -79,8 +79,14 @@ def torchjd_gramian(
     )
 
 
-def libmtl_gramian(weighting: str, reference: str, agree: dict[str, Any] | None = None) -> Method:
-    """A LibMTL weighting's row (HPS, gradients of the shared parameters) beside ``reference``."""
+def libmtl_gramian(
+    weighting: str, reference: str, agree: dict[str, Any] | None = None, kwargs: dict[str, Any] | None = None
+) -> Method:
+    """A LibMTL weighting's row (HPS, gradients of the shared parameters) beside ``reference``;
+    ``kwargs``: what LibMTL's trainer passes to its ``backward`` (e.g. CAGrad's ``calpha``, ``rescale``),
+    used by the timed step and the agreement alike."""
+    if kwargs is not None:
+        peers._LIBMTL_KWARGS.setdefault(weighting, kwargs)
     return Method(
         f"libmtl-{weighting.lower()}",
         f"LibMTL: HPS + {weighting} (gradients of the shared parameters)",
