@@ -22,6 +22,8 @@ pytestmark = pytest.mark.cpu_only(
     reason="`mtlopt speed --device cpu` and the CPU profiler's memory; scripts/gpu_check.sh times cuda"
 )
 
+E2E = ("forward-only", "ew", "mgda-ub", "pcgrad", "pmtl", "dwa")
+"""The end-to-end test's rows: the references, one of each kind of step, the two-task skip."""
 TINY = ["--repeats", "2", "--min-rounds", "2", "--steps", "1", "--warmup", "1", "--budget", "1"]
 
 
@@ -34,18 +36,19 @@ def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "speed"
     code = main(
         ["speed", "--models", "lenet,mlp", "--tasks", "2,lenet=2/3", "--batch-sizes", "4", *TINY,
-         "--solver-tasks", "2,3", "--solver-gramians", "2", "--peers", "none", "--out", str(out)]
+         "--methods", ",".join(E2E), "--solver-tasks", "2,3", "--solver-gramians", "2", "--peers", "none",
+         "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     assert "speed.md" in capsys.readouterr().out
     assert speed_targets.main([str(out)]) == 0  # the targets section, judged from speed.json
     rows = read_rows(out / "speed.csv")
-    ours = [name for name, method in speed.METHODS.items() if method.peer is None]
+    ours = list(E2E)
     expected = {("lenet", "2"), ("lenet", "3"), ("mlp", "2")}
     assert {(r["model"], r["tasks"]) for r in rows} == expected
     for model, tasks in expected:
         got = {r["method"]: r for r in rows if (r["model"], r["tasks"]) == (model, tasks)}
-        assert list(got) == ours  # every mtlopt method, in order, and no peer
+        assert list(got) == ours  # the requested mtlopt methods, in order, and no peer
         for name, row in got.items():
             assert row["batch"] == "4" and row["threads"] == "1" and row["device"] == "cpu"
             if name in ("pmtl", "epo") and tasks == "3":
@@ -55,7 +58,6 @@ def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
             assert float(row["ratio_median"]) > 0 and row["rounds"] == "2"
             assert int(row["peak_bytes"]) >= int(row["resident_bytes"]) > 0
         assert float(got["ew"]["ratio_median"]) == 1.0 and float(got["ew"]["memory_ratio"]) == 1.0
-    # The vmapped population keeps no BatchNorm statistics: it runs on both models here.
     text = (out / "speed.md").read_text()
     assert "## Targets" in text and "## Min-norm solvers" in text and "## lenet" in text and "## mlp" in text
     assert "**1 thread(s)**" in text and "mtlopt speed --models lenet,mlp" in text
@@ -64,6 +66,26 @@ def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
         assert target in text  # listed, "not measured" at this size
     assert "not measured" in text
     assert (out / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_method_has_a_row_and_every_peer_row_a_counterpart():
+    """The catalog's completeness, without running it: every registered benchmark method is a row (or
+    is listed as not timed, with why), every row's builder exists, every peer row stands beside an
+    mtlopt row and the Gramian peer rows say how they are compared."""
+    from mtlopt.benchmarks.methods import METHODS as REGISTERED
+    from mtlopt.benchmarks.methods import get_method
+
+    for name in REGISTERED:
+        assert name in speed.METHODS or name in speed.catalog.NOT_TIMED, name
+    for name, method in speed.METHODS.items():
+        assert callable(method.build), name
+        if method.peer is not None:
+            assert method.peer in speed.PEERS and speed.METHODS[method.counterpart].peer is None, name
+        if method.agree is not None:
+            assert method.peer_class and method.reference in REGISTERED, name
+            get_method(method.reference)(method.agree, 2)  # the agreement's options are valid
+    for name in GRAMIAN_PEERS:
+        assert speed.METHODS[name].agree is not None, name
 
 
 def test_speed_rejects_bad_arguments_with_one_line(tmp_path, capsys):
@@ -268,6 +290,32 @@ LOSS_PEERS = {
     "libmtl-rlw": "rlw",
     "libmtl-gls": "gls",
 }
+
+GRAMIAN_PEERS = {
+    "torchjd-imtlg": "imtl-g",
+    "torchjd-alignedmtl": "aligned-mtl",
+    "torchjd-alignedmtl-ub": "aligned-mtl-ub",
+    "torchjd-config": "config",
+    "torchjd-gradvac": "gradvac",
+    "libmtl-imtl": "imtl",
+    "libmtl-gradvac": "gradvac",
+}
+
+
+@pytest.mark.parametrize(("model", "tasks"), [("lenet", 3), ("mlp", 5)])
+def test_gramian_peers_agree_with_mtlopt(model, tasks):
+    """The generic Gramian agreement (one step from identical weights, random orders replayed). The
+    peers compute in float32 (TorchJD's ConFIG a float32 pseudo-inverse, its weights recovered by least
+    squares), mtlopt from a float64 Gramian: agreement to float32 rounding."""
+    if all(speed.import_peer(peer) is None for peer in ("torchjd", "libmtl")):
+        pytest.skip("neither TorchJD nor LibMTL is installed (scripts/install_peers.sh)")
+    s = setup_for(model, tasks)
+    for name, reference in GRAMIAN_PEERS.items():
+        if speed.import_peer(name.split("-")[0]) is None:
+            continue
+        result = speed.agreement(s, speed.METHODS[name])
+        assert result.reference == reference and speed.METHODS[name].counterpart == reference
+        assert result.weight_diff < 1e-4 and result.update_diff < 1e-4, (name, result)
 
 
 def test_loss_methods_have_rows_and_peer_counterparts():

@@ -112,6 +112,8 @@ class STCH(LossWeighting):
         self._sums: Tensor | None = None
         self._count = 0
         self.nadir: Tensor | None = None
+        self._offset: Tensor | None = None
+        self._offset_of: Tensor | None = None
 
     def weigh(self, values: Tensor) -> WeightingOutput:
         K = values.shape[0]
@@ -138,8 +140,12 @@ class STCH(LossWeighting):
             self._sums, self._count = None, 0
         if self.nadir.shape[0] != K:
             raise ValueError(f"STCH got {K} losses but its nadir point is for {self.nadir.shape[0]} tasks")
+        offset = self._offset
+        if offset is None or self._offset_of is not self.nadir:  # _TINY·nadir once per nadir, not per step
+            offset = self._offset = _TINY * self.nadir
+            self._offset_of = self.nadir
         f = torch.log(values / self.nadir + _TINY)
-        weights = K * torch.softmax(f / self.mu, dim=0) / (values + _TINY * self.nadir)
+        weights = K * torch.softmax(f if self.mu == 1.0 else f / self.mu, dim=0) / (values + offset)
         return WeightingOutput(weights, {"stch_phase": "stch"})
 
     def new_epoch(self) -> None:

@@ -39,6 +39,10 @@ Agreement with the peers (``torchjd``, ``libmtl``)
     means, IMTL-L's scales, RLW's seed in the peer's global generator, FAMO after one logit update from
     the same recomputed losses): the weights applied to the losses and the update of every model
     parameter.
+    The Gramian methods (IMTL-G, IMTL, Aligned-MTL(-UB), ConFIG, GradVac) share one generic check: the
+    peer row's step and the mtlopt runner under the options that reproduce the peer (the catalog line's
+    ``agree``), the weights (least squares on J where the peer returns none) and the shared update; the
+    peers' random orders are replayed from the runner's seed.
 
 Loop hooks
     A step includes what the training loop adds for the method: DWA and STCH run as one-step epochs (the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,8 @@ def agreement(s: Setup, method: Method) -> Agreement:
     """Run ``method`` (a peer) and its mtlopt reference once from identical weights; compare."""
     name = method.name
     base = s.model()
+    if method.agree is not None:
+        return _gramian_agreement(s, base, method)
     if name in ("torchjd-mgda", "torchjd-pcgrad"):
         return _torchjd_agreement(s, base, "MGDA" if name.endswith("mgda") else "PCGrad")
     if name == "libmtl-mgda":
@@ -314,4 +318,80 @@ def _loss_agreement(s: Setup, base: MultiTaskModel, name: str) -> Agreement:
         _relative(update, ours_update),
         None,
         _LOSS_NOTES[reference] + "; update of every model parameter",
+    )
+
+
+def _weights_from_update(J: Tensor, update: Tensor) -> Tensor:
+    """Weights w with wᵀJ = update (least squares): for an aggregator that returns no weights."""
+    return torch.linalg.lstsq(J.double().cpu().T, update.unsqueeze(1)).solution.squeeze(1)
+
+
+class _ReplayedShuffle:
+    """``random.shuffle`` for LibMTL's GradVac: mtlopt's GradVac orders from ``seed``, one per call."""
+
+    def __init__(self, K: int, seed: int) -> None:
+        self.source, self.K = mtlopt.GradVac(seed=seed), K
+        self.pending: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> None:
+        if not self.pending:
+            self.pending = self.source.orders(self.K)
+        order = self.pending.pop(0)
+        assert sorted(order) == sorted(items), (order, items)
+        items[:] = order
+
+
+def _gramian_agreement(s: Setup, base: MultiTaskModel, method: Method) -> Agreement:
+    """The generic check of a Gramian peer row: the peer's step and ``method.reference``'s runner with
+    ``method.agree`` from identical weights on the identical batch, the weights (recovered by least
+    squares on J where the peer returns none) and the update of the encoder. Random orders: TorchJD
+    draws from the global generator, seeded as the runner's weighting; LibMTL's ``random.shuffle``
+    replays the runner's orders."""
+    assert method.reference is not None and method.peer_class is not None
+    reference, cls = method.reference, method.peer_class
+    result, ours_model = _ours(s, base, reference, **(method.agree or {}))
+    ours_update = _flat_grads(list(ours_model.encoder.parameters()))
+    model = copy.deepcopy(base)
+    note = f"{reference} with {method.agree or 'its defaults'}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        if method.peer == "torchjd":
+            peers.import_peer("torchjd")
+            from torchjd import aggregation
+            from torchjd.autojac import jac_to_grad, mtl_backward
+
+            z, losses = s.forward(model)
+            if cls.endswith("Weighting"):
+                weights: Tensor | None = peers.torchjd_features_backward(
+                    model, losses, z, getattr(aggregation, cls)()
+                )
+            else:
+                J = mtlopt.jacobian(losses, list(model.encoder.parameters()), retain_graph=True)
+                mtl_backward(losses, features=z)
+                weights = jac_to_grad(model.encoder.parameters(), getattr(aggregation, cls)())
+            update = _flat_grads(list(model.encoder.parameters()))
+            if weights is None:
+                weights = _weights_from_update(J, update)
+                note += "; the peer's weights by least squares on J"
+        else:
+            libmtl_model = peers.libmtl_model(s, cls, False, model)
+            libmtl: Any = peers.import_peer("libmtl")
+            module: Any = sys.modules[getattr(libmtl.weighting, cls).__module__]
+            saved = getattr(module, "random", None)  # the module's `random` (GradVac's, PCGrad's shuffle)
+            if saved is not None:
+                module.random = types.SimpleNamespace(shuffle=_ReplayedShuffle(s.tasks, s.seed))
+            try:
+                kwargs = peers._LIBMTL_KWARGS.get(cls, {})
+                out = libmtl_model.backward(peers.libmtl_losses(s, libmtl_model), **kwargs)
+            finally:
+                if saved is not None:
+                    module.random = saved
+            weights = torch.as_tensor(np.asarray(out, dtype=np.float64))
+            update = _flat_grads(list(libmtl_model.encoder.parameters()))
+    return Agreement(
+        reference,
+        float((weights.double().cpu() - result.weights.double().cpu()).abs().max()),
+        _relative(update, ours_update),
+        None,
+        note + "; update of the shared parameters",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import peers, steps
 from .setups import Setup, Step
@@ -22,6 +23,12 @@ class Method:
         skip: returns why the method is skipped for a configuration, or None.
         beside: a peer row's mtlopt counterpart when it has no agreement check (``reference``
             otherwise): a run adds a peer's rows for the mtlopt methods it measures.
+        peer_class: a Gramian peer row's class in the peer library (TorchJD's aggregator, or its
+            ``...Weighting`` applied to the representation's Gramian; LibMTL's weighting).
+        agree: a Gramian peer row's agreement: the options of ``reference``'s runner under which
+            mtlopt computes what the peer computes (the generic check of
+            :func:`~mtlopt.benchmarks.speed.agreement`: weights and the shared update, one step from
+            identical weights; random orders replayed from the runner's seed).
     """
 
     name: str
@@ -31,6 +38,8 @@ class Method:
     reference: str | None = None
     skip: Callable[[Setup], str | None] = field(default=lambda s: None)
     beside: str | None = None
+    peer_class: str | None = None
+    agree: dict[str, Any] | None = None
 
     @property
     def counterpart(self) -> str | None:
@@ -49,6 +58,47 @@ def _no_batchnorm(s: Setup) -> str | None:
         return "vmap cannot update BatchNorm running statistics (the population loops)"
     return None
 
+
+def torchjd_gramian(
+    aggregator: str, reference: str, agree: dict[str, Any] | None = None, name: str | None = None
+) -> Method:
+    """A TorchJD aggregator's row beside the Gramian method ``reference``: ``mtl_backward`` +
+    ``jac_to_grad(encoder, aggregator())`` timed, the agreement with ``reference``'s runner under
+    ``agree`` on the shared parameters. An aggregator named ``...Weighting`` is TorchJD's weighting
+    applied to the Gramian of the flattened representation gradients (an ``-UB`` method)."""
+    on_features = aggregator.endswith("Weighting")
+    what = f"{aggregator} on the representation's Gramian" if on_features else f"jac_to_grad({aggregator}())"
+    return Method(
+        name or f"torchjd-{aggregator.lower()}",
+        f"TorchJD: {what}" if on_features else f"TorchJD: mtl_backward + {what}",
+        (peers.torchjd_features_step if on_features else peers.torchjd_step)(aggregator),
+        peer="torchjd",
+        reference=reference,
+        peer_class=aggregator,
+        agree=agree or {},
+    )
+
+
+def libmtl_gramian(
+    weighting: str, reference: str, agree: dict[str, Any] | None = None, kwargs: dict[str, Any] | None = None
+) -> Method:
+    """A LibMTL weighting's row (HPS, gradients of the shared parameters) beside ``reference``;
+    ``kwargs``: what LibMTL's trainer passes to its ``backward`` (e.g. CAGrad's ``calpha``, ``rescale``),
+    used by the timed step and the agreement alike."""
+    if kwargs is not None:
+        peers._LIBMTL_KWARGS.setdefault(weighting, kwargs)
+    return Method(
+        f"libmtl-{weighting.lower()}",
+        f"LibMTL: HPS + {weighting} (gradients of the shared parameters)",
+        peers.libmtl_step(weighting),
+        peer="libmtl",
+        reference=reference,
+        peer_class=weighting,
+        agree=agree or {},
+    )
+
+
+_SHARED = {"on": "shared"}
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -152,6 +202,12 @@ METHODS: dict[str, Method] = {
             "epoch",
             steps.epoch_step("stch", pre_steps=6),
         ),
+        Method("imtl-g", "IMTL-G on the representation's gradients", steps.runner_step("imtl-g")),
+        Method("imtl", "IMTL: learned loss scales, then IMTL-G (representation)", steps.runner_step("imtl")),
+        Method("aligned-mtl", "Aligned-MTL on the shared parameters", steps.runner_step("aligned-mtl")),
+        Method("aligned-mtl-ub", "Aligned-MTL-UB on the representation", steps.runner_step("aligned-mtl-ub")),
+        Method("config", "ConFIG on the shared parameters", steps.runner_step("config")),
+        Method("gradvac", "GradVac on the shared parameters", steps.runner_step("gradvac")),
         Method(
             "torchjd-mgda",
             "TorchJD: mtl_backward + jac_to_grad(MGDA())",
@@ -260,7 +316,26 @@ METHODS: dict[str, Method] = {
         Method(
             "libmtl-gls", "LibMTL: HPS + GLS", peers.libmtl_loss_step("GLS"), peer="libmtl", reference="gls"
         ),
+        # The Gramian methods' peers: one line each (the agreement is the generic one).
+        torchjd_gramian("IMTLG", "imtl-g", {**_SHARED, "solve": "gramian"}),
+        torchjd_gramian("AlignedMTL", "aligned-mtl", {"pref": "mean"}),
+        torchjd_gramian("AlignedMTLWeighting", "aligned-mtl-ub", {"pref": "mean"}, "torchjd-alignedmtl-ub"),
+        torchjd_gramian("ConFIG", "config"),
+        torchjd_gramian("GradVac", "gradvac"),
+        libmtl_gramian("IMTL", "imtl", _SHARED),
+        libmtl_gramian("GradVac", "gradvac", {"target-update": "on-correction"}),
     )
 }
+NOT_TIMED = {
+    "grid": "a sweep of fixed weightings, each an EW step",
+    "ls-sweep": "a sweep of fixed weightings, each an EW step",
+    "stl": "K single-task models",
+    "mtgd": "the population and population-vmap rows",
+}
+"""Registered benchmark methods without a row of their own, and why."""
+
+for _name, _runner in steps.registered_methods().items():  # a newly registered method: its runner's row
+    if _name not in METHODS and _name not in NOT_TIMED:
+        METHODS[_name] = Method(_name, _runner.description, steps.runner_step(_name))
 REFERENCE_METHODS = ("forward-only", "ew")
 DEFAULT_METHODS = tuple(m for m in METHODS if METHODS[m].peer is None)

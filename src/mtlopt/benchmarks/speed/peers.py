@@ -7,7 +7,7 @@ import importlib.metadata
 import importlib.util
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,6 +92,47 @@ def torchjd_step(aggregator_name: str) -> Callable[[Setup], Step]:
     return build
 
 
+def representation_jacobian(losses: Sequence[Tensor], z: Tensor) -> Tensor:
+    """The K × (batch·features) Jacobian of the losses w.r.t. the representation ``z`` (flattened)."""
+    rows = [torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses]
+    return torch.stack(rows)
+
+
+def torchjd_features_backward(model: Any, losses: Sequence[Tensor], z: Tensor, weighting: Any) -> Tensor:
+    """A TorchJD weighting on the Gramian of the flattened representation gradients (an ``-UB`` method
+    composed from TorchJD's parts): the heads get ∇L_t unweighted (as ``mtl_backward``), the encoder
+    the weighted representation gradient. Returns the weights."""
+    Jz = representation_jacobian(losses, z)
+    weights = weighting(Jz @ Jz.T)
+    heads = [p for p in model.heads.parameters() if p.requires_grad]
+    for p, g in zip(heads, torch.autograd.grad(torch.stack(list(losses)).sum(), heads, retain_graph=True)):
+        p.grad = g if p.grad is None else p.grad + g
+    z.backward((weights.to(Jz.dtype) @ Jz).view_as(z))
+    return weights
+
+
+def torchjd_features_step(weighting_name: str) -> Callable[[Setup], Step]:
+    """TorchJD's ``weighting_name`` (a ``Weighting`` of the Gramian) on the representation's Gramian."""
+
+    def build(s: Setup) -> Step:
+        import_peer("torchjd")
+        from torchjd import aggregation
+
+        weighting = getattr(aggregation, weighting_name)()
+        model = s.model()
+        optimizer = s.optimizer(model.parameters())
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            z, losses = s.forward(model)
+            torchjd_features_backward(model, losses, z, weighting)
+            optimizer.step()
+
+        return Step(run, [optimizer], [model], [s.x, s.y])
+
+    return build
+
+
 def libmtl_model(s: Setup, weighting_name: str, rep_grad: bool, base: MultiTaskModel | None = None) -> Any:
     """LibMTL's hard-parameter-sharing model (``HPS`` + a weighting), outside LibMTL's trainer (an
     ``nn.Module`` of LibMTL's untyped classes, hence ``Any``: its ``backward`` and ``encoder`` are LibMTL's).
@@ -129,7 +170,11 @@ def libmtl_model(s: Setup, weighting_name: str, rep_grad: bool, base: MultiTaskM
     return model
 
 
-_LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"MGDA": {"mgda_gn": "none"}, "GradNorm": {"alpha": 1.5}}
+_LIBMTL_KWARGS: dict[str, dict[str, Any]] = {
+    "MGDA": {"mgda_gn": "none"},
+    "GradNorm": {"alpha": 1.5},
+    "GradVac": {"beta": 0.5},
+}
 
 
 def libmtl_losses(s: Setup, model: Any) -> Tensor:

@@ -18,8 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..methods import MethodRunner, OptimizerSettings, get_method
+from ..methods import METHODS, MethodRunner, OptimizerSettings, get_method
 from .setups import RunnerData, Setup, Step
+
+
+def registered_methods() -> dict[str, type[MethodRunner]]:
+    """Every method of the benchmark registry (``mtlopt train --method``)."""
+    return dict(METHODS)
 
 
 def build_runner(s: Setup, runner: type[MethodRunner], options: dict[str, Any] | None = None) -> MethodRunner:
