@@ -98,7 +98,7 @@ def libmtl_gramian(
     )
 
 
-_SHARED = {"on": "shared"}
+_SHARED = {"gradients": "shared"}
 
 METHODS: dict[str, Method] = {
     m.name: m
