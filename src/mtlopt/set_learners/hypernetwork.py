@@ -36,6 +36,7 @@ embeddings); that is not implemented: a head per parameter suits small targets (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._options import check_choice
+from ..errors import NonFiniteError
 from ..weighting.epo import EPO
 from ._rays import RaySampler
 
@@ -250,7 +252,8 @@ def _check_losses(losses: Tensor, num_tasks: int) -> Tensor:
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(f"losses must be a tensor of shape ({num_tasks},) (one per task), got {shape}")
     if not bool(torch.isfinite(losses.detach()).all()):
-        raise ValueError(f"losses must be finite, got {losses.detach().tolist()}")
+        bad = [t for t, v in enumerate(losses.detach().tolist()) if not math.isfinite(v)]
+        raise NonFiniteError(f"the loss of task(s) {bad} is NaN or infinite: {losses.detach().tolist()}")
     return losses
 
 

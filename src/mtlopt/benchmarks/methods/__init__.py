@@ -46,6 +46,7 @@ from .population import (
     PopulationRunner,
     RaySetRunner,
 )
+from .set_learners import PHNEPORunner, PHNLSRunner, PHNRunner
 # isort: on
 
 __all__ = [
@@ -77,6 +78,9 @@ __all__ = [
     "OptimizerSettings",
     "Option",
     "PCGradRunner",
+    "PHNEPORunner",
+    "PHNLSRunner",
+    "PHNRunner",
     "ParetoMTLRunner",
     "PopulationRunner",
     "RLWRunner",
