@@ -25,8 +25,8 @@ def _positive_float(text: str) -> float:
 _PHN_OPTIONS = (
     Option(
         "num-rays",
-        25,
-        "test rays, one member each (two tasks; a Das–Dennis size beyond)",
+        None,
+        "test rays, one member each (default: 25 for two tasks, beyond the smallest Das–Dennis set of >= 25)",
         parse=_positive_int,
     ),
     Option(
