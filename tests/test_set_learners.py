@@ -297,7 +297,7 @@ def test_step_errors() -> None:
         PreferenceInput(nn.Identity(), 2)(torch.ones(3), torch.tensor([0.5, 0.5]))
 
 
-# --- the benchmark runners (phn-ls, phn-epo) -----------------------------------------------------------
+# --- the benchmark runners (phn-ls, phn-epo, cosmos) ------------------------------------------------
 
 
 class TwoHeads(nn.Module):
@@ -316,12 +316,13 @@ class Regression:
         return [((o[:, 0] - targets[:, t]) ** 2).mean() for t, o in enumerate(outputs)]
 
 
-@pytest.mark.parametrize("name", ["phn-ls", "phn-epo"])
+@pytest.mark.parametrize("name", ["phn-ls", "phn-epo", "cosmos"])
 def test_runner_trains_predicts_and_resumes_exactly(name: str) -> None:
     from mtlopt.benchmarks.methods import OptimizerSettings, get_method
 
     def build():  # type: ignore[no-untyped-def]
-        runner = get_method(name)({"num-rays": 3, "hidden-dim": 8}, num_tasks=2, seed=3)
+        options = {"num-rays": 3} if name == "cosmos" else {"num-rays": 3, "hidden-dim": 8}
+        runner = get_method(name)(options, num_tasks=2, seed=3)
         torch.manual_seed(0)
         runner.build(TwoHeads, OptimizerSettings("adam", lr=1e-3), total_steps=6, tasks=Regression())
         return runner
@@ -338,9 +339,20 @@ def test_runner_trains_predicts_and_resumes_exactly(name: str) -> None:
     resumed.load_state_dict(saved)
     for batch in data[1:]:
         resumed.train_step(*batch)
-    for p, q in zip(runner.hypernetwork.parameters(), resumed.hypernetwork.parameters()):
+    for p, q in zip(runner.modules()[0].parameters(), resumed.modules()[0].parameters()):
         assert torch.equal(p, q)
     with torch.no_grad():
         members = runner.predict_members(data[0][0])
     assert len(members) == 3 and [o.shape for o in members[0]] == [(16, 1), (16, 1)]
     assert runner.describe()["rays"] == test_rays(2, 3).tolist()
+
+
+def test_cosmos_runner_widens_the_first_layer() -> None:
+    from mtlopt.benchmarks.methods.set_learners import widen_first_layer
+
+    model = widen_first_layer(TwoHeads(), 2)
+    assert model.encoder[0].in_features == 6
+    conv = widen_first_layer(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1)), 3)
+    assert conv[0].in_channels == 4 and conv[0].padding == (1, 1)
+    with pytest.raises(ValueError, match="first layer is an nn.Linear or nn.Conv2d"):
+        widen_first_layer(nn.Sequential(nn.Tanh()), 2)

@@ -46,7 +46,7 @@ from .population import (
     PopulationRunner,
     RaySetRunner,
 )
-from .set_learners import PHNEPORunner, PHNLSRunner, PHNRunner
+from .set_learners import COSMOSRunner, PHNEPORunner, PHNLSRunner, PHNRunner
 # isort: on
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "AlignedMTLRunner",
     "AlignedMTLUBRunner",
     "AlternatingRunner",
+    "COSMOSRunner",
     "ConFIGRunner",
     "DWARunner",
     "EPORunner",
