@@ -34,14 +34,15 @@ test rays                  25 (two tasks)       25, angles in [0.1, π/2 − 0.1
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..distributed import Sync, all_reduce_mean_, resolve_group
 from ._rays import RaySampler
-from .hypernetwork import SetStepResult, _check_losses, _check_ray
+from .hypernetwork import SetStepResult, _accumulate, _check_losses, _check_ray, _grads
 
 __all__ = ["COSMOS", "PreferenceInput"]
 
@@ -86,6 +87,12 @@ class COSMOS:
         penalty: λ >= 0, the weight of the cosine-similarity term (0: linear scalarization on random rays).
         alpha: the Dirichlet concentration of the training rays (one value or K).
         seed: the ray sampler's seed (the same on every rank in data-parallel training).
+        parameters: the trained parameters; needed only for data parallelism (below).
+        sync: data parallelism over the batch (``"auto"``: under an initialized ``torch.distributed``
+            with more than one process): the objective is taken at the losses averaged over the ranks,
+            its gradient Σ_t (∂J/∂L̄_t) ∇L̄_t written to
+            ``parameters``' ``.grad`` after averaging over the ranks (do not wrap the model in
+            DistributedDataParallel as well).
     """
 
     def __init__(
@@ -95,6 +102,8 @@ class COSMOS:
         penalty: float = 2.0,
         alpha: float | Sequence[float] = 1.2,
         seed: int = 0,
+        parameters: Iterable[Tensor] | None = None,
+        sync: Sync = "auto",
     ) -> None:
         penalty = float(penalty)
         if not (math.isfinite(penalty) and penalty >= 0.0):
@@ -102,6 +111,8 @@ class COSMOS:
         self.sampler = RaySampler(num_tasks, alpha, seed=seed)
         self.num_tasks = num_tasks
         self.penalty = penalty
+        self.parameters = None if parameters is None else [p for p in parameters if p.requires_grad]
+        self.sync: Sync = sync
         self.steps = 0
 
     def sample_ray(self) -> Tensor:
@@ -117,8 +128,21 @@ class COSMOS:
 
     def backward(self, losses: Tensor, ray: Tensor) -> SetStepResult:
         """Backpropagate the COSMOS objective for ``losses`` (K,) computed at ``ray``."""
-        loss, cosine = self.loss(losses, ray)
-        loss.backward()
+        group = resolve_group(self.sync)
+        if group is None:
+            loss, cosine = self.loss(losses, ray)
+            loss.backward()
+        else:
+            if self.parameters is None:
+                raise ValueError("COSMOS needs parameters= for data-parallel training (sync)")
+            mean = _check_losses(losses, self.num_tasks).detach().clone()
+            all_reduce_mean_([mean], group)
+            at_mean = mean.requires_grad_()
+            loss, cosine = self.loss(at_mean, ray)
+            (coefficients,) = torch.autograd.grad(loss, at_mean)
+            grads = _grads((coefficients * losses).sum(), self.parameters, retain_graph=False)
+            all_reduce_mean_(grads, group)
+            _accumulate(self.parameters, grads)
         self.steps += 1
         return SetStepResult(
             loss.detach(),

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._options import check_choice
+from ..distributed import Sync, all_reduce_mean_, resolve_group
 from ..errors import NonFiniteError
 from ..weighting.epo import EPO
 from ._rays import RaySampler
@@ -159,6 +160,11 @@ class PHN:
         alpha: the Dirichlet concentration of the training rays (one value or K).
         seed: the ray sampler's seed (the same on every rank in data-parallel training).
         epo_eps: EPO's threshold on the non-uniformity between balance and descent mode.
+        sync: data parallelism over the batch (``"auto"``: under an initialized ``torch.distributed``
+            with more than one process): each rank's losses are on its share of the batch; the
+            losses and the task gradients are averaged over the ranks before the weights are chosen,
+            so every rank writes the one-process ``.grad`` of the global batch. Do not wrap the
+            hypernetwork in DistributedDataParallel as well.
     """
 
     def __init__(
@@ -169,6 +175,7 @@ class PHN:
         alpha: float | Sequence[float] = 0.2,
         seed: int = 0,
         epo_eps: float = 1e-4,
+        sync: Sync = "auto",
     ) -> None:
         if not isinstance(hypernetwork, ParetoHypernetwork):
             raise TypeError(f"PHN needs a ParetoHypernetwork, got {type(hypernetwork).__name__}")
@@ -180,6 +187,7 @@ class PHN:
         self.epo_eps = float(epo_eps)
         if objective == "epo":
             EPO(torch.full((self.num_tasks,), 1.0 / self.num_tasks), eps=self.epo_eps)  # checks eps, scipy
+        self.sync: Sync = sync
         self.steps = 0
         self.fallbacks = 0
 
@@ -193,39 +201,30 @@ class PHN:
         losses = _check_losses(losses, self.num_tasks)
         ray64 = _check_ray(ray, self.num_tasks)
         params = [p for p in self.hypernetwork.parameters() if p.requires_grad]
+        group = resolve_group(self.sync)
         diagnostics: dict[str, Any] = {}
         if self.objective == "ls":
             weights = ray64
-            loss = (losses * ray64.to(losses)).sum()
-            loss.backward()
+            grads = _grads((losses * ray64.to(losses)).sum(), params, retain_graph=False)
+            all_reduce_mean_(grads, group)
+            _accumulate(params, grads)
         else:
-            grads = [
-                torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-                for t in range(self.num_tasks)
-            ]
-            flat = torch.stack(
-                [
-                    torch.cat(
-                        [
-                            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                            for g, p in zip(gs, params)
-                        ]
-                    )
-                    for gs in grads
-                ]
-            ).to(torch.float64)
-            output = EPO(ray64, eps=self.epo_eps, weight_scale="num-tasks").weigh(flat @ flat.T, losses)
+            rows = [_grads(losses[t], params, retain_graph=True) for t in range(self.num_tasks)]
+            flat = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
+            global_losses = losses.detach().clone()
+            all_reduce_mean_([flat, global_losses], group)
+            flat64 = flat.to(torch.float64)
+            output = EPO(ray64, eps=self.epo_eps, weight_scale="num-tasks").weigh(
+                flat64 @ flat64.T, global_losses
+            )
             weights = output.weights
             diagnostics = output.diagnostics
             self.fallbacks += int(bool(diagnostics["fallback"]))
-            # Σ α_t ∇L_t, the gradient of the official Σ α_t L_t with α held constant (one pass fewer).
-            for i, p in enumerate(params):
-                update = sum(
-                    float(weights[t]) * grads[t][i] for t in range(self.num_tasks) if grads[t][i] is not None
-                )
-                if isinstance(update, Tensor):
-                    p.grad = update.detach() if p.grad is None else p.grad + update.detach()
-            loss = (losses * weights.to(losses)).sum()
+            # Σ α_t ∇L_t: the gradient of the official Σ α_t L_t with α held constant.
+            update = weights.to(flat) @ flat
+            sizes = [p.numel() for p in params]
+            _accumulate(params, [u.view_as(p) for u, p in zip(update.split(sizes), params)])
+        loss = (losses * weights.to(losses)).sum()
         self.steps += 1
         diagnostics["step"] = self.steps
         return SetStepResult(loss.detach(), weights.clone(), diagnostics)
@@ -245,6 +244,16 @@ class PHN:
 
     def __repr__(self) -> str:
         return f"PHN(objective={self.objective!r}, alpha={self.sampler.alpha.tolist()}, seed={self.sampler.seed})"
+
+
+def _grads(loss: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
+def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
 
 
 def _check_losses(losses: Tensor, num_tasks: int) -> Tensor:
