@@ -162,8 +162,8 @@ def test_cosmos_objective_formula() -> None:
     ray = torch.tensor([0.2, 0.8], dtype=torch.float64)
     loss, cosine = cosmos.loss(losses, ray)
     expected_cos = float(losses.detach() @ ray / (losses.detach().norm() * ray.norm()))
-    assert float(cosine) == pytest.approx(expected_cos, rel=1e-12)
-    assert float(loss) == pytest.approx(float(losses @ ray) - 3.0 * expected_cos, rel=1e-12)
+    assert float(cosine.detach()) == pytest.approx(expected_cos, rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(float(losses.detach() @ ray) - 3.0 * expected_cos, rel=1e-12)
 
 
 def test_call_target_uses_the_generated_parameters_without_copying_the_target() -> None:

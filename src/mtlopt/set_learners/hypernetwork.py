@@ -14,6 +14,9 @@ and :math:`\phi`. Training draws :math:`r \sim \mathrm{Dir}(\alpha)` every step 
   with respect to :math:`\phi`), held constant in the backward pass.
 
 At test time one forward pass of h per ray gives that ray's model: the whole front from one network.
+Linear scalarization reaches only the points of the front on its convex hull: on a concave front the
+minimizers of :math:`r^\top L` are its end points, so PHN-LS is for convex fronts and PHN-EPO (or COSMOS)
+for the others.
 The hypernetwork here is the official one: a ray MLP :math:`K \to d \to d \to d` (ReLU between, none
 after) and one linear head :math:`d \to |\theta_p|` per generated target parameter p, with PyTorch's
 default initialization. The target is evaluated with ``torch.func.functional_call`` on the generated
