@@ -223,6 +223,51 @@ def loss_method_case(make_weighting, epochs=3):
     return run
 
 
+def phn_case(objective):
+    """A Pareto hypernetwork over Net: the rays are drawn alike on every rank (one seed)."""
+
+    def run(rank, world):
+        from mtlopt.set_learners import PHN, ParetoHypernetwork
+
+        class Losses(Net):
+            def forward(self, x, y):
+                return torch.stack(self.losses(x, y)[0])
+
+        target = Losses()
+        torch.manual_seed(1)
+        hypernetwork = ParetoHypernetwork(target, TASKS, hidden_dim=4)
+        phn = PHN(hypernetwork, objective=objective, seed=5)
+        optimizer = torch.optim.Adam(hypernetwork.parameters(), lr=1e-2)
+        for x, y in batches():
+            x, y = shard(x, rank, world), shard(y, rank, world)
+            ray = phn.sample_ray()
+            phn.backward(hypernetwork.call_target(ray, x, y), ray)
+            optimizer.step()
+            optimizer.zero_grad()
+        return state(hypernetwork)
+
+    return run
+
+
+def cosmos_case(rank, world):
+    from mtlopt.set_learners import COSMOS, PreferenceInput
+
+    torch.manual_seed(2)
+    net = PreferenceInput(
+        nn.Sequential(nn.Linear(6 + TASKS, 8), nn.Tanh(), nn.Linear(8, TASKS)).double(), TASKS
+    )
+    cosmos = COSMOS(TASKS, penalty=2.0, seed=5, parameters=net.parameters())
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for x, y in batches():
+        x, y = shard(x, rank, world), shard(y, rank, world)
+        ray = cosmos.sample_ray()
+        losses = (net(x, ray) - y).pow(2).mean(0)
+        cosmos.backward(losses, ray)
+        optimizer.step()
+        optimizer.zero_grad()
+    return state(net)
+
+
 CASES = {
     "ew": weighting_case(lambda model: mtlopt.EW(), "plain"),
     "fixed": weighting_case(lambda model: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
@@ -267,6 +312,9 @@ CASES = {
     "db-mtl": weighting_case(lambda model: mtlopt.DBMTL(0.5), "shared"),
     "graddrop": weighting_case(lambda model: mtlopt.GradDrop(leak=0.2, seed=4), "features"),
     "graddrop-shared": weighting_case(lambda model: mtlopt.GradDrop("parameters", seed=4), "shared"),
+    "phn-ls": phn_case("ls"),
+    "phn-epo": phn_case("epo"),
+    "cosmos": cosmos_case,
 }  # fmt: skip
 
 

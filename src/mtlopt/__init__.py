@@ -12,6 +12,7 @@ from .min_norm import MinNormResult, min_norm
 from .population import Population, PopulationStepResult, Transfer, transfer_matrix
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
+from .set_learners import COSMOS, PHN, ParetoHypernetwork, PreferenceInput
 from .weighting import (
     DBMTL,
     DWA,
@@ -68,6 +69,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "COSMOS",
     "DBMTL",
     "DWA",
     "EPO",
@@ -79,6 +81,7 @@ __all__ = [
     "IMTLL",
     "MAO",
     "MGDA",
+    "PHN",
     "RLW",
     "SI",
     "STCH",
@@ -107,9 +110,11 @@ __all__ = [
     "NashMTL",
     "NonFiniteError",
     "PCGrad",
+    "ParetoHypernetwork",
     "ParetoMTL",
     "Population",
     "PopulationStepResult",
+    "PreferenceInput",
     "Transfer",
     "UPGrad",
     "UncertaintyWeighting",

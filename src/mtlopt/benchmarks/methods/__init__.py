@@ -60,6 +60,7 @@ from .population import (
     PopulationRunner,
     RaySetRunner,
 )
+from .set_learners import COSMOSRunner, PHNEPORunner, PHNLSRunner, PHNRunner
 # isort: on
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "AlignedMTLUBRunner",
     "AlternatingRunner",
     "CAGradRunner",
+    "COSMOSRunner",
     "ConFIGRunner",
     "DWARunner",
     "DualProjRunner",
@@ -95,6 +97,9 @@ __all__ = [
     "OptimizerSettings",
     "Option",
     "PCGradRunner",
+    "PHNEPORunner",
+    "PHNLSRunner",
+    "PHNRunner",
     "ParetoMTLRunner",
     "PopulationRunner",
     "RLWRunner",

@@ -1,0 +1,224 @@
+"""Set learners as benchmark methods (``mtlopt.set_learners``): one model for the whole front, its members
+that model at the fixed test rays. ``phn-ls`` / ``phn-epo``: a hypernetwork generating the benchmark's
+model; ``cosmos``: the benchmark's model with its first layer widened by K inputs, the ray appended to
+the input (as K constant channels for images: the official transposed-CNN upsampler is not built)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from mtlopt.distributed import resolve_group, world_size
+from mtlopt.set_learners import COSMOS, PHN, ParetoHypernetwork, PreferenceInput, test_rays
+
+from ..interfaces import MultiTaskModel, RunnerTasks
+from ._base import MethodRunner, OptimizerSettings, Option, _positive_int, register
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a number > 0, got {text}")
+    return value
+
+
+_PHN_OPTIONS = (
+    Option(
+        "num-rays",
+        None,
+        "test rays, one member each (default: 25 for two tasks, beyond the smallest Das–Dennis set of >= 25)",
+        parse=_positive_int,
+    ),
+    Option(
+        "alpha", 0.2, "Dirichlet concentration of the training rays (official: 0.2)", parse=_positive_float
+    ),
+    Option("hidden-dim", 100, "width of the hypernetwork's ray MLP (official: 100)", parse=_positive_int),
+)
+
+
+class PHNRunner(MethodRunner):
+    """A Pareto hypernetwork over the benchmark's model; the set is its targets at the test rays."""
+
+    produces_set = True
+    objective: ClassVar[str]
+
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
+        if world_size(resolve_group("auto")) > 1:
+            raise ValueError(f"{self.name} runs in one process (the hypernetwork is one model for every ray)")
+        self.tasks = tasks
+        self.target = make_model()
+        self.hypernetwork = ParetoHypernetwork(
+            self.target, self.num_tasks, hidden_dim=self.config["hidden-dim"]
+        )
+        self.phn = PHN(
+            self.hypernetwork,
+            objective=self.objective,  # type: ignore[arg-type]
+            alpha=self.config["alpha"],
+            seed=self.seed,
+        )
+        self.optimizer = optimizer.make(self.hypernetwork.parameters())
+        self.rays = test_rays(self.num_tasks, self.config["num-rays"])
+
+    def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.scaler is not None:
+            raise ValueError(f"{self.name} does not support float16 mixed precision (use bfloat16)")
+        ray = self.phn.sample_ray()
+        losses = torch.stack(self.tasks.losses(self.hypernetwork.call_target(ray, x), targets))
+        result = self.phn.backward(losses, ray)
+        self._step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": losses.detach(), "weights": result.weights, "ray": ray}
+
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError("a set method predicts per member: use predict_members")
+
+    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        return [list(self.hypernetwork.call_target(ray, x)) for ray in self.rays]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.hypernetwork, self.target]  # the target: its buffers and its train/eval mode
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "phn": self.phn.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
+        self.phn.load_state_dict(state["phn"])
+
+    def weight_convention(self) -> str:
+        return "1" if self.objective == "ls" else "K"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rays": self.rays.tolist()}
+
+
+@register
+class PHNLSRunner(PHNRunner):
+    name = "phn-ls"
+    description = "Pareto hypernetwork (Navon et al. 2021), linear scalarization on Dirichlet rays"
+    options = _PHN_OPTIONS
+    objective = "ls"
+
+
+@register
+class PHNEPORunner(PHNRunner):
+    name = "phn-epo"
+    description = "Pareto hypernetwork (Navon et al. 2021), EPO weights on Dirichlet rays"
+    options = _PHN_OPTIONS
+    objective = "epo"
+
+
+def widen_first_layer(model: torch.nn.Module, extra: int) -> torch.nn.Module:
+    """Replace the model's first ``Linear`` or ``Conv2d`` (in ``named_modules`` order) by a freshly
+    initialized one that takes ``extra`` more input features or channels (COSMOS's appended ray)."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    if not layers:
+        raise ValueError("cosmos needs a model whose first layer is an nn.Linear or nn.Conv2d")
+    name, module = layers[0]
+    weight = module.weight
+    if isinstance(module, torch.nn.Linear):
+        wider: torch.nn.Module = torch.nn.Linear(
+            module.in_features + extra, module.out_features, module.bias is not None
+        )
+    else:
+        wider = torch.nn.Conv2d(
+            module.in_channels + extra,
+            module.out_channels,
+            module.kernel_size,  # type: ignore[arg-type]
+            module.stride,  # type: ignore[arg-type]
+            module.padding,  # type: ignore[arg-type]
+            module.dilation,  # type: ignore[arg-type]
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+        )
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, wider.to(device=weight.device, dtype=weight.dtype))
+    return model
+
+
+@register
+class COSMOSRunner(MethodRunner):
+    """COSMOS over the benchmark's model, its first layer widened by K inputs for the ray."""
+
+    name = "cosmos"
+    description = (
+        "COSMOS (Ruchte & Grabocka 2021): one model with the ray appended to its input, cosine penalty"
+    )
+    options = (
+        _PHN_OPTIONS[0],
+        Option(
+            "alpha",
+            1.2,
+            "Dirichlet concentration of the training rays (official: 1.2)",
+            parse=_positive_float,
+        ),
+        Option(
+            "penalty", 2.0, "lambda, the cosine-similarity penalty (official: 2 on Multi-MNIST)", parse=float
+        ),
+    )
+    produces_set = True
+
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
+        if world_size(resolve_group("auto")) > 1:
+            raise ValueError("cosmos runs in one process (one model for every ray)")
+        self.tasks = tasks
+        self.model = PreferenceInput(widen_first_layer(make_model(), self.num_tasks), self.num_tasks)
+        self.cosmos = COSMOS(
+            self.num_tasks, penalty=self.config["penalty"], alpha=self.config["alpha"], seed=self.seed
+        )
+        self.optimizer = optimizer.make(self.model.parameters())
+        self.rays = test_rays(self.num_tasks, self.config["num-rays"])
+
+    def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        ray = self.cosmos.sample_ray()
+        losses = torch.stack(self.tasks.losses(self.model(x, ray), targets))
+        loss, cosine = self.cosmos.loss(losses, ray)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.cosmos.steps += 1
+        self._step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": losses.detach(), "cosine": cosine.detach(), "ray": ray}
+
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError("a set method predicts per member: use predict_members")
+
+    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        return [list(self.model(x, ray)) for ray in self.rays]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "cosmos": self.cosmos.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
+        self.cosmos.load_state_dict(state["cosmos"])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rays": self.rays.tolist()}
