@@ -35,7 +35,7 @@ from mtlopt.weighting import (
 )
 
 from ._base import Option, register
-from .weightings import SingleModelRunner
+from .weightings import FEATURE_BATCH_OPTION, SingleModelRunner
 
 
 def _gradients(default: str) -> Option:
@@ -187,18 +187,15 @@ def _aligned(config: dict[str, Any], **extra: Any) -> mtlopt.AlignedMTL:
 
 
 @register
-class AlignedMTLRunner(SingleModelRunner):
+class AlignedMTLRunner(GradientRunner):
     name = "aligned-mtl"
     description = (
         "Aligned-MTL (Senushkin et al. 2023): gradients aligned to an orthogonal equal-norm basis (eigh of G)"
     )
-    options = _ALIGNED_OPTIONS
+    options = (*_ALIGNED_OPTIONS, _gradients("shared"))
 
     def weighting(self):
         return _aligned(self.config)
-
-    def backward_kwargs(self, z):
-        return {"shared_params": self.model.encoder}
 
 
 @register
@@ -207,12 +204,7 @@ class AlignedMTLUBRunner(SingleModelRunner):
     description = "Aligned-MTL-UB (Senushkin et al. 2023): the alignment on the representation's Gramian"
     options = (
         *_ALIGNED_OPTIONS,
-        Option(
-            "feature-batch",
-            "flatten",
-            "representation Gramian: flatten (official) or sum (LibMTL)",
-            choices(FeatureBatch),
-        ),
+        FEATURE_BATCH_OPTION,
     )
 
     def weighting(self):
@@ -223,20 +215,21 @@ class AlignedMTLUBRunner(SingleModelRunner):
 
 
 @register
-class ConFIGRunner(SingleModelRunner):
+class ConFIGRunner(GradientRunner):
     name = "config"
     description = "ConFIG (Liu et al. 2025): the direction with equal cosines to every task gradient"
-    options = (Option("length", "projection", "length of the update", choices(config.Length)), _HEADS)
+    options = (
+        Option("length", "projection", "length of the update", choices(config.Length)),
+        _HEADS,
+        _gradients("shared"),
+    )
 
     def weighting(self):
         return mtlopt.ConFIG(length=self.config["length"], head_weighting=self.config["head-weighting"])
 
-    def backward_kwargs(self, z):
-        return {"shared_params": self.model.encoder}
-
 
 @register
-class GradVacRunner(SingleModelRunner):
+class GradVacRunner(GradientRunner):
     name = "gradvac"
     description = "GradVac (Wang et al. 2021): gradients corrected towards EMA targets of their cosines"
     options = (
@@ -248,6 +241,7 @@ class GradVacRunner(SingleModelRunner):
             choices(gradvac.TargetUpdate),
         ),
         _HEADS,
+        _gradients("shared"),
     )
 
     def weighting(self):
@@ -257,9 +251,6 @@ class GradVacRunner(SingleModelRunner):
             target_update=self.config["target-update"],
             head_weighting=self.config["head-weighting"],
         )
-
-    def backward_kwargs(self, z):
-        return {"shared_params": self.model.encoder}
 
 
 def _max_norm(text: str) -> float | None:

@@ -82,6 +82,14 @@ class EWRunner(SingleModelRunner):
         return mtlopt.EW()
 
 
+# The representation Gramian of the "-UB" variants (features=).
+FEATURE_BATCH_OPTION = Option(
+    "feature-batch",
+    "flatten",
+    "representation Gramian: flatten (official) or sum (LibMTL)",
+    choices(FeatureBatch),
+)
+
 _MGDA_OPTIONS = (
     Option("solver", "auto", "min-norm solver", choices(Solver)),
     Option("normalization", "none", "gradient normalization before the solve", choices(mgda.Normalization)),
@@ -131,12 +139,7 @@ class MGDAUBRunner(SingleModelRunner):
     description = "MGDA-UB (Sener & Koltun 2018): min-norm weights of the gradients w.r.t. the representation"
     options = (
         *_MGDA_OPTIONS,
-        Option(
-            "feature-batch",
-            "flatten",
-            "representation Gramian: flatten (official) or sum (LibMTL)",
-            choices(FeatureBatch),
-        ),
+        FEATURE_BATCH_OPTION,
     )
 
     def weighting(self):
