@@ -533,3 +533,24 @@ def test_backward_writes_the_weighted_gradient(make) -> None:
         expected = w[0].to(p.dtype) * grads[0][i] + w[1].to(p.dtype) * grads[1][i]
         torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7)
     assert result.diagnostics["step"] == 1
+
+
+def test_projected_gramian_has_no_negative_round_off_on_its_diagonal() -> None:
+    """C G Cᵀ with rows of C in (or near) G's null space: formed as C G Cᵀ its diagonal can come out
+    negative by round-off (min_norm then rejects it as not PSD); formed from a factor of G it cannot."""
+    from mtlopt.min_norm import min_norm
+    from mtlopt.weighting.pmtl import _congruent
+
+    rng = np.random.default_rng(0)
+    naive_negative = 0
+    for _ in range(200):
+        u = rng.normal(size=3)
+        J = np.outer(u, rng.normal(size=5)) * 10.0 ** rng.uniform(-20, 5)
+        G = J @ J.T  # rank one, null space ⟂ u
+        C = np.vstack([np.cross(u, rng.normal(size=3)), np.cross(u, rng.normal(size=3)), rng.normal(size=3)])
+        naive_negative += int((np.diag(C @ G @ C.T) < 0).any())
+        P = _congruent(C, G)
+        assert (np.diag(P) >= 0.0).all()
+        np.testing.assert_allclose(P, C @ G @ C.T, rtol=0, atol=1e-12 * np.abs(G).max())
+        min_norm(P)  # accepted
+    assert naive_negative > 0  # the case the factor form exists for does occur

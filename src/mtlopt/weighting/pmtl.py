@@ -251,13 +251,13 @@ class ParetoMTL(GramianWeighting):
             if violated and not capped:
                 self.warmup_taken += 1
                 C = self._directions[violated]
-                result = min_norm(C @ G @ C.T, solver=self.solver, clip=self.clip)
+                result = min_norm(_congruent(C, G), solver=self.solver, clip=self.clip)
                 weights = C.T @ result.weights.numpy()
                 return self._output(weights, values, violated, result)
             self.phase = "main"
         active = [j for j in self._others if values[j] > -self.tolerance]
         C = np.vstack([np.eye(K), self._directions[active]])
-        result = min_norm(C @ G @ C.T, solver=self.solver, clip=self.clip)
+        result = min_norm(_congruent(C, G), solver=self.solver, clip=self.clip)
         weights = C.T @ result.weights.numpy()
         if self.weight_scale == "num-tasks":
             total = float(np.abs(weights).sum())
@@ -323,6 +323,14 @@ def _check_preference_rows(preferences: Any) -> Tensor:
         if not bool((row > 0).any()):
             raise ValueError(f"ParetoMTL preference vector {i} is {shown}: it is 0, not a ray")
     return vectors.clone()
+
+
+def _congruent(C: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """C G Cᵀ formed as (C F)(C F)ᵀ with G = F Fᵀ (negative round-off eigenvalues of G dropped): its
+    diagonal is a sum of squares, so a row of C in G's null space gives 0, not a negative round-off."""
+    eigenvalues, vectors = np.linalg.eigh(G)
+    A = C @ (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None)))
+    return A @ A.T
 
 
 def _symmetric(gramian: Tensor) -> np.ndarray:
