@@ -85,7 +85,10 @@ SMALL = ["--benchmark", "multimnist", "--max-sources", "400", "--threads", "1", 
 
 @pytest.mark.parametrize(
     ("command", "method"),
-    [("train", ["mgda-ub"]), ("pareto", ["pmtl", "--num-models", "2"])],
+    [
+        ("train", ["mgda-ub"]),
+        pytest.param("pareto", ["pmtl", "--num-models", "2"], marks=pytest.mark.slow),
+    ],
 )
 def test_torchrun_cli_equals_one_process(tmp_path, command, method):
     """`torchrun --nproc_per_node 2 -m mtlopt ...` trains what one process trains: the global batch is

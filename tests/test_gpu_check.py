@@ -264,6 +264,7 @@ def check_dry_run(report: dict, quick: bool) -> None:
             assert all(0 <= hv for hv in pareto["hv"])
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_only(reason="the CPU dry run of scripts/gpu_check.sh")
 def test_quick_cpu_dry_run_writes_the_report_with_every_stage(tmp_path: Path):
     report = dry_run(tmp_path / "check", "--quick")

@@ -114,7 +114,7 @@ def test_imtl_l_runner_trains_its_scales_without_weight_decay():
     assert not torch.equal(scales.detach(), torch.zeros(2))
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])  # fp16 on CPU: ~1 min
 def test_every_loss_method_trains_one_epoch_under_mixed_precision(tmp_path, amp):
     """bf16 autocast, and fp16 autocast with a GradScaler (FAMO's update reads the float16 losses)."""
     import json
