@@ -268,6 +268,27 @@ def cosmos_case(rank, world):
     return state(net)
 
 
+def pamal_case(rank, world):
+    """PaMaL over Net: one member per task, a window of two rays drawn alike on every rank, the
+    regularization on (its coefficients taken at the losses averaged over the ranks)."""
+    from mtlopt.set_learners import PaMaL, WeightEnsemble
+
+    class Losses(Net):
+        def forward(self, x, y):
+            return torch.stack(self.losses(x, y)[0])
+
+    ensemble = WeightEnsemble([Losses(seed=10 + t) for t in range(TASKS)])
+    pamal = PaMaL(ensemble, window=2, penalty=1.0, temperature=3.0, seed=5)
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-2)
+    for x, y in batches():
+        x, y = shard(x, rank, world), shard(y, rank, world)
+        rays = pamal.sample_rays()
+        pamal.backward(torch.stack([ensemble.call_target(ray, x, y) for ray in rays]), rays)
+        optimizer.step()
+        optimizer.zero_grad()
+    return state(ensemble)
+
+
 CASES = {
     "ew": weighting_case(lambda model: mtlopt.EW(), "plain"),
     "fixed": weighting_case(lambda model: mtlopt.FixedWeights([0.2, 0.5, 0.3]), "plain"),
@@ -315,6 +336,7 @@ CASES = {
     "phn-ls": phn_case("ls"),
     "phn-epo": phn_case("epo"),
     "cosmos": cosmos_case,
+    "pamal": pamal_case,
 }  # fmt: skip
 
 

@@ -375,7 +375,7 @@ def test_compare_mixes_set_and_single_model_methods(tmp_path):
 def test_pareto_refuses_single_model_methods(tmp_path, capsys):
     assert main(["pareto", *SMALL, "--method", "ew", "--out", str(tmp_path)]) == 2
     assert (
-        "ew trains one model; `mtlopt pareto` takes a set method (ls-sweep, mtgd, pmtl, epo, phn-ls, phn-epo, cosmos)"
+        "ew trains one model; `mtlopt pareto` takes a set method (ls-sweep, mtgd, pmtl, epo, phn-ls, phn-epo, cosmos, pamal)"
         in capsys.readouterr().err
     )
 

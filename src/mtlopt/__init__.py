@@ -12,7 +12,7 @@ from .min_norm import MinNormResult, min_norm
 from .population import Population, PopulationStepResult, Transfer, transfer_matrix
 from .preferences import check_preferences, das_dennis, preference_vectors
 from .scalarization import IdealPoint
-from .set_learners import COSMOS, PHN, ParetoHypernetwork, PreferenceInput
+from .set_learners import COSMOS, PHN, PaMaL, ParetoHypernetwork, PreferenceInput, WeightEnsemble
 from .weighting import (
     DBMTL,
     DWA,
@@ -110,6 +110,7 @@ __all__ = [
     "NashMTL",
     "NonFiniteError",
     "PCGrad",
+    "PaMaL",
     "ParetoHypernetwork",
     "ParetoMTL",
     "Population",
@@ -118,6 +119,7 @@ __all__ = [
     "Transfer",
     "UPGrad",
     "UncertaintyWeighting",
+    "WeightEnsemble",
     "WeightingOutput",
     "__version__",
     "backward",

@@ -60,7 +60,7 @@ from .population import (
     PopulationRunner,
     RaySetRunner,
 )
-from .set_learners import COSMOSRunner, PHNEPORunner, PHNLSRunner, PHNRunner
+from .set_learners import COSMOSRunner, PaMaLRunner, PHNEPORunner, PHNLSRunner, PHNRunner
 # isort: on
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "PHNEPORunner",
     "PHNLSRunner",
     "PHNRunner",
+    "PaMaLRunner",
     "ParetoMTLRunner",
     "PopulationRunner",
     "RLWRunner",

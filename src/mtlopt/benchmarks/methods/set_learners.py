@@ -1,7 +1,9 @@
 """Set learners as benchmark methods (``mtlopt.set_learners``): one model for the whole front, its members
 that model at the fixed test rays. ``phn-ls`` / ``phn-epo``: a hypernetwork generating the benchmark's
 model; ``cosmos``: the benchmark's model with its first layer widened by K inputs, the ray appended to
-the input (as K constant channels for images: the official transposed-CNN upsampler is not built)."""
+the input (as K constant channels for images: the official transposed-CNN upsampler is not built);
+``pamal``: K independently initialized copies of the benchmark's model, the model at a ray their convex
+combination, a window of rays per step."""
 
 from __future__ import annotations
 
@@ -10,11 +12,21 @@ from typing import Any, ClassVar
 
 import torch
 
+from mtlopt._options import choices
 from mtlopt.distributed import resolve_group, world_size
-from mtlopt.set_learners import COSMOS, PHN, ParetoHypernetwork, PreferenceInput, test_rays
+from mtlopt.set_learners import (
+    COSMOS,
+    PHN,
+    PaMaL,
+    ParetoHypernetwork,
+    PreferenceInput,
+    WeightEnsemble,
+    test_rays,
+)
+from mtlopt.set_learners.pamal import Ordering
 
 from ..interfaces import MultiTaskModel, RunnerTasks
-from ._base import MethodRunner, OptimizerSettings, Option, _positive_int, register
+from ._base import MethodRunner, OptimizerSettings, Option, _non_negative, _positive_int, register
 
 
 def _positive_float(text: str) -> float:
@@ -219,6 +231,120 @@ class COSMOSRunner(MethodRunner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
         self.cosmos.load_state_dict(state["cosmos"])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rays": self.rays.tolist()}
+
+
+@register
+class PaMaLRunner(MethodRunner):
+    """PaMaL over the benchmark's model: K independent initializations of it (one per task), the model at
+    a ray the convex combination of their parameters; the set is that model at the test rays."""
+
+    name = "pamal"
+    description = (
+        "PaMaL (Dimitriadis et al. 2023): a weight ensemble of one model per task, convex combinations "
+        "trained on a window of Dirichlet rays"
+    )
+    options = (
+        _PHN_OPTIONS[0],
+        Option(
+            "alpha",
+            1.0,
+            "Dirichlet concentration p of the training rays (official: 1; 2 UTKFace, 7 Cityscapes)",
+            parse=_positive_float,
+        ),
+        Option(
+            "window",
+            3,
+            "rays per step, W (official: 4 MultiMNIST, 2 Census, 3 otherwise)",
+            parse=_positive_int,
+        ),
+        Option(
+            "penalty",
+            1.0,
+            "lambda, the multi-forward regularization (official: 0 MultiMNIST, 5 Census, 2 MultiMNIST3, 1 others)",
+            parse=_non_negative,
+        ),
+        Option("temperature", 1.0, "T inside the regularization (official: 1)", parse=_positive_float),
+        Option(
+            "ordering",
+            "monotone",
+            "window order of the regularization: monotone, or the official trainer's sort",
+            choices=choices(Ordering),
+        ),
+        Option(
+            "penalty-cap",
+            "off",
+            "add the penalty only while it is below the window's loss (official: on)",
+            choices=("on", "off"),
+        ),
+    )
+    produces_set = True
+
+    def build(
+        self,
+        make_model: Callable[[], MultiTaskModel],
+        optimizer: OptimizerSettings,
+        total_steps: int | None,
+        tasks: RunnerTasks,
+    ) -> None:
+        if world_size(resolve_group("auto")) > 1:
+            raise ValueError("pamal runs in one process (one ensemble for every ray)")
+        self.tasks = tasks
+        models = [make_model() for _ in range(self.num_tasks)]  # independent initializations (official)
+        self.target = models[0]
+        self.ensemble = WeightEnsemble(models)
+        self.pamal = PaMaL(
+            self.ensemble,
+            num_tasks=self.num_tasks,
+            window=self.config["window"],
+            alpha=self.config["alpha"],
+            penalty=self.config["penalty"],
+            temperature=self.config["temperature"],
+            ordering=self.config["ordering"],
+            penalty_cap=self.config["penalty-cap"] == "on",
+            seed=self.seed,
+        )
+        self.optimizer = optimizer.make(self.ensemble.parameters())
+        self.rays = test_rays(self.num_tasks, self.config["num-rays"])
+
+    def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        rays = self.pamal.sample_rays()
+        losses = torch.stack(
+            [torch.stack(self.tasks.losses(self.ensemble.call_target(ray, x), targets)) for ray in rays]
+        )
+        loss, reg = self.pamal.loss(losses, rays)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.pamal.steps += 1
+        self._step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": losses.detach().mean(0), "regularizer": reg.detach(), "ray": rays[0]}
+
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError("a set method predicts per member: use predict_members")
+
+    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        return [list(self.ensemble.call_target(ray, x)) for ray in self.rays]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.ensemble, self.target]  # the target: its buffers and its train/eval mode
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "pamal": self.pamal.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
+        self.pamal.load_state_dict(state["pamal"])
+
+    def weight_convention(self) -> str:
+        return "W"  # each of the window's W rays puts weight 1 on the tasks
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "rays": self.rays.tolist()}
