@@ -480,7 +480,13 @@ def _multi_batch_backward(
         if not _usable(step, all_finite(jac.tensors()), jac, f"the shared parameters (batch {b})", shared):
             return ctx.skip(reached_params + heads)
     i, j = roles.gramian
-    A = (jacobians[i].matrix() @ jacobians[j].matrix().T).detach().to("cpu", torch.float64) / scale**2
+    Ji, Jj = jacobians[i].matrix(), jacobians[j].matrix()
+    with torch.autocast(
+        Ji.device.type, enabled=False
+    ):  # in J's dtype: an fp16 matmul of a scaled J overflows
+        A = (Ji @ Jj.T).detach().to("cpu", torch.float64) / scale**2
+    if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
+        return ctx.skip(reached_params + heads)
 
     def share(count: int) -> float:
         return 1.0 / count if roles.reduction == "mean" else 1.0
@@ -493,7 +499,8 @@ def _multi_batch_backward(
     w = output.weights * ctx.factor(output.weights * per_mean)
     for b in roles.update:
         if b in jacobians:
-            directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
+            with torch.autocast(Ji.device.type, enabled=False):  # as A: in J's dtype
+                directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
         else:  # one backward pass of Σ_t w_t L_t through the shared parameters (no Jacobian)
             vector = torch.stack(scaled[b])
             total = (w.to(vector.device, vector.dtype) * r * vector).sum()
