@@ -86,6 +86,28 @@ def weighting_case(make_weighting, mode):
     return run
 
 
+def multi_batch_case(make_weighting):
+    """A method that reads several batches per step: step s takes batches s, s + 1, ... (cyclically)."""
+
+    def run(rank, world):
+        model = Net()
+        weighting = make_weighting(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        data = batches()
+        for s in range(STEPS):
+            optimizer.zero_grad()
+            drawn = [data[(s + b) % STEPS] for b in range(weighting.batches_per_step)]
+            losses = [model.losses(shard(x, rank, world), shard(y, rank, world))[0] for x, y in drawn]
+            mtlopt.backward(losses[0], weighting, shared_params=model.encoder, extra_losses=losses[1:])
+            optimizer.step()
+        extra = {
+            f"weighting.{k}": v for k, v in weighting.state_dict().items() if isinstance(v, torch.Tensor)
+        }
+        return state(model, extra)
+
+    return run
+
+
 def mao_case(rank, world):
     model = Net()
     optimizer = mtlopt.MAO(
@@ -333,6 +355,9 @@ CASES = {
     "db-mtl": weighting_case(lambda model: mtlopt.DBMTL(0.5), "shared"),
     "graddrop": weighting_case(lambda model: mtlopt.GradDrop(leak=0.2, seed=4), "features"),
     "graddrop-shared": weighting_case(lambda model: mtlopt.GradDrop("parameters", seed=4), "shared"),
+    "modo": multi_batch_case(lambda model: mtlopt.MoDo(0.5, 0.1)),
+    "modo-3": multi_batch_case(lambda model: mtlopt.MoDo(0.5, 0.1, batches=3, head_batches="all", head_weighting="weighted")),
+    "sdmgrad": multi_batch_case(lambda model: mtlopt.SDMGrad(head_batches="all", reduction="sum")),
     "phn-ls": phn_case("ls"),
     "phn-epo": phn_case("epo"),
     "cosmos": cosmos_case,

@@ -34,13 +34,19 @@ the same with ``features=z`` (MGDA-UB)
 a :class:`~mtlopt.weighting.DirectionMethod` with ``shared_params=...`` (ExcessMTL, MoCo, DB-MTL)
     The K×P Jacobian (averaged across ranks, unscaled), the method's direction d written into the
     shared parameters' ``.grad``, one backward through the heads (see :mod:`mtlopt._direction`).
+a :class:`~mtlopt.GramianWeighting` that reads several batches per step (``batch_roles``: MoDo, SDMGrad)
+    ``losses`` and ``extra_losses`` are the step's batches 0, 1, ...: the Jacobians w.r.t. the shared
+    parameters of the two batches its cross-Gramian :math:`A = J_i J_j^\top` reads (averaged across
+    ranks), the weights from A, then :math:`\sum_t w_t \nabla L_t` of each update batch (from its
+    Jacobian when it has one, else one backward pass of :math:`\sum_t w_t L_t` through the shared
+    parameters) and one backward through the heads per head batch, reduced as the roles say.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,7 +55,7 @@ from torch import Tensor, nn
 from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
 from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
-from ._task_step import StepContext, checked_gramian, fill_nan
+from ._task_step import StepContext, _all_reduce_mean, _usable, checked_gramian, fill_nan
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
@@ -71,7 +77,8 @@ class BackwardResult:
         task_names: names of the K tasks (``"0"``, ``"1"``, ... for a sequence of losses).
         losses: the K loss values, detached.
         weights: the K weights applied to the shared gradients (float64, CPU).
-        gramian: the K×K Gramian the weights were computed from (float64, CPU), or None.
+        gramian: the K×K Gramian the weights were computed from (float64, CPU), or None; for a
+            method that reads several batches per step, its cross-Gramian :math:`J_i J_j^T`.
         diagnostics: the method's diagnostics (e.g. solver iterations, KKT residual), and
             ``"weight_sum"``: the sum of the weights this update applied.
     """
@@ -101,6 +108,7 @@ def backward(
     sync: Sync = "auto",
     scaler: torch.amp.GradScaler | None = None,
     weight_total: float | None = None,
+    extra_losses: Sequence[LossesLike] = (),
 ) -> BackwardResult:
     r"""Accumulate the multi-task update of ``weighting`` into ``.grad``.
 
@@ -146,21 +154,27 @@ def backward(
     names, items, loss_vector = as_loss_vector(losses)
     _check_distinct_names(names, losses)
     weighting.check_num_tasks(len(names), names)
+    extra = _extra_batches(weighting, names, extra_losses)
     if weight_total is not None and not (weight_total > 0 and weight_total < float("inf")):
         raise ValueError(f"weight_total must be a finite number > 0 or None, got {weight_total!r}")
     group = resolve_group(sync)
     scale = _scale_of(scaler, loss_vector)
     check_grads = check_finite and scale == 1.0
     detached = loss_vector.detach().clone()
-    all_reduce_mean_([detached], group)  # methods see the global batch's losses
+    extra_detached = [vector.detach().clone() for _, vector in extra]
+    all_reduce_mean_([detached, *extra_detached], group)  # methods see the global batch's losses
     if check_finite:  # after the all-reduce: a NaN on one rank makes every rank raise, none waits
         check_finite_losses(names, detached if group is not None else loss_vector)
+        for (_, vector), values in zip(extra, extra_detached):
+            check_finite_losses(names, values if group is not None else vector)
     if isinstance(weighting, GramianWeighting):  # the losses it combines (IMTL: its scaled losses)
         transformed = weighting.transform_losses(items)
         if transformed is not items:
             items = list(transformed)
             loss_vector = torch.stack([loss.to(loss_vector.dtype) for loss in items])
     shared, shared_names = _shared_parameters(shared_params)
+    if extra:  # the losses the method is given: the mean over the step's batches
+        detached = torch.stack([detached, *extra_detached]).mean(dim=0)
     ctx = _Context(
         StepContext(names, items, scale, group, check_grads, method),
         loss_vector,
@@ -183,6 +197,15 @@ def backward(
             f"mtlopt.MGDA(), mtlopt.ExcessMTL()), "
             f"got {type(weighting).__name__}"
         )
+    if extra:
+        if features is not None or shared_params is None:
+            raise ValueError(
+                f"{type(weighting).__name__} reads {weighting.batches_per_step} batches per step from the "
+                "Jacobians w.r.t. the shared parameters: pass shared_params=... (not features=...: the "
+                "representations of different batches hold different samples)"
+            )
+        batches = [(items, loss_vector)] + [(list(its), vec) for its, vec in extra]
+        return _multi_batch_backward(ctx, batches, shared, shared_names, head_params)
     probe = weighting.probe
     if probe is not None:
         if features is not None:
@@ -386,6 +409,130 @@ def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
     if ctx.group is not None:
         all_reduce_mean_(grads_of(leaves(ctx.items)), ctx.group)
     return ctx.result(w, G, dict(output.diagnostics))
+
+
+def _extra_batches(
+    weighting: Method, names: list[str], extra_losses: Sequence[LossesLike]
+) -> list[tuple[list[Tensor], Tensor]]:
+    """The items and loss vectors of the step's other batches, checked against the method's count."""
+    who = type(weighting).__name__
+    if isinstance(extra_losses, (Tensor, Mapping)) or not isinstance(extra_losses, Sequence):
+        raise TypeError(
+            f"extra_losses must be a sequence of loss collections (one per extra batch), got "
+            f"{type(extra_losses).__name__}"
+        )
+    wanted = weighting.batches_per_step - 1
+    if len(extra_losses) != wanted:
+        if wanted == 0:
+            raise ValueError(
+                f"{who} reads one batch per step: extra_losses is for methods with batches_per_step > 1 "
+                f"(MoDo, SDMGrad), got {len(extra_losses)} extra batch(es)"
+            )
+        raise ValueError(
+            f"{who} reads {wanted + 1} independent batches per step: pass the losses of the other "
+            f"{wanted} as extra_losses=[...], got {len(extra_losses)}"
+        )
+    out = []
+    for b, batch in enumerate(extra_losses, 1):
+        batch_names, items, vector = as_loss_vector(batch)
+        if batch_names != names:
+            raise ValueError(
+                f"extra_losses[{b - 1}] has the tasks {batch_names}, expected those of losses: {names}"
+            )
+        out.append((items, vector))
+    return out
+
+
+def _multi_batch_backward(
+    ctx: _Context,
+    batches: list[tuple[list[Tensor], Tensor]],
+    shared: list[Tensor],
+    shared_names: list[str],
+    head_params: Iterable[Tensor] | None,
+) -> BackwardResult:
+    """A Gramian weighting that reads several batches per step (see the module docstring)."""
+    method = ctx.weighting
+    assert isinstance(method, GramianWeighting) and method.batch_roles is not None
+    roles = method.batch_roles
+    if not shared:
+        raise ValueError("shared_params is empty: no parameter requires grad")
+    shared_ids = {id(p) for p in shared}
+    leaves_ = leaves([loss for items, _ in batches for loss in items])
+    heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
+    scale = ctx.scale
+    scaled = [(items if scale == 1.0 else [loss * scale for loss in items]) for items, _ in batches]
+    jacobians: dict[int, Jacobian] = {}
+    for b in sorted(set(roles.gramian)):
+        how = choose_method(scaled[b], shared) if ctx.step.method == "auto" else ctx.step.method
+        jac = Jacobian.compute(scaled[b], shared, method=how, retain_graph=True)
+        _all_reduce_mean(jac, ctx.group)  # the global batch's J on every rank
+        jacobians[b] = jac
+    reached = [any(jac.reached[i] for jac in jacobians.values()) for i in range(len(shared))]
+    if not any(reached):
+        raise ValueError(
+            f"no loss reaches shared_params ({_listed(shared_names)}): every task's gradient w.r.t. them "
+            "is zero by construction; pass the shared parameters the losses were computed from "
+            "(e.g. shared_params=model.encoder)"
+        )
+    reached_params = [p for p, r in zip(shared, reached) if r]
+    for b, jac in jacobians.items():
+        step = replace(ctx.step, items=batches[b][0])
+        if not _usable(step, all_finite(jac.tensors()), jac, f"the shared parameters (batch {b})", shared):
+            return ctx.skip(reached_params + heads)
+    i, j = roles.gramian
+    Ji, Jj = jacobians[i].matrix(), jacobians[j].matrix()
+    with torch.autocast(
+        Ji.device.type, enabled=False
+    ):  # in J's dtype: an fp16 matmul of a scaled J overflows
+        A = (Ji @ Jj.T).detach().to("cpu", torch.float64) / scale**2
+    if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
+        return ctx.skip(reached_params + heads)
+
+    def share(count: int) -> float:
+        return 1.0 / count if roles.reduction == "mean" else 1.0
+
+    r = share(len(roles.update))
+    # The reported weights are those of the update batches' mean gradient: ×(number of update
+    # batches) under reduction="sum"; weight_total rescales that total.
+    per_mean = r * len(roles.update)
+    output = method.compute(A, ctx.global_losses)
+    w = output.weights * ctx.factor(output.weights * per_mean)
+    for b in roles.update:
+        if b in jacobians:
+            with torch.autocast(Ji.device.type, enabled=False):  # as A: in J's dtype
+                directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
+        else:  # one backward pass of Σ_t w_t L_t through the shared parameters (no Jacobian)
+            vector = torch.stack(scaled[b])
+            total = (w.to(vector.device, vector.dtype) * r * vector).sum()
+            directions = list(
+                torch.autograd.grad(
+                    total, reached_params, retain_graph=True, allow_unused=True, materialize_grads=True
+                )
+            )
+            all_reduce_mean_(directions, ctx.group)
+        for p, direction in zip(reached_params, directions):
+            direction = direction.to(p.dtype)
+            p.grad = direction.clone() if p.grad is None else p.grad.add_(direction)
+    if ctx.step.check_finite:  # an update batch without a Jacobian was not checked above
+        _check_finite_grads(reached_params, [n for n, ok in zip(shared_names, reached) if ok])
+    if heads:
+        r = share(len(roles.heads))
+        for n, b in enumerate(roles.heads, 1):
+            vector = batches[b][1] * scale if scale != 1.0 else batches[b][1]
+            coefficients = ctx.head_coefficients(w, vector) * r
+            last = n == len(roles.heads)  # a caller may pass one batch's losses twice
+            torch.autograd.backward(
+                (coefficients * vector).sum(), inputs=heads, retain_graph=ctx.retain_graph or not last
+            )
+        all_reduce_mean_(grads_of(heads), ctx.group)
+        if ctx.step.check_finite:
+            _check_finite_grads(heads, None, what="task-specific parameter")
+    diagnostics = dict(output.diagnostics)
+    diagnostics["batches"] = len(batches)
+    unreached = [name for name, ok in zip(shared_names, reached) if not ok]
+    if unreached:
+        diagnostics["unreached_shared_params"] = unreached
+    return ctx.result(w * per_mean, A, diagnostics)
 
 
 def _check_distinct_names(names: Sequence[str], losses: object = None) -> None:

@@ -57,6 +57,9 @@ BUILDERS: dict[str, tuple[Callable[..., Method], bool]] = {
     "MoCo": (lambda K, layer=None: mtlopt.MoCo(0.5, 0.5, rho=0.1), True),
     "DBMTL": (lambda K, layer=None: mtlopt.DBMTL(0.5), True),
     "GradDrop": (lambda K, layer=None: mtlopt.GradDrop("parameters", seed=3), True),  # the same U
+    # two or three batches per step: the contract reads their cross-Gramian (here a Gramian)
+    "MoDo": (lambda K, layer=None: mtlopt.MoDo(0.5, 0.1), True),
+    "SDMGrad": (lambda K, layer=None: mtlopt.SDMGrad(), True),
 }
 # The states these builders start from are the methods' initial ones (the contract's reset test); the
 # later phases (DWA from epoch 2, FAMO after updates, STCH after its nadir epoch) are checked against

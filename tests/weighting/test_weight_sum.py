@@ -21,7 +21,7 @@ F64 = torch.float64
 DOCS = Path(__file__).parents[2] / "docs" / "conventions.md"
 
 
-def identical_tasks(K: int):
+def identical_tasks(K: int, batches: int = 1):
     theta = nn.Parameter(torch.tensor([0.3, -1.2, 0.7, 2.0, -0.4], dtype=F64))
     A = torch.arange(15, dtype=F64).reshape(3, 5).sin()
 
@@ -29,17 +29,22 @@ def identical_tasks(K: int):
         return 0.5 * (A @ theta - 1.0).pow(2).sum() + 1.0
 
     (g,) = torch.autograd.grad(loss(), theta)
-    return theta, [loss() for _ in range(K)], g
+    return theta, [[loss() for _ in range(K)] for _ in range(batches)], g
 
 
 def measured_total(name: str, K: int, **backward_options) -> tuple[float, mtlopt.BackwardResult]:
-    theta, losses, g = identical_tasks(K)
+    """The total on identical tasks (and, for a method that reads several batches per step, identical
+    batches: each its own forward pass of the same function)."""
+    batches = BUILDERS[name][0](K).batches_per_step
+    theta, (losses, *extra), g = identical_tasks(K, batches)
     method = BUILDERS[name][0](K, [theta])
     where = (
         {}
         if isinstance(method, mtlopt.LossWeighting) or getattr(method, "probe", None)
         else {"shared_params": [theta]}
     )
+    if extra:
+        where["extra_losses"] = extra
     result = mtlopt.backward(losses, method, **where, **backward_options)
     total = float(theta.grad @ g / (g @ g))
     torch.testing.assert_close(theta.grad, total * g, rtol=1e-10, atol=1e-12)  # the update is along ∇f

@@ -416,6 +416,16 @@ def train(
         order = torch.randperm(
             data.size("train"), generator=torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         )
+        # A method that reads several independent batches per step (MoDo, SDMGrad) gets the others from
+        # passes of their own over the training set, each in an order of its own (seeded by the run's
+        # seed, the epoch and the pass), at the position of the step's batch.
+        extra_orders = [
+            torch.randperm(
+                data.size("train"),
+                generator=torch.Generator().manual_seed(_extra_pass_seed(config.seed, epoch, extra)),
+            )
+            for extra in range(1, runner.batches_per_step)
+        ]
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         left_out: dict[str, int] = {}
@@ -431,15 +441,21 @@ def train(
             ),
             1,
         ):
-            index = order[start : start + config.batch_size]
-            if world > 1 and not runner.produces_set:  # this rank's contiguous share of the global batch
-                share = len(index) // world
-                index = index[rank * share : (rank + 1) * share]
-            x, y = data.batch("train", index, device)
+            drawn = []
+            for pass_order in (order, *extra_orders):
+                index = pass_order[start : start + config.batch_size]
+                if world > 1 and not runner.produces_set:  # this rank's contiguous share of the global batch
+                    share = len(index) // world
+                    index = index[rank * share : (rank + 1) * share]
+                drawn.append(data.batch("train", index, device))
+            (x, y), extra_batches = drawn[0], drawn[1:]
             began = time.perf_counter()
             try:
                 with autocast:
-                    logged = runner.train_step(x, y)
+                    if extra_batches:
+                        logged = runner.train_step_with_extra(x, y, extra_batches)
+                    else:
+                        logged = runner.train_step(x, y)
             except NonFiniteError as error:
                 raise diverged(_task_names_in(_first_line(error), data.task_names), epoch + 1, step) from None
             if device.type == "cuda":
@@ -957,6 +973,12 @@ def _check_same_run(saved: dict[str, Any] | None, identity: dict[str, Any], out:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def _extra_pass_seed(seed: int, epoch: int, extra: int) -> int:
+    """The seed of the order of extra pass ``extra`` (1, 2, ...) in an epoch: not that of any epoch's
+    main order of this run."""
+    return (_epoch_seed(seed, epoch) * 7_919 + 104_729 * extra + 1) % (2**63)
 
 
 def _progress(iterable, enabled: bool, description: str):

@@ -4,7 +4,7 @@
   SI, IMTL-L, FAMO, STCH);
 - :class:`GramianWeighting`: from the K×K Gramian of the task gradients (MGDA, PCGrad, GradNorm,
   Pareto MTL, EPO, IMTL-G, IMTL, Aligned-MTL, ConFIG, GradVac, CAGrad, UPGrad, DualProj, Nash-MTL,
-  FairGrad);
+  FairGrad; MoDo and SDMGrad read a cross-Gramian of two independent batches per step);
 - :class:`DirectionMethod`: from the K×P Jacobian itself, with per-task per-parameter state, returning
   the shared update (ExcessMTL, MoCo, DB-MTL, GradDrop).
 """
@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from ._base import (
+    BatchRoles,
     DirectionMethod,
     DirectionOutput,
     FeatureBatch,
@@ -48,10 +49,12 @@ from .imtl_g import IMTLG
 from .imtl_l import IMTLL
 from .mgda import MGDA
 from .moco import MoCo
+from .modo import MoDo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .pmtl import ParetoMTL, circle_preferences
 from .rlw import RLW
+from .sdmgrad import SDMGrad
 from .si import SI
 from .stch import STCH
 from .upgrad import UPGrad
@@ -72,6 +75,7 @@ __all__ = [
     "SI",
     "STCH",
     "AlignedMTL",
+    "BatchRoles",
     "CAGrad",
     "ConFIG",
     "DirectionMethod",
@@ -90,9 +94,11 @@ __all__ = [
     "LossWeighting",
     "Method",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "ParetoMTL",
+    "SDMGrad",
     "UPGrad",
     "UncertaintyWeighting",
     "Update",
@@ -133,6 +139,8 @@ METHODS: tuple[type[Method], ...] = (
     MoCo,
     DBMTL,
     GradDrop,
+    MoDo,
+    SDMGrad,
 )
 
 

@@ -18,6 +18,14 @@ r"""The three method protocols, chosen by what a method reads.
 
 Each checks its input once, here, before the method sees it: the number of tasks, shapes, finiteness.
 Each states the total weight its default update puts on the tasks (:attr:`Method.weight_sum`).
+
+**Several batches per step.** A method may read more than one independent batch per step
+(:attr:`Method.batches_per_step`; MoDo and SDMGrad: double sampling). A Gramian weighting says how
+through its :attr:`GramianWeighting.batch_roles` (:class:`BatchRoles`): which two batches give the
+cross-Gramian :math:`A = J_i J_j^\top` it reads (not symmetric in general), which batches' gradients
+the shared update combines with its weights and which the heads receive. The caller passes the losses
+of batch 0 as ``losses`` and those of the others as ``extra_losses`` of :func:`mtlopt.backward`; the
+benchmark trainer draws the extra batches for any method whose ``batches_per_step`` is above 1.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from .._options import check_choice
 from ..errors import NonFiniteError
 
 __all__ = [
+    "BatchReduction",
+    "BatchRoles",
     "DirectionMethod",
     "DirectionOutput",
     "FeatureBatch",
@@ -100,6 +110,12 @@ class Method:
     weight_sum: WeightSum = "1"
     # Where num_tasks comes from, for error messages ("preference has {n} entries (tasks)").
     num_tasks_source: ClassVar[str] = "was set up for {n} tasks"
+
+    @property
+    def batches_per_step(self) -> int:
+        """How many independent batches one step reads: 1, unless the method says otherwise (MoDo,
+        SDMGrad: the batches of :attr:`GramianWeighting.batch_roles`)."""
+        return 1
 
     def check_num_tasks(self, K: int, names: list[str] | None = None) -> None:
         """Raise a ``ValueError`` when K losses do not fit this method."""
@@ -272,6 +288,43 @@ class DirectionMethod(Method, ABC):
         return DirectionOutput(output.direction.detach(), weights, output.diagnostics, heads)
 
 
+BatchReduction = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class BatchRoles:
+    r"""How a Gramian weighting uses the B independent batches of one step (batch 0 is the ``losses``
+    of :func:`mtlopt.backward`, batch b ≥ 1 its ``extra_losses[b - 1]``).
+
+    Attributes:
+        gramian: (i, j): the method reads the K×K cross-Gramian :math:`A = J_i J_j^\top` of the
+            per-task gradients on batches i and j (w.r.t. the shared parameters).
+        update: the batches whose gradients the shared update combines:
+            :math:`d = r \sum_{b} J_b^\top w`.
+        heads: the batches whose gradients the task-specific parameters receive (each with the
+            coefficients ``head_weighting`` says), with the same reduction.
+        reduction: ``"mean"`` (r = 1/number of batches in the role) or ``"sum"`` (r = 1).
+    """
+
+    gramian: tuple[int, int]
+    update: tuple[int, ...]
+    heads: tuple[int, ...]
+    reduction: BatchReduction = "mean"
+
+    def __post_init__(self) -> None:
+        indices = (*self.gramian, *self.update, *self.heads)
+        if len(self.gramian) != 2 or not self.update or not self.heads or min(indices) < 0:
+            raise ValueError(
+                f"BatchRoles needs two Gramian batches and some update and head batches, got {self}"
+            )
+        check_choice("BatchRoles", "reduction", self.reduction, BatchReduction)
+
+    @property
+    def count(self) -> int:
+        """The number of batches of one step (1 + the largest index)."""
+        return 1 + max((*self.gramian, *self.update, *self.heads))
+
+
 class GramianWeighting(Method, ABC):
     r"""A method that reads the K×K Gramian of the task gradients (and the losses).
 
@@ -283,7 +336,10 @@ class GramianWeighting(Method, ABC):
       ``"flatten"`` (one vector of B·D entries per task) or ``"sum"`` (per-sample gradients summed
       over the batch first);
     - ``probe``: the tensors at which the method reads its Gramian, when it names them itself
-      (GradNorm's balanced layer); None: where the caller of :func:`mtlopt.backward` says.
+      (GradNorm's balanced layer); None: where the caller of :func:`mtlopt.backward` says;
+    - ``batch_roles``: for a method that reads several independent batches per step (a
+      :class:`BatchRoles`: MoDo, SDMGrad), which batches give its cross-Gramian, the shared update
+      and the heads' gradients; None (one batch): G = J Jᵀ of the step's batch.
 
     and may override :meth:`transform_losses` (the losses whose gradients it combines; the user's by
     default, IMTL's learned scalings of them).
@@ -296,6 +352,11 @@ class GramianWeighting(Method, ABC):
     feature_batch: FeatureBatch = "flatten"
     probe: list[Tensor] | None = None
     head_weighting: HeadWeighting = "weighted"
+    batch_roles: BatchRoles | None = None
+
+    @property
+    def batches_per_step(self) -> int:
+        return 1 if self.batch_roles is None else self.batch_roles.count
 
     @abstractmethod
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:

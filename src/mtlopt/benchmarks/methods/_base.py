@@ -76,9 +76,23 @@ class MethodRunner(ABC):
         ``tasks``: the losses (and batches) of the benchmark's tasks.
         """
 
+    @property
+    def batches_per_step(self) -> int:
+        """How many independent training batches one step reads (after ``build``): 1, or what the
+        method declares (MoDo, SDMGrad: 2 or 3). The trainer then draws ``batches_per_step - 1`` more
+        batches per step and calls :meth:`train_step_with_extra` instead of :meth:`train_step`."""
+        return 1
+
     @abstractmethod
     def train_step(self, x: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """One training step on a batch; returns detached per-step values to log (e.g. losses (K,))."""
+
+    def train_step_with_extra(
+        self, x: Tensor, targets: Tensor, extra_batches: Sequence[tuple[Any, Any]]
+    ) -> dict[str, Tensor]:
+        """One training step of a method that reads several batches (:attr:`batches_per_step` > 1):
+        the step's batch and the list of its other ``(x, targets)`` batches (independent draws)."""
+        raise NotImplementedError(f"method {self.name} reads one batch per step")
 
     @abstractmethod
     def predict(self, x: Tensor) -> list[Tensor]:

@@ -9,7 +9,9 @@ and LibMTL's runs). Aligned-MTL-UB is Aligned-MTL on the representation.
 
 ExcessMTL, MoCo and DB-MTL (direction methods: the K×P Jacobian itself, per-task per-parameter
 state) take their gradients w.r.t. the encoder's parameters; GradDrop where its ``--level`` says
-(the representation by default, the paper's).
+(the representation by default, the paper's). MoDo and SDMGrad read two or three independent batches
+per step (their ``batches_per_step``; the trainer draws the extra ones) and their cross-Gramian w.r.t.
+the encoder's parameters.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from mtlopt.weighting import (
     gradvac,
     imtl_g,
     moco,
+    modo,
+    sdmgrad,
 )
 
-from ._base import Option, register
+from ._base import Option, _positive_int, register
 from .weightings import FEATURE_BATCH_OPTION, SingleModelRunner
 
 
@@ -415,3 +419,80 @@ class GradDropRunner(SingleModelRunner):
         if self.config["level"] == "features":
             return {"features": z}
         return {"shared_params": self.model.encoder}
+
+
+def _batches(text: str) -> int:
+    value = int(text)
+    if value not in (2, 3):
+        raise ValueError(f"expected 2 or 3 batches per step, got {value}")
+    return value
+
+
+_MULTI_BATCH_OPTIONS = (
+    Option("reduction", "mean", "mean or sum of the update batches' gradients", choices(modo.BatchReduction)),
+    Option(
+        "head-batches",
+        "update",
+        "heads get the update batches' gradients or every batch's (official, LibMTL)",
+        choices(modo.HeadBatches),
+    ),
+    _HEADS,
+)
+
+
+@register
+class MoDoRunner(DirectionRunner):
+    name = "modo"
+    description = "MoDo (Chen et al. 2023): stochastic MGDA, lambda stepped on a cross-Gramian of two batches"
+    options = (
+        Option("gamma", 0.1, "step size of lambda", parse=float),
+        Option("rho", 0.1, "l2 regularization of lambda's step", parse=float),
+        Option(
+            "batches", 2, "batches per step: 2 (update on both) or 3 (update on the third)", parse=_batches
+        ),
+        *_MULTI_BATCH_OPTIONS,
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        c = self.config
+        return mtlopt.MoDo(
+            c["gamma"],
+            c["rho"],
+            batches=c["batches"],
+            reduction=c["reduction"],
+            head_batches=c["head-batches"],
+            head_weighting=c["head-weighting"],
+        )
+
+
+@register
+class SDMGradRunner(DirectionRunner):
+    name = "sdmgrad"
+    description = (
+        "SDMGrad (Xiao et al. 2023): MGDA pulled towards the mean gradient, weights from two more batches"
+    )
+    options = (
+        Option("lambda", 0.3, "pull towards the mean gradient (0: MGDA, large: EW)", parse=float),
+        Option("n-iter", 20, "inner projected-SGD iterations on the weights", parse=_positive_int),
+        Option("inner-lr", 10.0, "step size of the inner SGD (LibMTL: 5)", parse=float),
+        Option("inner-momentum", 0.5, "momentum of the inner SGD", parse=float),
+        Option("scale", "clamp", "normalization of the cross-Gramian", choices(sdmgrad.Scale)),
+        Option(
+            "weight-scale", "one", "weights sum to 1 or to K (official x K)", choices(sdmgrad.WeightScale)
+        ),
+        *_MULTI_BATCH_OPTIONS,
+    )
+
+    def weighting(self) -> mtlopt.Method:
+        c = self.config
+        return mtlopt.SDMGrad(
+            c["lambda"],
+            c["n-iter"],
+            c["inner-lr"],
+            c["inner-momentum"],
+            scale=c["scale"],
+            weight_scale=c["weight-scale"],
+            reduction=c["reduction"],
+            head_batches=c["head-batches"],
+            head_weighting=c["head-weighting"],
+        )

@@ -3,7 +3,7 @@ with a weighting (EW, MGDA, MGDA-UB, fixed weights, uncertainty weighting, GradN
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -44,15 +44,27 @@ class SingleModelRunner(OneModelRunner):
     def backward_kwargs(self, z: Tensor) -> dict[str, Any]:
         return {}
 
+    @property
+    def batches_per_step(self) -> int:
+        return self._weighting.batches_per_step
+
     def train_step(self, x, targets):
+        return self.train_step_with_extra(x, targets, ())
+
+    def train_step_with_extra(self, x, targets, extra_batches: Sequence[tuple[Any, Any]]):
         self.optimizer.zero_grad(set_to_none=True)
         z = self.model.encoder(x)
         losses = self.tasks.losses([head(z) for head in self.model.heads], targets)
+        extra = []  # the losses of the step's other batches (methods that read several: MoDo, SDMGrad)
+        for x_b, targets_b in extra_batches:
+            z_b = self.model.encoder(x_b)
+            extra.append(self.tasks.losses([head(z_b) for head in self.model.heads], targets_b))
         result = mtlopt.backward(
             losses,
             self._weighting,
             scaler=self.scaler,
             weight_total=self.weight_total,
+            extra_losses=extra,
             **self.backward_kwargs(z),
         )
         self._step(self.optimizer)

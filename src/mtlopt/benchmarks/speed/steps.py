@@ -58,8 +58,13 @@ def runner_step(
             runner = type(runner.__name__, (runner,), dict(overrides))
         settings = {key: value(s) if callable(value) else value for key, value in (options or {}).items()}
         method = build_runner(s, runner, settings)
+        # A method that reads several batches per step (MoDo, SDMGrad) gets the configuration's batch
+        # again as each extra one: the same work as independent batches of that size.
+        extra = [(s.x, s.y)] * (method.batches_per_step - 1)
         return Step(
-            lambda: method.train_step(s.x, s.y),
+            (lambda: method.train_step_with_extra(s.x, s.y, extra))
+            if extra
+            else (lambda: method.train_step(s.x, s.y)),
             method.optimizers(),
             _modules(method),
             [s.x, s.y],
