@@ -3,11 +3,13 @@
 #   bash scripts/test.sh            lint (ruff check), format check (ruff format --check), type check
 #                                   (mypy), the wheel and the core-only job (scripts/check_wheel.sh: build,
 #                                   twine check, the core tests against the wheel installed without
-#                                   extras), then the default
+#                                   extras), the documentation site (the docs extra installed, then
+#                                   scripts/docs.sh: mkdocs build --strict), then the default
 #                                   test suite (slow tests excluded); the time of each step is printed
 #   bash scripts/test.sh --slow     only the tests marked slow
 #   bash scripts/test.sh -- ARGS    the checks, then the default suite with extra pytest arguments
 # MTLOPT_SKIP_CORE=1 skips the wheel/core-only job (it builds a second venv, .venv-wheel).
+# MTLOPT_SKIP_DOCS=1 skips the site build.
 # The tests run on one pytest-xdist worker per core; MTLOPT_TEST_WORKERS=N sets the number (0: none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,9 @@ if [ $slow -eq 0 ]; then
     step "mypy" .venv/bin/mypy
     if [ "${MTLOPT_SKIP_CORE:-0}" != 1 ]; then  # the wheel, installed without extras: the core-only job
         step "wheel + core-only" bash scripts/check_wheel.sh
+    fi
+    if [ "${MTLOPT_SKIP_DOCS:-0}" != 1 ]; then  # the site, warnings as errors
+        step "docs (mkdocs --strict)" bash -c 'bash scripts/setup.sh docs >/dev/null && bash scripts/docs.sh'
     fi
 fi
 

@@ -393,7 +393,8 @@ class Population:
         """One joint step: each member's base-optimizer step on its subproblem, then the transfer.
 
         Args:
-            inputs, targets: one batch, shared by all members.
+            inputs: one batch's inputs, shared by all members.
+            targets: that batch's targets, passed to ``loss_fn``.
             loss_fn: ``loss_fn(outputs, targets)`` → the m task losses of one member, shape (m,).
         """
         if self.weightings is not None:
