@@ -86,10 +86,12 @@ class SDMGrad(GramianWeighting):
     Args:
         lambda_: pull λ towards the mean gradient (0: stochastic MGDA; large: EW).
         n_iter: inner projected-SGD iterations on w per step.
-        lr, momentum: the inner SGD's step size and momentum.
+        lr: the inner SGD's step size.
+        momentum: the inner SGD's momentum.
         scale: ``"clamp"`` or ``"official"`` normalization of A.
         weight_scale: ``"one"`` (Σc = 1) or ``"num-tasks"`` (×K).
-        reduction, head_batches: over which batches, and how, the heads' gradients are taken.
+        reduction: how the update batches' gradients are combined (``"mean"`` or ``"sum"``).
+        head_batches: the batches the heads' gradients are taken on.
         head_weighting: heads get :math:`\\nabla L_t` (``"unweighted"``) or :math:`c_t \\nabla L_t`.
     """
 
