@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._base import Method
 
-__all__ = ["check_state_keys", "copied", "projection_simplex"]
+__all__ = ["check_state_keys", "copied", "projection_simplex", "simplex_start"]
 
 
 def check_state_keys(method: Method, state: dict[str, Any], keys: set[str]) -> None:
@@ -33,3 +33,16 @@ def projection_simplex(v: Tensor) -> Tensor:
     rho = int((u - cssv / ind > 0).nonzero()[-1])
     theta = cssv[rho] / (rho + 1)
     return (v - theta).clamp(min=0)
+
+
+def simplex_start(method: Method, held: Tensor | None, num_tasks: int, name: str) -> Tensor:
+    """The weights a method holds between steps: uniform before the first step, else ``held`` after a
+    check that it is for ``num_tasks`` tasks."""
+    if held is None:
+        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+    if held.shape != (num_tasks,):
+        raise ValueError(
+            f"{type(method).__name__} holds {name} for {held.shape[0]} tasks but got {num_tasks}; "
+            "call reset() first"
+        )
+    return held

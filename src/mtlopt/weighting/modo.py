@@ -60,7 +60,6 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from ._base import (
@@ -72,7 +71,7 @@ from ._base import (
     WeightSum,
     check_method_options,
 )
-from ._state import check_state_keys, copied, projection_simplex
+from ._state import check_state_keys, copied, projection_simplex, simplex_start
 
 __all__ = ["MoDo"]
 
@@ -154,11 +153,7 @@ class MoDo(GramianWeighting):
 
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
-        if self.lambd is None:
-            self.lambd = torch.full((K,), 1.0 / K, dtype=torch.float64)
-        elif self.lambd.shape != (K,):
-            raise ValueError(f"MoDo holds λ for {self.lambd.shape[0]} tasks but got {K}; call reset() first")
-        old = self.lambd
+        old = simplex_start(self, self.lambd, K, "λ")
         self.lambd = projection_simplex(old - self.gamma * (gramian @ old + self.rho * old))
         self.step += 1
         change = float((self.lambd - old).abs().sum())

@@ -70,7 +70,7 @@ from ._base import (
     WeightSum,
     check_method_options,
 )
-from ._state import check_state_keys, copied, projection_simplex
+from ._state import check_state_keys, copied, projection_simplex, simplex_start
 from .modo import HeadBatches, check_rate, roles_of
 
 __all__ = ["SDMGrad"]
@@ -148,10 +148,7 @@ class SDMGrad(GramianWeighting):
 
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
-        if self.w is None:
-            self.w = torch.full((K,), 1.0 / K, dtype=torch.float64)
-        elif self.w.shape != (K,):
-            raise ValueError(f"SDMGrad holds w for {self.w.shape[0]} tasks but got {K}; call reset() first")
+        self.w = simplex_start(self, self.w, K, "w")
         diag = gramian.diagonal()
         if self.scale == "clamp":
             s = float(diag.clamp(min=0).sqrt().mean())

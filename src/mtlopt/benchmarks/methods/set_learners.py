@@ -7,7 +7,7 @@ combination, a window of rays per step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -50,10 +50,61 @@ _PHN_OPTIONS = (
 )
 
 
-class PHNRunner(MethodRunner):
-    """A Pareto hypernetwork over the benchmark's model; the set is its targets at the test rays."""
+class _SetRunner(MethodRunner):
+    """What the set learners' runners share: one process, one optimizer, the set as the model at the test
+    rays, and the set method's own state in the checkpoint under ``state_key``."""
 
     produces_set = True
+    state_key: ClassVar[str]
+    learner: Any  # the set method (PHN, COSMOS, PaMaL): state_dict/load_state_dict
+    rays: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    modules_to_save: list[torch.nn.Module]
+
+    def _one_process(self, what: str) -> None:
+        if world_size(resolve_group("auto")) > 1:
+            raise ValueError(f"{self.name} runs in one process ({what})")
+
+    def _forward(self, x: torch.Tensor, ray: torch.Tensor) -> Sequence[torch.Tensor]:
+        raise NotImplementedError
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.learner.steps += 1
+        self._step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError("a set method predicts per member: use predict_members")
+
+    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        return [list(self._forward(x, ray)) for ray in self.rays]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.modules_to_save
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), self.state_key: self.learner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
+        self.learner.load_state_dict(state[self.state_key])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rays": self.rays.tolist()}
+
+
+class PHNRunner(_SetRunner):
+    """A Pareto hypernetwork over the benchmark's model; the set is its targets at the test rays."""
+
+    state_key = "phn"
+    learner: PHN
     objective: ClassVar[str]
 
     def build(
@@ -63,56 +114,37 @@ class PHNRunner(MethodRunner):
         total_steps: int | None,
         tasks: RunnerTasks,
     ) -> None:
-        if world_size(resolve_group("auto")) > 1:
-            raise ValueError(f"{self.name} runs in one process (the hypernetwork is one model for every ray)")
+        self._one_process("the hypernetwork is one model for every ray")
         self.tasks = tasks
         self.target = make_model()
         self.hypernetwork = ParetoHypernetwork(
             self.target, self.num_tasks, hidden_dim=self.config["hidden-dim"]
         )
-        self.phn = PHN(
+        self.learner = PHN(
             self.hypernetwork,
             objective=self.objective,  # type: ignore[arg-type]
             alpha=self.config["alpha"],
             seed=self.seed,
         )
         self.optimizer = optimizer.make(self.hypernetwork.parameters())
+        self.modules_to_save = [self.hypernetwork, self.target]  # the target: its buffers and train/eval mode
         self.rays = test_rays(self.num_tasks, self.config["num-rays"])
 
     def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.scaler is not None:
             raise ValueError(f"{self.name} does not support float16 mixed precision (use bfloat16)")
-        ray = self.phn.sample_ray()
+        ray = self.learner.sample_ray()
         losses = torch.stack(self.tasks.losses(self.hypernetwork.call_target(ray, x), targets))
-        result = self.phn.backward(losses, ray)
+        result = self.learner.backward(losses, ray)
         self._step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": losses.detach(), "weights": result.weights, "ray": ray}
 
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError("a set method predicts per member: use predict_members")
-
-    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        return [list(self.hypernetwork.call_target(ray, x)) for ray in self.rays]
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.hypernetwork, self.target]  # the target: its buffers and its train/eval mode
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "phn": self.phn.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
-        self.phn.load_state_dict(state["phn"])
+    def _forward(self, x: torch.Tensor, ray: torch.Tensor) -> Sequence[torch.Tensor]:
+        return self.hypernetwork.call_target(ray, x)
 
     def weight_convention(self) -> str:
         return "1" if self.objective == "ls" else "K"
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rays": self.rays.tolist()}
 
 
 @register
@@ -162,7 +194,7 @@ def widen_first_layer(model: torch.nn.Module, extra: int) -> torch.nn.Module:
 
 
 @register
-class COSMOSRunner(MethodRunner):
+class COSMOSRunner(_SetRunner):
     """COSMOS over the benchmark's model, its first layer widened by K inputs for the ray."""
 
     name = "cosmos"
@@ -181,7 +213,8 @@ class COSMOSRunner(MethodRunner):
             "penalty", 2.0, "lambda, the cosine-similarity penalty (official: 2 on Multi-MNIST)", parse=float
         ),
     )
-    produces_set = True
+    state_key = "cosmos"
+    learner: COSMOS
 
     def build(
         self,
@@ -190,54 +223,29 @@ class COSMOSRunner(MethodRunner):
         total_steps: int | None,
         tasks: RunnerTasks,
     ) -> None:
-        if world_size(resolve_group("auto")) > 1:
-            raise ValueError("cosmos runs in one process (one model for every ray)")
+        self._one_process("one model for every ray")
         self.tasks = tasks
         self.model = PreferenceInput(widen_first_layer(make_model(), self.num_tasks), self.num_tasks)
-        self.cosmos = COSMOS(
+        self.learner = COSMOS(
             self.num_tasks, penalty=self.config["penalty"], alpha=self.config["alpha"], seed=self.seed
         )
         self.optimizer = optimizer.make(self.model.parameters())
+        self.modules_to_save = [self.model]
         self.rays = test_rays(self.num_tasks, self.config["num-rays"])
 
     def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        ray = self.cosmos.sample_ray()
+        ray = self.learner.sample_ray()
         losses = torch.stack(self.tasks.losses(self.model(x, ray), targets))
-        loss, cosine = self.cosmos.loss(losses, ray)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        self.cosmos.steps += 1
-        self._step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss, cosine = self.learner.loss(losses, ray)
+        self._backward_and_step(loss)
         return {"loss": losses.detach(), "cosine": cosine.detach(), "ray": ray}
 
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError("a set method predicts per member: use predict_members")
-
-    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        return [list(self.model(x, ray)) for ray in self.rays]
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.model]
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "cosmos": self.cosmos.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
-        self.cosmos.load_state_dict(state["cosmos"])
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rays": self.rays.tolist()}
+    def _forward(self, x: torch.Tensor, ray: torch.Tensor) -> Sequence[torch.Tensor]:
+        return self.model(x, ray)
 
 
 @register
-class PaMaLRunner(MethodRunner):
+class PaMaLRunner(_SetRunner):
     """PaMaL over the benchmark's model: K independent initializations of it (one per task), the model at
     a ray the convex combination of their parameters; the set is that model at the test rays."""
 
@@ -280,7 +288,8 @@ class PaMaLRunner(MethodRunner):
             choices=("on", "off"),
         ),
     )
-    produces_set = True
+    state_key = "pamal"
+    learner: PaMaL
 
     def build(
         self,
@@ -289,13 +298,12 @@ class PaMaLRunner(MethodRunner):
         total_steps: int | None,
         tasks: RunnerTasks,
     ) -> None:
-        if world_size(resolve_group("auto")) > 1:
-            raise ValueError("pamal runs in one process (one ensemble for every ray)")
+        self._one_process("one ensemble for every ray")
         self.tasks = tasks
         models = [make_model() for _ in range(self.num_tasks)]  # independent initializations (official)
         self.target = models[0]
         self.ensemble = WeightEnsemble(models)
-        self.pamal = PaMaL(
+        self.learner = PaMaL(
             self.ensemble,
             num_tasks=self.num_tasks,
             window=self.config["window"],
@@ -307,44 +315,20 @@ class PaMaLRunner(MethodRunner):
             seed=self.seed,
         )
         self.optimizer = optimizer.make(self.ensemble.parameters())
+        self.modules_to_save = [self.ensemble, self.target]  # the target: its buffers and train/eval mode
         self.rays = test_rays(self.num_tasks, self.config["num-rays"])
 
     def train_step(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        rays = self.pamal.sample_rays()
+        rays = self.learner.sample_rays()
         losses = torch.stack(
             [torch.stack(self.tasks.losses(self.ensemble.call_target(ray, x), targets)) for ray in rays]
         )
-        loss, reg = self.pamal.loss(losses, rays)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        self.pamal.steps += 1
-        self._step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss, reg = self.learner.loss(losses, rays)
+        self._backward_and_step(loss)
         return {"loss": losses.detach().mean(0), "regularizer": reg.detach(), "ray": rays[0]}
 
-    def predict(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError("a set method predicts per member: use predict_members")
-
-    def predict_members(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        return [list(self.ensemble.call_target(ray, x)) for ray in self.rays]
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.ensemble, self.target]  # the target: its buffers and its train/eval mode
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "pamal": self.pamal.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict({key: state[key] for key in ("modules", "optimizers")})
-        self.pamal.load_state_dict(state["pamal"])
+    def _forward(self, x: torch.Tensor, ray: torch.Tensor) -> Sequence[torch.Tensor]:
+        return self.ensemble.call_target(ray, x)
 
     def weight_convention(self) -> str:
         return "W"  # each of the window's W rays puts weight 1 on the tasks
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rays": self.rays.tolist()}
