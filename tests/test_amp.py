@@ -130,3 +130,25 @@ def test_gradnorm_skips_an_overflowing_step_without_updating_its_weights():
     result = mtlopt.backward(losses, gradnorm, scaler=scaler)
     assert result.diagnostics.get("skipped") and gradnorm.step_count == 0
     assert gradnorm.weights.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_backward_inside_float16_autocast_keeps_the_jacobian_products_in_their_dtype():
+    """Called inside an fp16 autocast region, J Jᵀ of a GradScaler-scaled (finite) Jacobian must not
+    be an fp16 matmul: it overflowed and every step was skipped as non-finite (seen before the fix)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 64))
+    heads = [torch.nn.Parameter(torch.randn(64)) for _ in range(2)]
+    x = torch.randn(32, 64)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    with torch.autocast("cpu", dtype=torch.float16):
+        z = x @ w
+        losses = [((z @ h).float() ** 2).mean() for h in heads]
+        result = mtlopt.backward(losses, mtlopt.MGDA(), shared_params=[w], scaler=scaler)
+    assert "skipped" not in result.diagnostics, result.diagnostics
+    with torch.autocast("cpu", dtype=torch.float16):  # the same step, backward outside the region
+        z = x @ w
+        again = [((z @ h).float() ** 2).mean() for h in heads]
+    reference = mtlopt.backward(again, mtlopt.MGDA(), shared_params=[w], scaler=scaler)
+    torch.testing.assert_close(result.weights, reference.weights, rtol=1e-6, atol=1e-9)
+    assert torch.isfinite(result.weights).all() and abs(float(result.weights.sum()) - 1.0) < 1e-9
+    assert w.grad is not None and torch.isfinite(w.grad).all()

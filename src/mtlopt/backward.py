@@ -59,7 +59,7 @@ from ._task_step import StepContext, _all_reduce_mean, _usable, checked_gramian,
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import Jacobian, JacobianMethod, choose_method
+from .gradients import Jacobian, JacobianMethod, choose_method, in_own_dtype
 from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 
@@ -481,9 +481,7 @@ def _multi_batch_backward(
             return ctx.skip(reached_params + heads)
     i, j = roles.gramian
     Ji, Jj = jacobians[i].matrix(), jacobians[j].matrix()
-    with torch.autocast(
-        Ji.device.type, enabled=False
-    ):  # in J's dtype: an fp16 matmul of a scaled J overflows
+    with in_own_dtype(Ji):
         A = (Ji @ Jj.T).detach().to("cpu", torch.float64) / scale**2
     if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
         return ctx.skip(reached_params + heads)
@@ -499,8 +497,7 @@ def _multi_batch_backward(
     w = output.weights * ctx.factor(output.weights * per_mean)
     for b in roles.update:
         if b in jacobians:
-            with torch.autocast(Ji.device.type, enabled=False):  # as A: in J's dtype
-                directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
+            directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
         else:  # one backward pass of Σ_t w_t L_t through the shared parameters (no Jacobian)
             vector = torch.stack(scaled[b])
             total = (w.to(vector.device, vector.dtype) * r * vector).sum()

@@ -89,6 +89,12 @@ def feature_jacobian(
     return jacobian_blocks(items, [feature], method=method, retain_graph=retain_graph)[0]
 
 
+def in_own_dtype(tensor: Tensor) -> torch.autocast:
+    """Autocast off on ``tensor``'s device: products of (scaled) gradients in their own dtype, since an
+    autocast float16 matmul of a GradScaler-scaled Jacobian overflows where J itself is finite."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def gramian(jacobian: Tensor | Sequence[Tensor]) -> Tensor:
     """The K×K Gramian :math:`J J^\\top`.
 
@@ -105,7 +111,8 @@ def gramian(jacobian: Tensor | Sequence[Tensor]) -> Tensor:
         if block.shape[0] != K:
             raise ValueError(f"Jacobian blocks disagree on the number of tasks: {block.shape[0]} vs {K}")
         flat = block.reshape(K, -1)
-        product = flat @ flat.T
+        with in_own_dtype(flat):
+            product = flat @ flat.T
         total = product if total is None else total + product
     assert total is not None
     return total
@@ -209,8 +216,10 @@ class Jacobian:
         r""":math:`\sum_t w_t J_t` per input (views of one matrix-vector product when there is a matrix)."""
         w = weights.to(self.blocks[0].device, self.blocks[0].dtype)
         if self._matrix is None:
-            return [torch.tensordot(w, block, dims=1) for block in self.blocks]
-        combined = w @ self._matrix
+            with in_own_dtype(w):
+                return [torch.tensordot(w, block, dims=1) for block in self.blocks]
+        with in_own_dtype(w):
+            combined = w @ self._matrix
         directions, offset = [], 0
         for block in self.blocks:
             size = block[0].numel()
