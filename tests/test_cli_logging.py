@@ -6,6 +6,7 @@ one-line error when the package is missing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mtlopt.benchmarks.cli import main
 from mtlopt.benchmarks.trainer import read_steps
@@ -109,13 +111,20 @@ def test_per_step_record_equals_the_history_and_an_uninterrupted_run(tmp_path):
     assert (columns["seconds"] > 0).all()
 
 
-def test_steps_the_grad_scaler_skipped_are_nan_and_left_out_of_the_means(tmp_path):
-    out = tmp_path / "fp16"
-    assert (
-        main(["train", *TINY, "--method", "mgda", "--amp", "fp16", "--epochs", "1", "--out", str(out)]) == 0
+def test_steps_the_grad_scaler_skipped_are_nan_and_left_out_of_the_means(tmp_path, monkeypatch):
+    # scales 2^40 and 2^30 overflow fp16 activations' gradients (the scaler skips those steps and
+    # divides the scale by 2^10), 2^20 does not: the first two steps are skipped, the later ones train
+    scaler = functools.partial(
+        torch.amp.GradScaler, init_scale=2.0**40, backoff_factor=2.0**-10, growth_interval=10_000
     )
+    monkeypatch.setattr(torch.amp, "GradScaler", scaler)
+    out = tmp_path / "fp16"
+    args = ["train", *TINY, "--method", "mgda", "--amp", "fp16", "--epochs", "2", "--out", str(out)]
+    assert main(args) == 0
     history = json.loads((out / "result.json").read_text())["history"]
-    assert history[0]["train_steps_left_out"]["weights"] >= 1  # fp16's first steps overflow
+    skipped = history[0]["train_steps_left_out"]["weights"]
+    assert skipped == 2, skipped
+    assert "train_steps_left_out" not in history[1]  # the scale found, no step of epoch 2 skipped
     columns = check_means(out, history)
     assert np.isfinite(columns["loss"]).all()
 
