@@ -163,9 +163,11 @@ def test_extending_a_finished_run_equals_the_uninterrupted_longer_run(tmp_path, 
 
 
 def test_a_run_whose_training_depends_on_its_length_is_not_extended(tmp_path, capsys):
-    args = ["pareto", *TINY, "--method", "mtgd", "--num-models", "2", "--transfer-schedule", "linear"]
+    args = ["pareto", *TINY, "--method", "mtgd", "--num-models", "2", "--transfer-schedule", "linear", "--transfer-form", "mgd"]  # fmt: skip
     out = tmp_path / "run"
     assert main([*args, "--epochs", "1", "--out", str(out)]) == 0
+    transfer = json.loads((out / "result.json").read_text())["transfer"]
+    assert (transfer["form"], transfer["schedule"]) == ("mgd", "linear")
     capsys.readouterr()
     assert main([*args, "--epochs", "2", "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -352,7 +352,7 @@ def test_compare_runs_on_solar_flare(tmp_path, monkeypatch):
     from mtlopt.hypervolume import hypervolume
 
     monkeypatch.setenv("MTLOPT_CACHE", str(tmp_path / "cache"))
-    out = run_compare(tmp_path, "ew,mgda,epo[num-models=3]", "2")
+    out = run_compare(tmp_path, "ew,mgda,epo[num-models=3],mtgd", "2")
     summary = (out / "summary.md").read_text()
     assert "## Hypervolume" in summary and "| `ew` | " in summary and "nmse" in summary
     result = json.loads((out / "runs" / "ew" / "seed0" / "result.json").read_text())
@@ -363,6 +363,8 @@ def test_compare_runs_on_solar_flare(tmp_path, monkeypatch):
     points = [[record["test"][t]["nmse"] for t in result["tasks"]]]
     assert record["test_hypervolume"] == pytest.approx(hypervolume(points, [2.0] * 3), rel=1e-12)
     assert all(math.isfinite(record["test"][t][m]) for t in result["tasks"] for m in ("nmse", "mse", "mae"))
+    mtgd = json.loads((out / "runs" / "mtgd" / "seed0" / "result.json").read_text())
+    assert len(mtgd["history"][-1]["test_members"]) == 6  # --num-models auto: Das–Dennis for 3 tasks
 
 
 @needs_river

@@ -630,3 +630,12 @@ def test_a_state_saved_with_other_preference_vectors_is_refused():
     ):
         fewer.load_state_dict(legacy)
     population("never", Transfer(strength=0.2)).load_state_dict(legacy)
+
+
+def test_the_default_set_size_is_a_lattice_size_for_any_number_of_tasks():
+    from mtlopt.benchmarks.methods.population import auto_count
+
+    sizes = {k: auto_count(k) for k in (1, 2, 3, 4, 5, 8, 16)}
+    assert sizes == {1: 5, 2: 5, 3: 6, 4: 10, 5: 5, 8: 8, 16: 16}
+    for k, n in sizes.items():
+        assert preference_vectors(k, n).shape == (n, k)  # a valid size: no error

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .records import hv_reference, hypervolume_curve, members_of, sample_std
+from .records import hv_objective, hv_reference, hypervolume_curve, members_of, sample_std
 
 
 def pyplot():
@@ -16,6 +16,11 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _palette(plt, n: int) -> list:
+    """Distinct colours for n lines: matplotlib's cycle (tab10), tab20 beyond ten."""
+    return list(plt.get_cmap("tab20").colors) if n > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def _marker(epochs: list[int]) -> dict[str, object]:
@@ -75,7 +80,7 @@ def plot_learning_curves(directory: Path, order, by_label, tasks, metrics) -> No
 
 def plot_task_pair(directory: Path, order, by_label, tasks, metrics) -> None:
     plt = pyplot()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _palette(plt, len(order))
     first = {task: next(metric for t, metric, _ in metrics if t == task) for task in tasks}
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     for i, label in enumerate(order):
@@ -156,7 +161,7 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _palette(plt, len(order))
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     reference: list[float] | None = None
     highest = 0.0
@@ -203,7 +208,7 @@ def plot_front(directory: Path, order, by_label, tasks) -> None:
     if len(tasks) != 2:
         return
     plt = pyplot()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _palette(plt, len(order))
     markers = {"stl": "*", "ew": "P"}
     metrics = list(by_label[order[0]][0]["metrics"].items())
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.8), squeeze=False)
@@ -240,6 +245,10 @@ def plot_front(directory: Path, order, by_label, tasks) -> None:
                 linewidth=1,
                 label=label,
             )
+    reference, objective = hv_reference(by_label[order[0]][0]), hv_objective(by_label[order[0]][0])
+    for ax, (metric, _) in zip(axes[0], metrics):
+        if reference is not None and metric == objective:
+            _draw_reference_box(ax, reference)
     for ax, (metric, direction) in zip(axes[0], metrics):
         arrow = "↑" if direction == "higher" else "↓"
         unit = " (%)" if metric == "accuracy" else ""
@@ -248,8 +257,22 @@ def plot_front(directory: Path, order, by_label, tasks) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(
-        "models at the last epoch (faint: seeds; line: mean over seeds, members in preference order)"
+        "models at the last epoch\n(faint: seeds; line: mean over seeds, members in preference order)",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(directory / "front.png", dpi=110)
     plt.close(fig)
+
+
+def _draw_reference_box(ax, reference: list[float]) -> None:
+    """The hypervolume's box: the region dominating the reference point, dashed, the point in view; a
+    model outside it (or dominated inside it) adds no volume."""
+    ax.update_datalim([reference])
+    ax.autoscale_view()
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    rx, ry = reference
+    ax.plot([xlim[0], rx, rx], [ry, ry, ylim[0]], color="gray", linestyle="--", linewidth=1)
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    ax.annotate("HV reference", (rx, ry), textcoords="offset points", xytext=(-4, 4), ha="right", fontsize=7)

@@ -20,9 +20,29 @@ from mtlopt.weighting import epo, pmtl
 from ..interfaces import MultiTaskModel, RunnerTasks
 from ._base import MethodRunner, OptimizerSettings, Option, _fraction, _non_negative, _positive_int, register
 
+
+def _count(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def auto_count(num_tasks: int, wanted: int = 5) -> int:
+    """``--num-models auto``: 5 for two tasks; beyond, the smallest Das–Dennis lattice size >= 5
+    (6 for three tasks, 10 for four, K from five tasks on), so that the default runs for any K."""
+    if num_tasks <= 2:
+        return wanted
+    divisions = 1
+    while math.comb(divisions + num_tasks - 1, num_tasks - 1) < wanted:
+        divisions += 1
+    return math.comb(divisions + num_tasks - 1, num_tasks - 1)
+
+
+_COUNT_HELP = "(auto: 5 for two tasks, else the smallest Das–Dennis lattice size >= 5: 6 for 3 tasks)"
 _SET_OPTIONS = (
     Option(
-        "num-models", 5, "models in the set, one per evenly spaced preference vector", parse=_positive_int
+        "num-models",
+        "auto",
+        f"models in the set, one per evenly spaced preference vector {_COUNT_HELP}",
+        parse=_count,
     ),
     Option("scalarization", "linear", "scalarization of each subproblem", choices(population.Scalarization)),
     Option(
@@ -43,6 +63,10 @@ class PopulationRunner(MethodRunner):
 
     def transfer(self) -> Any:
         return None
+
+    def member_count(self) -> int:
+        count = self.config["num-models"]
+        return auto_count(self.num_tasks) if count == "auto" else count
 
     def member_preferences(self, count: int) -> Tensor:
         """The (count, m) preference vectors of the members (on the simplex)."""
@@ -66,7 +90,7 @@ class PopulationRunner(MethodRunner):
         tasks: RunnerTasks,
     ) -> None:
         self.tasks = tasks
-        count = self.config["num-models"]
+        count = self.member_count()
         models = self.initial_models(make_model, count)  # every rank builds the same K models
         group = resolve_group("auto")
         world, rank = world_size(group), (torch.distributed.get_rank(group) if group is not None else 0)
@@ -148,6 +172,13 @@ class MTGDRunner(PopulationRunner):
         Option(
             "transfer-neighbours", 2, "most similar subproblems each model mixes with", parse=_positive_int
         ),
+        Option(
+            "transfer-form",
+            "normalized",
+            "W from the preference similarities: each member takes rho split over its neighbours, or "
+            "MGD's rho*c/(1+c) from each (no exchange between orthogonal preferences)",
+            choices(population.TransferForm),
+        ),
         Option("transfer-schedule", "constant", "rho over training", choices(population.Schedule)),
         Option("transfer-every", 1, "steps between transfers", parse=_positive_int),
         Option(
@@ -179,6 +210,7 @@ class MTGDRunner(PopulationRunner):
         return mtlopt.Transfer(
             strength=self.config["transfer-strength"],
             neighbours=self.config["transfer-neighbours"],
+            form=self.config["transfer-form"],
             schedule=self.config["transfer-schedule"],
             every=self.config["transfer-every"],
             parameters=self.config["transfer-params"],
@@ -188,7 +220,7 @@ class MTGDRunner(PopulationRunner):
 # Each member's whole model is its weighting's shared parameters (as in both official codes), so its
 # heads get w_t grad L_t: the weightings' head_weighting has nothing to act on and is not offered.
 _RAY_SET_OPTIONS = (
-    Option("num-models", 5, "models in the set, one per preference ray", parse=_positive_int),
+    Option("num-models", "auto", f"models in the set, one per preference ray {_COUNT_HELP}", parse=_count),
 )
 
 
@@ -213,7 +245,7 @@ class RaySetRunner(PopulationRunner):
         return rays / rays.sum(dim=1, keepdim=True)
 
     def describe(self):
-        return {**super().describe(), "rays": self.rays(self.config["num-models"]).tolist()}
+        return {**super().describe(), "rays": self.rays(self.member_count()).tolist()}
 
 
 @register
@@ -237,7 +269,7 @@ class ParetoMTLRunner(RaySetRunner):
     )
 
     def weightings(self, members):
-        rays = self.rays(self.config["num-models"])
+        rays = self.rays(self.member_count())
         warmup = self.config["warmup-epochs"]
         steps = None if warmup is None else round(warmup * self.steps_per_epoch)
         return [
@@ -272,7 +304,7 @@ class EPORunner(RaySetRunner):
     angles = (1e-4 * 0.5 * math.pi, (1.0 - 1e-4) * 0.5 * math.pi)
 
     def weightings(self, members):
-        rays = self.rays(self.config["num-models"])
+        rays = self.rays(self.member_count())
         return [
             mtlopt.EPO(
                 rays[k],

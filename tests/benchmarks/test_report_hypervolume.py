@@ -1,0 +1,78 @@
+"""The hypervolume table's convergence speed: epochs to 95% of the best final mean HV (hand-built
+curves), and the front plot with its reference box."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from mtlopt.benchmarks.report import summarize
+
+# test HV per epoch of each seed; one member (x, x) per epoch, so HV = (2 - x)^2 with reference (2, 2)
+CURVES = {
+    "fast": ([0.5, 0.9, 1.0, 1.0], [0.5, 0.9, 0.96, 1.0]),  # mean 0.5, 0.9, 0.98, 1.0: epoch 3
+    "slow": ([0.1, 0.3, 0.6, 0.94], [0.1, 0.3, 0.6, 0.98]),  # mean reaches 0.96 at epoch 4
+    "never": ([0.1, 0.2, 0.3, 0.5], [0.1, 0.2, 0.3, 0.5]),
+}
+
+
+def _member(hv: float) -> dict[str, dict[str, float]]:
+    x = 2.0 - math.sqrt(hv)
+    return {"left": {"cross_entropy": x}, "right": {"cross_entropy": x}}
+
+
+def _write(root: Path) -> None:
+    for method, seeds in CURVES.items():
+        for seed, curve in enumerate(seeds):
+            history = [
+                {
+                    "epoch": e + 1,
+                    "lr": 0.1,
+                    "train": {},
+                    **{f"{split}_members": [_member(hv), _member(hv / 4)] for split in ("val", "test")},
+                }
+                for e, hv in enumerate(curve)
+            ]
+            result = {
+                "benchmark": "synthetic",
+                "protocol": "test",
+                "method": method,
+                "options": {},
+                "seed": seed,
+                "tasks": ["left", "right"],
+                "metrics": {"cross_entropy": "lower"},
+                "hypervolume_reference": [2.0, 2.0],
+                "history": history,
+                "time_per_step_ms": {"median": 1.0},
+                "environment": {"mtlopt": "0", "torch": "0", "device": "cpu", "threads": 1},
+                "training": {
+                    "epochs": 4,
+                    "optimizer": "adam",
+                    "lr": 0.1,
+                    "lr_decay_every": 0,
+                    "lr_decay": 0.5,
+                    "batch_size": 8,
+                },
+                "data": {"sizes": [1, 1, 1], "seed": 0},
+            }
+            path = root / "runs" / method / f"seed{seed}" / "result.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(result))
+
+
+def test_epochs_to_95_percent_of_the_best_final_hypervolume(tmp_path):
+    _write(tmp_path)
+    hv = summarize(tmp_path)["hypervolume"]
+    assert hv["fast"]["last"][0] == 1.0  # the best final mean HV: the target is 0.95
+    assert {label: row["to_target"] for label, row in hv.items()} == {"fast": 3, "slow": 4, "never": None}
+    rows = {r["label"]: r["mean"] for r in csv.DictReader(open(tmp_path / "summary.csv")) if r["metric"] == "epochs_to_95pct_hv"}  # fmt: skip
+    assert rows == {"fast": "3", "slow": "4", "never": ""}
+    table = (tmp_path / "summary.md").read_text()
+    assert "epochs to 95% ↓" in table
+    assert (
+        "| `never` | 2 | 1 | 2 |" in table
+        and table.split("| `never` |")[1].split("\n")[0].count("| – |") == 1
+    )
+    assert (tmp_path / "front.png").stat().st_size > 10_000  # drawn with its reference box
