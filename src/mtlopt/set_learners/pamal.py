@@ -69,7 +69,10 @@ Notes on the differences.
   sorts the keys in *descending* order and penalizes ``relu(diff)`` of that sequence: a positive
   difference there is the loss at the *smaller* :math:`\alpha_t` exceeding the loss at the larger,
   which is the monotone order the front should have. ``ordering="official"`` reproduces that sort
-  (a penalty on the expected order, as read from the code); the default penalizes the violations.
+  (a penalty on the expected order: ``relu(diff)`` where ``relu(-diff)`` would penalize the
+  violations; re-read line by line in ``multi_forward_ensemble_trainer.py`` at commit 26adf53, with
+  ``torch.diff``'s x[j+1] - x[j]); the default penalizes the violations. The published MultiMNIST
+  runs do not exercise it (λ = 0 in that config), and the cap below often switches it off.
   On the toy fronts of ``tests/test_set_learners.py`` the official order pulls the members together
   and the learned front collapses, while the default's reaches the analytic front's hypervolume.
   The paper's full text was not reachable from this machine (its abstract and the official configs'
