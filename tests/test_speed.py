@@ -22,7 +22,7 @@ pytestmark = pytest.mark.cpu_only(
     reason="`mtlopt speed --device cpu` and the CPU profiler's memory; scripts/gpu_check.sh times cuda"
 )
 
-E2E = ("forward-only", "ew", "mgda-ub", "pcgrad", "pmtl", "dwa")
+E2E = ("forward-only", "ew", "mgda-ub", "pcgrad", "pmtl", "dwa", "pamal")
 """The end-to-end test's rows: the references, one of each kind of step, the two-task skip."""
 TINY = ["--repeats", "2", "--min-rounds", "2", "--steps", "1", "--warmup", "1", "--budget", "1"]
 
@@ -65,6 +65,11 @@ def test_speed_command_writes_table_csv_and_plot(tmp_path, capsys):
     for target in ("MGDA-UB step ≤ 1.03× EW at K = 2", "exact MGDA step ≤ 1.3× EW", "population of 5 LeNets"):
         assert target in text  # listed, "not measured" at this size
     assert "not measured" in text
+    for model in ("lenet", "mlp"):  # set methods: the cost per member or per ray beside the step's
+        row = next(r for r in rows if (r["model"], r["tasks"], r["method"]) == (model, "2", "pamal"))
+        per_ray = float(row["ratio_median"]) / 3
+        assert f"{per_ray:.2f}× EW per ray (3 rays a step)" in text
+    assert text.count("× EW per member (5 members a step)") == 2  # pmtl at K = 2, both models
     assert (out / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -40,6 +40,8 @@ class Method:
     beside: str | None = None
     peer_class: str | None = None
     agree: dict[str, Any] | None = None
+    per: tuple[int | None, str] | None = None  # a set method's models or rays per step (None: the
+    # configuration's population), for the per-member cost beside the step's
 
     @property
     def counterpart(self) -> str | None:
@@ -153,24 +155,54 @@ METHODS: dict[str, Method] = {
             "population",
             "5 models with transfer, in a loop (vectorize='never': what 'auto' does on the CPU)",
             steps.population("never"),
+            per=(None, "member"),
         ),
         Method(
             "population-vmap",
             "5 models with transfer, vmapped (vectorize='always')",
             steps.population("always"),
             skip=_no_batchnorm,
+            per=(None, "member"),
         ),
         Method(
             "pmtl",
             "Pareto MTL, 5 models (one per ray)",
             steps.pareto_population("pmtl"),
             skip=_only_two_tasks,
+            per=(None, "member"),
         ),
         Method(
             "epo",
             "EPO, 5 models (one per ray)",
             steps.pareto_population("epo"),
             skip=_only_two_tasks,
+            per=(None, "member"),
+        ),
+        Method(
+            "phn-ls",
+            "PHN-LS: one Dirichlet ray per step, the hypernetwork's forward and the generated target's "
+            "forward and backward",
+            steps.runner_step("phn-ls"),
+            per=(1, "ray"),
+        ),
+        Method(
+            "phn-epo",
+            "PHN-EPO: as PHN-LS, with the EPO weights of the ray (K target-gradient passes)",
+            steps.runner_step("phn-epo"),
+            per=(1, "ray"),
+        ),
+        Method(
+            "cosmos",
+            "COSMOS: one Dirichlet ray per step, appended to the input of one network",
+            steps.runner_step("cosmos"),
+            per=(1, "ray"),
+        ),
+        Method(
+            "pamal",
+            "PaMaL: a window of 3 Dirichlet rays per step, each a forward of the K members' convex "
+            "combination, one backward through all",
+            steps.runner_step("pamal"),
+            per=(3, "ray"),
         ),
         Method(
             "dwa",

@@ -14,7 +14,7 @@ import numpy as np
 from .agreement import Agreement
 from .catalog import METHODS
 from .peers import PEERS
-from .results import SpeedReport, report_json
+from .results import MethodResult, SpeedReport, report_json
 from .setups import MODELS
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def markdown(report: SpeedReport) -> str:
             for row in c.rows.values():
                 iqr = row.ratio_iqr
                 note = row.note if row.status == "ok" else f"{row.status}: {row.note}"
+                note = "; ".join(part for part in (_per_unit(row, config.population), note) if part)
                 lines.append(
                     f"| {c.tasks} | {c.batch} | {row.method} | {_fmt(row.ratio, '.2f', '×')} | "
                     f"{'' if iqr is None else f'{iqr[0]:.2f}–{iqr[1]:.2f}'} | {_fmt(row.step_ms, '.1f')} | "
@@ -167,6 +168,16 @@ def markdown(report: SpeedReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_unit(row: MethodResult, population: int) -> str:
+    """A set method's step / EW per model or per ray of its step (a step trains several)."""
+    method = METHODS.get(row.method)
+    if method is None or method.per is None or row.ratio is None:
+        return ""
+    count, unit = method.per
+    count = count or population
+    return f"{row.ratio / count:.2f}× EW per {unit} ({count} {unit}s a step)"
 
 
 def _famo_text(report: SpeedReport) -> str:
