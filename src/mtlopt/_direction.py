@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ._checks import all_finite, as_tensors
 from ._graph import leaves
-from ._task_step import _all_reduce_mean, _usable
+from ._task_step import all_reduce_jacobian, usable_step
 from .distributed import all_reduce_mean_, all_reduce_sum_, grads_of
 from .errors import NonFiniteError
 from .gradients import Jacobian, choose_method
@@ -78,7 +78,7 @@ def direction_backward(
     how = choose_method(ctx.items, shared) if ctx.step.method == "auto" else ctx.step.method
     items, loss_vector = ctx.scaled()
     jac = Jacobian.compute(items, shared, method=how, retain_graph=True)
-    _all_reduce_mean(jac, ctx.group)  # the global batch's J on every rank: one state everywhere
+    all_reduce_jacobian(jac, ctx.group)  # the global batch's J on every rank: one state everywhere
     reached = [p for p, r in zip(shared, jac.reached) if r]
     unreached = [name for name, r in zip(shared_names, jac.reached) if not r]
     if not reached:
@@ -91,7 +91,7 @@ def direction_backward(
         own = {id(p) for p in method.parameters()}
         listed = {id(p) for p in heads}
         heads += [p for p in leaves_ if id(p) in own and id(p) not in listed | shared_ids]
-    if not _usable(ctx.step, all_finite(jac.tensors()), jac, "the shared parameters", shared):
+    if not usable_step(ctx.step, all_finite(jac.tensors()), jac, "the shared parameters", shared):
         return ctx.skip(reached + heads)
     J = jac.matrix()
     J = J.to(working_dtype(J.dtype))

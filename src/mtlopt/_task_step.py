@@ -76,10 +76,10 @@ def checked_gramian(
             all_reduce_sum_([G], ctx.group)
             G = G / world_size(ctx.group) ** 2
     else:
-        _all_reduce_mean(jac, ctx.group)
+        all_reduce_jacobian(jac, ctx.group)
         G = jac.gramian()
     G64 = G.detach().to("cpu", torch.float64) / ctx.scale**2
-    return G64 if _usable(ctx, bool(torch.isfinite(G64).all()), jac, what, inputs) else None
+    return G64 if usable_step(ctx, bool(torch.isfinite(G64).all()), jac, what, inputs) else None
 
 
 def checked_jacobian(
@@ -90,13 +90,13 @@ def checked_jacobian(
     None on overflow under a scaler; a :class:`mtlopt.NonFiniteError` naming the tasks otherwise.
     """
     jac = Jacobian.compute(ctx.scaled_items(), inputs, method=ctx.method, retain_graph=retain_graph)
-    _all_reduce_mean(jac, ctx.group)
+    all_reduce_jacobian(jac, ctx.group)
     if ctx.scale != 1.0:
         jac.div_(ctx.scale)
-    return jac if _usable(ctx, all_finite(jac.tensors()), jac, what, inputs) else None
+    return jac if usable_step(ctx, all_finite(jac.tensors()), jac, what, inputs) else None
 
 
-def _all_reduce_mean(jac: Jacobian, group: ProcessGroup | None) -> None:
+def all_reduce_jacobian(jac: Jacobian, group: ProcessGroup | None) -> None:
     """Average the Jacobian across ranks; an input reached on any rank counts as reached on every rank
     (a branch one rank's batch takes and another's does not), in the same collective."""
     if group is None:
@@ -106,7 +106,7 @@ def _all_reduce_mean(jac: Jacobian, group: ProcessGroup | None) -> None:
     jac.reached = (flags > 0).tolist()
 
 
-def _usable(ctx: StepContext, finite: bool, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> bool:
+def usable_step(ctx: StepContext, finite: bool, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> bool:
     """Finite: usable. Otherwise an overflow under a scaler (not usable: the step is skipped), or an error
     naming the tasks (unless ``check_finite`` is off: used as it is)."""
     if finite:

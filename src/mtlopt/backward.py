@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
 from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
-from ._task_step import StepContext, _all_reduce_mean, _usable, checked_gramian, fill_nan
+from ._task_step import StepContext, all_reduce_jacobian, checked_gramian, fill_nan, usable_step
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
@@ -465,7 +465,7 @@ def _multi_batch_backward(
     for b in sorted(set(roles.gramian)):
         how = choose_method(scaled[b], shared) if ctx.step.method == "auto" else ctx.step.method
         jac = Jacobian.compute(scaled[b], shared, method=how, retain_graph=True)
-        _all_reduce_mean(jac, ctx.group)  # the global batch's J on every rank
+        all_reduce_jacobian(jac, ctx.group)  # the global batch's J on every rank
         jacobians[b] = jac
     reached = [any(jac.reached[i] for jac in jacobians.values()) for i in range(len(shared))]
     if not any(reached):
@@ -477,7 +477,9 @@ def _multi_batch_backward(
     reached_params = [p for p, r in zip(shared, reached) if r]
     for b, jac in jacobians.items():
         step = replace(ctx.step, items=batches[b][0])
-        if not _usable(step, all_finite(jac.tensors()), jac, f"the shared parameters (batch {b})", shared):
+        if not usable_step(
+            step, all_finite(jac.tensors()), jac, f"the shared parameters (batch {b})", shared
+        ):
             return ctx.skip(reached_params + heads)
     i, j = roles.gramian
     Ji, Jj = jacobians[i].matrix(), jacobians[j].matrix()
