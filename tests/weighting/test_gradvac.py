@@ -221,7 +221,7 @@ def test_state_dict_resumes_exactly_and_reset_starts_over():
     assert not torch.equal(copy["targets"], method.targets)
     with pytest.raises(ValueError, match="GradVac state must have the keys"):
         resumed.load_state_dict({"generator": saved["generator"]})
-    with pytest.raises(ValueError, match="holds targets for 4 tasks but the Gramian is 3×3"):
+    with pytest.raises(ValueError, match="holds targets for 4 tasks but got 3; call reset"):
         method(torch.eye(3, dtype=F64), torch.ones(3, dtype=F64))
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._base import Method
 
-__all__ = ["check_state_keys", "copied", "projection_simplex", "simplex_start"]
+__all__ = ["check_state_keys", "copied", "held_state", "projection_simplex", "simplex_start"]
 
 
 def check_state_keys(method: Method, state: dict[str, Any], keys: set[str]) -> None:
@@ -35,14 +35,22 @@ def projection_simplex(v: Tensor) -> Tensor:
     return (v - theta).clamp(min=0)
 
 
-def simplex_start(method: Method, held: Tensor | None, num_tasks: int, name: str) -> Tensor:
-    """The weights a method holds between steps: uniform before the first step, else ``held`` after a
-    check that it is for ``num_tasks`` tasks."""
+def held_state(
+    method: Method, held: Tensor | None, shape: tuple[int, ...], name: str, start: Tensor
+) -> Tensor:
+    """The state a method holds between steps: ``start`` before the first step, else ``held`` after a
+    check that it has ``shape`` (it was made for this number of tasks)."""
     if held is None:
-        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
-    if held.shape != (num_tasks,):
+        return start
+    if tuple(held.shape) != shape:
         raise ValueError(
-            f"{type(method).__name__} holds {name} for {held.shape[0]} tasks but got {num_tasks}; "
+            f"{type(method).__name__} holds {name} for {held.shape[0]} tasks but got {shape[0]}; "
             "call reset() first"
         )
     return held
+
+
+def simplex_start(method: Method, held: Tensor | None, num_tasks: int, name: str) -> Tensor:
+    """Held weights: uniform before the first step (:func:`held_state`)."""
+    uniform = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+    return held_state(method, held, (num_tasks,), name, uniform)

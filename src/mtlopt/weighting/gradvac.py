@@ -71,6 +71,7 @@ import torch
 from torch import Tensor
 
 from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum, check_method_options
+from ._state import held_state
 
 __all__ = ["GradVac"]
 
@@ -193,13 +194,8 @@ class GradVac(GramianWeighting):
 
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
-        if self.targets is None:
-            self.targets = torch.zeros(K, K, dtype=torch.float64)
-        elif self.targets.shape != (K, K):
-            raise ValueError(
-                f"GradVac holds targets for {self.targets.shape[0]} tasks but the Gramian is {K}×{K}; "
-                "call reset() to start over"
-            )
+        start = torch.zeros(K, K, dtype=torch.float64)
+        self.targets = held_state(self, self.targets, (K, K), "targets", start)
         C, corrections = self.coefficients(gramian, self.orders(K), self.targets)
         weights = C.sum(dim=0)
         off = ~torch.eye(K, dtype=torch.bool)
