@@ -177,7 +177,7 @@ def _per_unit(row: MethodResult, population: int) -> str:
         return ""
     count, unit = method.per
     count = count or population
-    return f"{row.ratio / count:.2f}× EW per {unit} ({count} {unit}s a step)"
+    return f"{row.ratio / count:.2f}× EW per {unit} ({count} {unit}{'s' if count > 1 else ''} a step)"
 
 
 def _famo_text(report: SpeedReport) -> str:
