@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from mtlopt.benchmarks.report import summarize
 
 # test HV per epoch of each seed; one member (x, x) per epoch, so HV = (2 - x)^2 with reference (2, 2)
@@ -62,13 +64,32 @@ def _write(root: Path) -> None:
             path.write_text(json.dumps(result))
 
 
+def _write_single(root: Path, curve: list[float]) -> None:
+    """A single-model run (one point per epoch, as ``stl`` or ``ew`` write it), two seeds alike."""
+    for seed in (0, 1):
+        history = [
+            {"epoch": e + 1, "lr": 0.1, "train": {}, "val": _member(hv), "test": _member(hv)}
+            for e, hv in enumerate(curve)
+        ]
+        path = root / "runs" / "single" / f"seed{seed}" / "result.json"
+        path.parent.mkdir(parents=True)
+        result = json.loads((root / "runs" / "fast" / "seed0" / "result.json").read_text())
+        result.update(method="single", seed=seed, history=history)
+        result.update(
+            final={"test": history[-1]["test"]}, best_val={"test": history[-1]["test"], "selection": "last"}
+        )
+        path.write_text(json.dumps(result))
+
+
 def test_epochs_to_95_percent_of_the_best_final_hypervolume(tmp_path):
     _write(tmp_path)
+    _write_single(tmp_path, [0.5, 1.0, 3.0, 4.0])  # a better single model does not set the target
     hv = summarize(tmp_path)["hypervolume"]
-    assert hv["fast"]["last"][0] == 1.0  # the best final mean HV: the target is 0.95
-    assert {label: row["to_target"] for label, row in hv.items()} == {"fast": 3, "slow": 4, "never": None}
+    assert hv["fast"]["last"][0] == 1.0  # the best final mean HV of a set: the target is 0.95
+    expected = {"fast": 3, "slow": 4, "never": None, "single": 2}
+    assert {label: row["to_target"] for label, row in hv.items()} == expected
     rows = {r["label"]: r["mean"] for r in csv.DictReader(open(tmp_path / "summary.csv")) if r["metric"] == "epochs_to_95pct_hv"}  # fmt: skip
-    assert rows == {"fast": "3", "slow": "4", "never": ""}
+    assert rows == {"fast": "3", "slow": "4", "never": "", "single": "2"}
     table = (tmp_path / "summary.md").read_text()
     assert "epochs to 95% ↓" in table
     assert (
@@ -76,3 +97,31 @@ def test_epochs_to_95_percent_of_the_best_final_hypervolume(tmp_path):
         and table.split("| `never` |")[1].split("\n")[0].count("| – |") == 1
     )
     assert (tmp_path / "front.png").stat().st_size > 10_000  # drawn with its reference box
+
+
+def test_the_convergence_study_tool(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import hv_study  # tools/hv_study.py
+
+    for label in ("mtgd", "ls-sweep"):  # mtgd never reaches the target, ls-sweep at epoch 3
+        (tmp_path / "runs" / label).mkdir(parents=True)
+    _write(tmp_path / "src")
+    for src, dst in (("never", "mtgd"), ("fast", "ls-sweep")):
+        for seed in (0, 1):
+            result = json.loads((tmp_path / "src" / "runs" / src / f"seed{seed}" / "result.json").read_text())
+            result["method"] = dst.split("[")[0]
+            (tmp_path / "runs" / dst / f"seed{seed}").mkdir()
+            (tmp_path / "runs" / dst / f"seed{seed}" / "result.json").write_text(json.dumps(result))
+    result, curves = hv_study.study(tmp_path, [])
+    assert result["target"] == 0.95
+    assert result["rows"]["ls-sweep"]["seed_epochs"] == [3, 3] and result["rows"]["mtgd"]["seed_epochs"] == [
+        None,
+        None,
+    ]
+    assert result["rows"]["mtgd"]["to_own"] == 4  # 0.5 is its best: 95% of it first at epoch 4
+    assert curves["mtgd"]["1"]["test"] == pytest.approx(CURVES["never"][1])
+    text = hv_study.markdown(result, "t", "cmd")
+    assert "ratio **> 1.33**" in text  # 4 epochs / ls-sweep's 3
+    assert "`mtgd` 4 (1.33×)" in text  # its own plateau, against ls-sweep's 3

@@ -162,7 +162,8 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
     from matplotlib.ticker import MaxNLocator
 
     colors = _palette(plt, len(order))
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    outside = len(order) > 6  # many methods: the legend beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(8.6 if outside else 6.0, 4.2))
     reference: list[float] | None = None
     highest = 0.0
     for i, label in enumerate(order):
@@ -196,7 +197,10 @@ def plot_hypervolume(directory: Path, order, by_label) -> None:
     # A volume is >= 0: the axis starts there (all-zero curves, e.g. after one epoch, get a unit axis)
     ax.set_ylim(0.0, 1.05 * highest if highest > 0 else 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8)
     ax.set_title("hypervolume of each method's models, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(directory / "hypervolume.png", dpi=110)
