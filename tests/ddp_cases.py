@@ -344,6 +344,7 @@ CASES = {
     "aligned-mtl-ub-sum": weighting_case(lambda model: mtlopt.AlignedMTL(feature_batch="sum"), "features"),
     "config": weighting_case(lambda model: mtlopt.ConFIG(), "shared"),
     "gradvac": weighting_case(lambda model: mtlopt.GradVac(seed=4), "shared"),
+    "gradvac-layer": weighting_case(lambda model: mtlopt.GradVac(seed=4, groups="layer"), "shared"),
     "cagrad": weighting_case(lambda model: mtlopt.CAGrad(), "shared"),
     "cagrad-features": weighting_case(lambda model: mtlopt.CAGrad(rescale="1+c^2", weight_scale="num-tasks"), "features"),
     "upgrad": weighting_case(lambda model: mtlopt.UPGrad(), "shared"),

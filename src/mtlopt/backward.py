@@ -59,7 +59,7 @@ from ._task_step import StepContext, all_reduce_jacobian, checked_gramian, fill_
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import Jacobian, JacobianMethod, choose_method, in_own_dtype
+from .gradients import Jacobian, JacobianMethod, choose_method, gramian, in_own_dtype
 from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 
@@ -263,8 +263,21 @@ class _Context:
     def weigh(self, G: Tensor) -> tuple[WeightingOutput, Tensor]:
         """The method's output and the weights to apply (rescaled to ``weight_total``)."""
         assert isinstance(self.weighting, GramianWeighting)
+        if self.weighting.groups != "whole-model":
+            raise ValueError(
+                f"{type(self.weighting).__name__}(groups={self.weighting.groups!r}) weighs groups of shared "
+                "parameters: pass shared_params=... (not features=...), or use groups='whole-model'"
+            )
         output = self.weighting.compute(G, self.global_losses)
         return output, output.weights * self.factor(output.weights)
+
+    def weigh_groups(self, gramians: list[Tensor]) -> tuple[WeightingOutput, Tensor]:
+        """The method's output for one Gramian per parameter group and the (groups, K) weights to
+        apply, each group's rescaled to ``weight_total``."""
+        assert isinstance(self.weighting, GramianWeighting)
+        output = self.weighting.compute_groups(gramians, self.global_losses)
+        factors = torch.tensor([self.factor(row) for row in output.weights], dtype=torch.float64)
+        return output, output.weights * factors[:, None]
 
     def head_coefficients(self, weights: Tensor, loss_vector: Tensor) -> Tensor:
         if self.weighting.head_weighting == "unweighted":
@@ -324,14 +337,31 @@ def _parameter_backward(
         heads += [p for p in leaves_ if id(p) in own and id(p) not in listed | shared_ids]
     if G is None:  # overflow under a GradScaler: NaN gradients make the scaler skip this step
         return ctx.skip(reached + heads)
-    output, w = ctx.weigh(G)
+    groups = parameter_groups(ctx.weighting.groups, shared_names)
+    if groups is None:
+        output, w = ctx.weigh(G)
+        directions = jac.combine(w)
+    else:  # one Gramian and one set of weights per group of shared parameters
+        output, per_group = ctx.weigh_groups(
+            [
+                gramian([jac.blocks[i] for i in group]).detach().to("cpu", torch.float64) / ctx.scale**2
+                for group in groups
+            ]
+        )
+        w = per_group.mean(dim=0)
+        directions = [jac.blocks[0]] * len(shared)  # each replaced below
+        for g, group in enumerate(groups):
+            for i in group:
+                directions[i] = torch.tensordot(per_group[g].to(jac.blocks[i]), jac.blocks[i], dims=1)
     diagnostics = dict(output.diagnostics)
+    if groups is not None:
+        diagnostics["group_weights"] = per_group.tolist()
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
     if ctx.weighting.update == "loss":  # GradNorm: one backward pass of the reweighted loss
         _loss_backward(ctx, _reweighted(w, ctx.loss_vector), leaves_, None)
         return ctx.result(w, G, diagnostics)
-    for p, direction, r in zip(shared, jac.combine(w), jac.reached):
+    for p, direction, r in zip(shared, directions, jac.reached):
         if not r:
             continue
         direction = direction.to(p.dtype)
@@ -532,6 +562,26 @@ def _multi_batch_backward(
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
     return ctx.result(w * per_mean, A, diagnostics)
+
+
+def parameter_groups(groups: str, names: Sequence[str]) -> list[list[int]] | None:
+    """Indices of the shared parameters per group, in order of first appearance; None: one group.
+
+    ``"tensor"``: one per parameter; ``"layer"``: one per owning module, from the parameter names of
+    ``shared_params=module`` (``"0.weight"`` and ``"0.bias"`` share the module ``"0"``)."""
+    if groups == "whole-model":
+        return None
+    if groups == "tensor":
+        return [[i] for i in range(len(names))]
+    if any(name.startswith("shared_params[") for name in names):
+        raise ValueError(
+            "groups='layer' needs shared_params=<the shared module>: the layers are read from its "
+            "parameter names (a list of tensors has none); use groups='tensor' for one group per tensor"
+        )
+    by_module: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_module.setdefault(name.rpartition(".")[0], []).append(i)
+    return list(by_module.values())
 
 
 def _check_distinct_names(names: Sequence[str], losses: object = None) -> None:

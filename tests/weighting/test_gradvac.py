@@ -221,7 +221,10 @@ def test_state_dict_resumes_exactly_and_reset_starts_over():
     assert not torch.equal(copy["targets"], method.targets)
     with pytest.raises(ValueError, match="GradVac state must have the keys"):
         resumed.load_state_dict({"generator": saved["generator"]})
-    with pytest.raises(ValueError, match="holds targets for 4 tasks but got 3; call reset"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds targets of shape \(4, 4\) but this step needs \(3, 3\) \(3 tasks\); call reset",
+    ):
         method(torch.eye(3, dtype=F64), torch.ones(3, dtype=F64))
 
 
@@ -231,7 +234,7 @@ def test_state_dict_resumes_exactly_and_reset_starts_over():
         ({"beta": 1.5}, "beta must be a number in \\[0, 1\\]; got 1.5"),
         ({"eps": -1.0}, "eps must be a finite number >= 0; got -1.0"),
         ({"target_update": "never"}, "target_update must be one of 'always', 'on-correction'; got 'never'"),
-        ({"groups": "layer"}, "groups must be one of 'whole-model'; got 'layer'"),
+        ({"groups": "rows"}, "groups must be one of 'whole-model', 'layer', 'tensor'; got 'rows'"),
         ({"head_weighting": "x"}, "head_weighting must be one of"),
     ],
 )
@@ -264,3 +267,98 @@ def test_the_benchmark_runner_resumes_exactly(name):
         assert torch.equal(a, b)
     if name == "gradvac":
         assert runner._weighting.seed == 3 and runner._weighting.targets is not None
+
+
+# --- parameter groups (LibMTL GradVac_group_type 1 and 2) ---------------------------------------------
+
+
+def _grouped_reference(grads, spans, targets, orders, beta, eps=1e-8):
+    """LibMTL's GradVac loop on the flattened per-task gradients (K, P), one target per (i, j, group)."""
+    pc = grads.clone()
+    K = grads.shape[0]
+    for i in range(K):
+        for j in orders[i]:
+            for k, (beg, end) in enumerate(spans):
+                gi, gj = pc[i, beg:end], grads[j, beg:end]
+                rho = gi.dot(gj) / (gi.norm() * gj.norm() + eps)
+                target = targets[i, j, k]
+                if rho < target:
+                    w = gi.norm() * (target * (1 - rho**2).sqrt() - rho * (1 - target**2).sqrt())
+                    pc[i, beg:end] += gj * (w / (gj.norm() * (1 - target**2).sqrt() + eps))
+                targets[i, j, k] = (1 - beta) * target + beta * rho
+    return pc.sum(dim=0)
+
+
+@pytest.mark.parametrize("groups", ["layer", "tensor"])
+def test_groups_equal_libmtls_loop_on_the_flattened_gradients(groups):
+    torch.manual_seed(0)
+    K, steps = 3, 6
+    encoder = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    heads = torch.nn.ModuleList(torch.nn.Linear(3, 1) for _ in range(K))
+    shared = list(encoder.parameters())
+    sizes = [p.numel() for p in shared]
+    layer_of = [0, 0, 1, 1] if groups == "layer" else [0, 1, 2, 3]
+    spans = []
+    for g in sorted(set(layer_of)):  # contiguous in parameter order
+        members = [i for i, x in enumerate(layer_of) if x == g]
+        spans.append((sum(sizes[: members[0]]), sum(sizes[: members[-1] + 1])))
+    method = mtlopt.GradVac(beta=0.5, seed=3, groups=groups)
+    replay = torch.Generator().manual_seed(3)
+    targets = torch.zeros(K, K, len(spans), dtype=torch.float64)
+    for _ in range(steps):
+        x, y = torch.randn(16, 5), torch.randn(16, K)
+        z = encoder(x)
+        losses = [((heads[t](z).squeeze(1) - y[:, t]) ** 2).mean() for t in range(K)]
+        grads = torch.stack(
+            [
+                torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, shared, retain_graph=True)])
+                for L in losses
+            ]
+        ).double()
+        orders = []
+        for i in range(K):
+            others = [j for j in range(K) if j != i]
+            orders.append([others[p] for p in torch.randperm(K - 1, generator=replay).tolist()])
+        expected = _grouped_reference(grads, spans, targets, orders, beta=0.5)
+        encoder.zero_grad()
+        heads.zero_grad()
+        result = mtlopt.backward(losses, method, shared_params=encoder)
+        got = torch.cat([p.grad.reshape(-1) for p in shared]).double()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+        assert torch.tensor(result.diagnostics["group_weights"]).shape == (len(spans), K)
+        group_weights = torch.tensor(result.diagnostics["group_weights"], dtype=torch.float64)
+        torch.testing.assert_close(result.weights, group_weights.mean(0))
+    assert result.diagnostics["corrections"] > 0  # the targets took effect
+    torch.testing.assert_close(method.targets.permute(1, 2, 0), targets)  # the same targets, per group
+
+
+def test_groups_resume_exactly_and_need_a_shared_module():
+    torch.manual_seed(1)
+    encoder = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3))
+    batches = [torch.randn(8, 4) for _ in range(4)]
+
+    def step(method, x):
+        encoder.zero_grad()
+        z = encoder(x)
+        mtlopt.backward(
+            [z[:, 0].pow(2).mean(), z[:, 1].sin().mean(), z[:, 2].mean()], method, shared_params=encoder
+        )
+        return torch.cat([p.grad.reshape(-1) for p in encoder.parameters()])
+
+    straight = mtlopt.GradVac(groups="layer")
+    reference = [step(straight, x) for x in batches]
+    first = mtlopt.GradVac(groups="layer")
+    for x in batches[:2]:
+        step(first, x)
+    resumed = mtlopt.GradVac(groups="layer")
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.targets.shape == (2, 3, 3)
+    for x, expected in zip(batches[2:], reference[2:]):
+        assert torch.equal(step(resumed, x), expected)
+    z = encoder(batches[0])
+    losses = [z[:, 0].mean(), z[:, 1].mean()]
+    with pytest.raises(ValueError, match="groups='layer' needs shared_params=<the shared module>"):
+        mtlopt.backward(losses, mtlopt.GradVac(groups="layer"), shared_params=list(encoder.parameters()))
+    z = encoder(batches[0])
+    with pytest.raises(ValueError, match=r"GradVac\(groups='tensor'\) weighs groups of shared parameters"):
+        mtlopt.backward([z[:, 0].mean(), z[:, 1].mean()], mtlopt.GradVac(groups="tensor"), features=z)

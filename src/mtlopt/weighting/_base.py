@@ -61,6 +61,7 @@ __all__ = [
 HeadWeighting = Literal["weighted", "unweighted"]
 FeatureBatch = Literal["flatten", "sum"]
 Update = Literal["combined", "loss"]
+Groups = Literal["whole-model", "layer", "tensor"]
 # The total weight a method's default update puts on the tasks: 1, K, the sum of fixed weights, or
 # something that depends on the data (learned or conflict-dependent weights).
 WeightSum = Literal["1", "K", "sum of the weights", "data-dependent"]
@@ -339,7 +340,12 @@ class GramianWeighting(Method, ABC):
       (GradNorm's balanced layer); None: where the caller of :func:`mtlopt.backward` says;
     - ``batch_roles``: for a method that reads several independent batches per step (a
       :class:`BatchRoles`: MoDo, SDMGrad), which batches give its cross-Gramian, the shared update
-      and the heads' gradients; None (one batch): G = J Jᵀ of the step's batch.
+      and the heads' gradients; None (one batch): G = J Jᵀ of the step's batch;
+    - ``groups``: ``"whole-model"`` (one Gramian of every shared parameter), ``"layer"`` (one per
+      module owning shared parameters, as named by ``shared_params=module``) or ``"tensor"`` (one per
+      shared parameter tensor). With groups, :func:`mtlopt.backward` hands :meth:`weigh_groups` one
+      Gramian per group and gives each group's parameters :math:`\sum_t w^{(g)}_t g^{(g)}_t` with its
+      own weights (GradVac's per-layer variants); a method that offers groups overrides it.
 
     and may override :meth:`transform_losses` (the losses whose gradients it combines; the user's by
     default, IMTL's learned scalings of them).
@@ -353,6 +359,7 @@ class GramianWeighting(Method, ABC):
     probe: list[Tensor] | None = None
     head_weighting: HeadWeighting = "weighted"
     batch_roles: BatchRoles | None = None
+    groups: Groups = "whole-model"
 
     @property
     def batches_per_step(self) -> int:
@@ -396,6 +403,37 @@ class GramianWeighting(Method, ABC):
         weights = _weights64(output.weights)
         if weights.shape != (K,):
             raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
+        return WeightingOutput(weights, output.diagnostics)
+
+    def weigh_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
+        """Weights per parameter group, shape (groups, K), from one checked float64 Gramian per group
+        (``groups`` other than ``"whole-model"``); only methods that offer groups implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no parameter groups")
+
+    def compute_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
+        """:meth:`weigh_groups` after the checks of :meth:`compute` on each Gramian; the output's
+        weights have shape (groups, K)."""
+        if not gramians:
+            raise ValueError(f"{type(self).__name__} got no parameter group")
+        for G in gramians:  # the shape and finiteness checks of one Gramian (nothing is updated)
+            if not isinstance(G, Tensor) or G.ndim != 2 or G.shape != gramians[0].shape:
+                raise ValueError(f"{type(self).__name__} needs K×K Gramians of one size per group")
+        K = gramians[0].shape[0]
+        losses = _check_vector(self, losses, "losses")
+        if losses.shape != (K,):
+            raise ValueError(
+                f"{type(self).__name__} got {K}×{K} Gramians but losses of shape {tuple(losses.shape)}"
+            )
+        self.check_num_tasks(K)
+        output = self.weigh_groups(
+            [_finite64(self, G, "Gramian") for G in gramians], _finite64(self, losses, "loss")
+        )
+        weights = torch.as_tensor(output.weights).detach().to("cpu", torch.float64)
+        if weights.shape != (len(gramians), K) or not bool(torch.isfinite(weights).all()):
+            raise RuntimeError(
+                f"{type(self).__name__} returned group weights of shape {tuple(weights.shape)} (finite: "
+                f"{bool(torch.isfinite(weights).all())}) for {len(gramians)} groups of {K} tasks"
+            )
         return WeightingOutput(weights, output.diagnostics)
 
 

@@ -44,8 +44,8 @@ def held_state(
         return start
     if tuple(held.shape) != shape:
         raise ValueError(
-            f"{type(method).__name__} holds {name} for {held.shape[0]} tasks but got {shape[0]}; "
-            "call reset() first"
+            f"{type(method).__name__} holds {name} of shape {tuple(held.shape)} but this step needs "
+            f"{shape} ({shape[-1]} tasks); call reset() first"
         )
     return held
 

@@ -31,11 +31,14 @@ the same permutations from torch's global generator: ``torch.manual_seed(s)`` be
 
 **Parameter groups.** The paper and LibMTL can keep one set of targets per group of parameters
 (LibMTL ``GradVac_group_type``: 0 the whole model, 1 each layer, 2 each tensor); each group then gets
-its own weights. This class is the whole-model variant (``groups="whole-model"``, LibMTL's type 0, the
-default): one Gramian of all the shared parameters, one K×K target matrix. Per-layer or per-tensor
-granularity would be added by instantiating one ``GradVac`` per group, each given its group's
-Gramian and writing its own :math:`\sum_k w_k g_k^{(group)}` (TorchJD's "grouping" recipe); that needs
-a ``mtlopt.backward`` that forms one Gramian per parameter group, which it does not do yet.
+its own weights. ``groups="whole-model"`` (LibMTL's type 0, the default): one Gramian of all the shared
+parameters, one K×K target matrix. ``groups="layer"`` (type 1: one group per module that owns shared
+parameters, from ``shared_params=module``'s parameter names) and ``"tensor"`` (type 2: one per
+parameter tensor): :func:`mtlopt.backward` forms one Gramian per group, :meth:`weigh_groups` corrects
+each group with its own targets (held as a groups×K×K tensor), and each group's parameters get
+:math:`\sum_k w^{(g)}_k g^{(g)}_k`. As in LibMTL, the visiting orders are drawn once per step and shared
+by the groups. The result's ``weights`` are then the mean over groups (each group's are in
+``diagnostics["group_weights"]``).
 Use it with ``shared_params=`` (``mtlopt.backward(losses, GradVac(), shared_params=encoder)``); with
 ``features=`` it would act on representation gradients, which is not GradVac (LibMTL refuses
 ``rep_grad`` for it).
@@ -55,7 +58,8 @@ option             default                             alternatives
                    HEAD, TorchJD)                      then gives φ = 0)
 ``target_update``  ``"always"`` (paper, LibMTL HEAD,   ``"on-correction"``: only when a correction was
                    TorchJD)                            made (LibMTL 1.1.5 on PyPI, with ``eps=0``)
-``groups``         ``"whole-model"``                   per layer / per tensor: see above
+``groups``         ``"whole-model"`` (LibMTL's type    ``"layer"`` (type 1), ``"tensor"`` (type 2):
+                   0)                                  see above
 ``head_weighting`` ``"unweighted"``: head t gets       ``"weighted"``: :math:`w_t \nabla L_t`
                    :math:`\nabla L_t` (LibMTL)
 =================  ==================================  ===============================================
@@ -70,13 +74,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._base import GramianWeighting, HeadWeighting, WeightingOutput, WeightSum, check_method_options
+from ._base import GramianWeighting, Groups, HeadWeighting, WeightingOutput, WeightSum, check_method_options
 from ._state import held_state
 
 __all__ = ["GradVac"]
 
 TargetUpdate = Literal["always", "on-correction"]
-Groups = Literal["whole-model"]
 _STATE_KEYS = {"generator", "targets"}
 
 
@@ -88,7 +91,8 @@ class GradVac(GramianWeighting):
         eps: added to the denominators of the cosine and of the correction.
         seed: seed of the generator of the task orders.
         target_update: ``"always"`` (paper) or ``"on-correction"`` (LibMTL 1.1.5).
-        groups: ``"whole-model"``: one Gramian, one target matrix.
+        groups: ``"whole-model"`` (one Gramian, one target matrix), ``"layer"`` or ``"tensor"`` (one per
+            module or parameter tensor of ``shared_params``; see above).
         head_weighting: ``"unweighted"`` (LibMTL) or ``"weighted"``.
     """
 
@@ -140,8 +144,10 @@ class GradVac(GramianWeighting):
         targets = state["targets"]
         if targets is not None:
             targets = torch.as_tensor(targets).detach().to("cpu", torch.float64).clone()
-            if targets.ndim != 2 or targets.shape[0] != targets.shape[1]:
-                raise ValueError(f"GradVac targets must be a K×K matrix, got shape {tuple(targets.shape)}")
+            if targets.ndim not in (2, 3) or targets.shape[-1] != targets.shape[-2]:
+                raise ValueError(
+                    f"GradVac targets must be K×K (or groups×K×K), got shape {tuple(targets.shape)}"
+                )
         self.generator.set_state(state["generator"])
         self.targets = targets
 
@@ -201,6 +207,22 @@ class GradVac(GramianWeighting):
         off = ~torch.eye(K, dtype=torch.bool)
         mean_target = float(self.targets[off].mean()) if K > 1 else 0.0
         return WeightingOutput(weights, {"corrections": corrections, "mean_target": mean_target})
+
+    def weigh_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
+        K, m = gramians[0].shape[0], len(gramians)
+        start = torch.zeros(m, K, K, dtype=torch.float64)
+        self.targets = held_state(self, self.targets, (m, K, K), "targets", start)
+        orders = self.orders(K)  # one draw per step, shared by the groups (LibMTL)
+        rows, corrections = [], 0
+        for k, G in enumerate(gramians):
+            C, count = self.coefficients(G, orders, self.targets[k])  # updates the group's targets
+            rows.append(C.sum(dim=0))
+            corrections += count
+        off = ~torch.eye(K, dtype=torch.bool).expand(m, K, K)
+        mean_target = float(self.targets[off].mean()) if K > 1 else 0.0
+        return WeightingOutput(
+            torch.stack(rows), {"corrections": corrections, "mean_target": mean_target, "groups": m}
+        )
 
     def __repr__(self) -> str:
         return (

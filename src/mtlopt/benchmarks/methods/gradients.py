@@ -24,6 +24,7 @@ import mtlopt
 from mtlopt._options import choices
 from mtlopt.weighting import (
     FeatureBatch,
+    Groups,
     HeadWeighting,
     aligned_mtl,
     cagrad,
@@ -244,6 +245,13 @@ class GradVacRunner(GradientRunner):
             "update the targets always (paper) or on correction (LibMTL 1.1.5)",
             choices(gradvac.TargetUpdate),
         ),
+        Option(
+            "groups",
+            "whole-model",
+            "targets and weights for the whole encoder, per layer or per tensor (LibMTL group types 0/1/2; "
+            "with --gradients shared)",
+            choices(Groups),
+        ),
         _HEADS,
         _gradients("shared"),
     )
@@ -253,6 +261,7 @@ class GradVacRunner(GradientRunner):
             beta=self.config["beta"],
             seed=self.seed,
             target_update=self.config["target-update"],
+            groups=self.config["groups"],
             head_weighting=self.config["head-weighting"],
         )
 
