@@ -14,6 +14,7 @@ import copy
 import json
 from pathlib import Path
 
+import cross_gramian_scenario
 import direction_scenario as ds
 import multibatch_scenario as sc
 import pytest
@@ -320,3 +321,36 @@ def test_weights_and_grads_agree_with_libmtl_live(case):
     if not ds.libmtl_available():
         pytest.skip("LibMTL (and the mirror of its HEAD) not here")
     assert_run_agrees(sc.run_mtlopt(case), sc.run_libmtl(case))
+
+
+# --- TorchJD's MoDoWeighting and SDMGradWeighting on given cross-Gramians -------------------------------
+
+TORCHJD_GOLDEN = json.loads((Path(__file__).parent / "peer_golden_torchjd_modo_sdmgrad.json").read_text())
+
+
+@pytest.mark.parametrize("case", list(cross_gramian_scenario.CASES))
+def test_weights_equal_torchjds_recorded_over_six_steps(case):
+    """The λ (MoDo) and w (SDMGrad) updates, state carried across steps, on the same non-symmetric
+    J₁J₂ᵀ sequence: TorchJD 0.18.0's weights, recorded (tools/record_torchjd_modo_sdmgrad.py)."""
+    ours = cross_gramian_scenario.mtlopt_weights(case)
+    recorded = TORCHJD_GOLDEN["weights"][case]
+    assert len(ours) == cross_gramian_scenario.STEPS
+    torch.testing.assert_close(
+        torch.tensor(ours, dtype=torch.float64),
+        torch.tensor(recorded, dtype=torch.float64),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    if case != "sdmgrad":  # the defaults (lr 10, 20 iterations) put w on a vertex at every step here
+        assert len({tuple(w) for w in ours}) == len(ours)  # the state moved every step
+
+
+@pytest.mark.parametrize("case", list(cross_gramian_scenario.CASES))
+def test_weights_equal_torchjds_live(case):
+    pytest.importorskip("torchjd", reason="TorchJD is not installed (recorded values above)")
+    torch.testing.assert_close(
+        torch.tensor(cross_gramian_scenario.mtlopt_weights(case), dtype=torch.float64),
+        torch.tensor(cross_gramian_scenario.torchjd_weights(case), dtype=torch.float64),
+        rtol=1e-12,
+        atol=1e-14,
+    )
