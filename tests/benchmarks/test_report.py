@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from run_files import run_settings
 
 from mtlopt.benchmarks.data.dense import DENSE_METRICS
 from mtlopt.benchmarks.metrics import delta_m, delta_p
@@ -43,27 +44,12 @@ def _write_runs(root: Path, task_metrics: dict, old_format: bool, zero: tuple | 
                     test[zero[1]][zero[2]] = 0.0
                 history.append({"epoch": epoch, "lr": 0.1, "train": {}, "val": test, "test": test})
             result = {
-                "benchmark": "synthetic",
-                "protocol": "test",
-                "method": method,
-                "options": {},
-                "seed": seed,
                 "tasks": list(task_metrics),
                 "metrics": shared,
                 "history": history,
                 "final": {"test": history[-1]["test"]},
                 "best_val": {"test": history[4 + seed]["test"], "selection": "epoch with the best val"},
-                "time_per_step_ms": {"median": 1.0 + seed},
-                "environment": {"mtlopt": "0", "torch": "0", "device": "cpu", "threads": 1},
-                "training": {
-                    "epochs": 12,
-                    "optimizer": "adam",
-                    "lr": 0.1,
-                    "lr_decay_every": 0,
-                    "lr_decay": 0.5,
-                    "batch_size": 8,
-                },
-                "data": {"sizes": [1, 1, 1], "seed": 0},
+                **run_settings(method, seed, 12, 1.0 + seed),
             }
             if not old_format:  # files written before task_metrics existed have only `metrics`
                 result["task_metrics"] = {

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+from run_files import run_settings
 
 from mtlopt.benchmarks.report import summarize
 
@@ -38,26 +39,11 @@ def _write(root: Path) -> None:
                 for e, hv in enumerate(curve)
             ]
             result = {
-                "benchmark": "synthetic",
-                "protocol": "test",
-                "method": method,
-                "options": {},
-                "seed": seed,
                 "tasks": ["left", "right"],
                 "metrics": {"cross_entropy": "lower"},
                 "hypervolume_reference": [2.0, 2.0],
                 "history": history,
-                "time_per_step_ms": {"median": 1.0},
-                "environment": {"mtlopt": "0", "torch": "0", "device": "cpu", "threads": 1},
-                "training": {
-                    "epochs": 4,
-                    "optimizer": "adam",
-                    "lr": 0.1,
-                    "lr_decay_every": 0,
-                    "lr_decay": 0.5,
-                    "batch_size": 8,
-                },
-                "data": {"sizes": [1, 1, 1], "seed": 0},
+                **run_settings(method, seed, 4, 1.0),
             }
             path = root / "runs" / method / f"seed{seed}" / "result.json"
             path.parent.mkdir(parents=True)
