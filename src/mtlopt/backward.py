@@ -349,10 +349,11 @@ def _parameter_backward(
             ]
         )
         w = per_group.mean(dim=0)
-        directions = [jac.blocks[0]] * len(shared)  # each replaced below
-        for g, group in enumerate(groups):
-            for i in group:
-                directions[i] = torch.tensordot(per_group[g].to(jac.blocks[i]), jac.blocks[i], dims=1)
+        group_of = {i: g for g, group in enumerate(groups) for i in group}
+        directions = [
+            torch.tensordot(per_group[group_of[i]].to(block), block, dims=1)
+            for i, block in enumerate(jac.blocks)
+        ]
     diagnostics = dict(output.diagnostics)
     if groups is not None:
         diagnostics["group_weights"] = per_group.tolist()

@@ -385,6 +385,38 @@ class GramianWeighting(Method, ABC):
 
     def compute(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         """The checked weights and diagnostics of one step (see :meth:`weigh`)."""
+        G, L = self._checked(gramian, losses)
+        output = self.weigh(G, L)
+        weights = _weights64(output.weights)
+        if weights.shape != (G.shape[0],):
+            raise RuntimeError(
+                f"{type(self).__name__} returned weights of shape {tuple(weights.shape)} for {G.shape[0]} tasks"
+            )
+        return WeightingOutput(weights, output.diagnostics)
+
+    def weigh_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
+        """Weights per parameter group, shape (groups, K), from one checked float64 Gramian per group
+        (``groups`` other than ``"whole-model"``); only methods that offer groups implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no parameter groups")
+
+    def compute_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
+        """:meth:`weigh_groups` after the checks of :meth:`compute` on each Gramian; the output's
+        weights have shape (groups, K)."""
+        if not gramians:
+            raise ValueError(f"{type(self).__name__} got no parameter group")
+        checked = [self._checked(G, losses) for G in gramians]
+        output = self.weigh_groups([G for G, _ in checked], checked[0][1])
+        weights = torch.as_tensor(output.weights).detach().to("cpu", torch.float64)
+        K = checked[0][0].shape[0]
+        if weights.shape != (len(gramians), K) or not bool(torch.isfinite(weights).all()):
+            raise RuntimeError(
+                f"{type(self).__name__} returned group weights of shape {tuple(weights.shape)} (finite: "
+                f"{bool(torch.isfinite(weights).all())}) for {len(gramians)} groups of {K} tasks"
+            )
+        return WeightingOutput(weights, output.diagnostics)
+
+    def _checked(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """The Gramian (square, K×K, finite) and the losses ((K,), finite) as float64 CPU copies."""
         who = type(self).__name__
         if not isinstance(gramian, Tensor):
             raise TypeError(f"{who} needs the K×K Gramian as a torch.Tensor, got {type(gramian).__name__}")
@@ -398,43 +430,7 @@ class GramianWeighting(Method, ABC):
         if losses.shape != (K,):
             raise ValueError(f"{who} got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
         self.check_num_tasks(K)
-        G = _finite64(self, gramian, "Gramian")
-        output = self.weigh(G, _finite64(self, losses, "loss"))
-        weights = _weights64(output.weights)
-        if weights.shape != (K,):
-            raise RuntimeError(f"{who} returned weights of shape {tuple(weights.shape)} for {K} tasks")
-        return WeightingOutput(weights, output.diagnostics)
-
-    def weigh_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
-        """Weights per parameter group, shape (groups, K), from one checked float64 Gramian per group
-        (``groups`` other than ``"whole-model"``); only methods that offer groups implement it."""
-        raise NotImplementedError(f"{type(self).__name__} has no parameter groups")
-
-    def compute_groups(self, gramians: list[Tensor], losses: Tensor) -> WeightingOutput:
-        """:meth:`weigh_groups` after the checks of :meth:`compute` on each Gramian; the output's
-        weights have shape (groups, K)."""
-        if not gramians:
-            raise ValueError(f"{type(self).__name__} got no parameter group")
-        for G in gramians:  # the shape and finiteness checks of one Gramian (nothing is updated)
-            if not isinstance(G, Tensor) or G.ndim != 2 or G.shape != gramians[0].shape:
-                raise ValueError(f"{type(self).__name__} needs K×K Gramians of one size per group")
-        K = gramians[0].shape[0]
-        losses = _check_vector(self, losses, "losses")
-        if losses.shape != (K,):
-            raise ValueError(
-                f"{type(self).__name__} got {K}×{K} Gramians but losses of shape {tuple(losses.shape)}"
-            )
-        self.check_num_tasks(K)
-        output = self.weigh_groups(
-            [_finite64(self, G, "Gramian") for G in gramians], _finite64(self, losses, "loss")
-        )
-        weights = torch.as_tensor(output.weights).detach().to("cpu", torch.float64)
-        if weights.shape != (len(gramians), K) or not bool(torch.isfinite(weights).all()):
-            raise RuntimeError(
-                f"{type(self).__name__} returned group weights of shape {tuple(weights.shape)} (finite: "
-                f"{bool(torch.isfinite(weights).all())}) for {len(gramians)} groups of {K} tasks"
-            )
-        return WeightingOutput(weights, output.diagnostics)
+        return _finite64(self, gramian, "Gramian"), _finite64(self, losses, "loss")
 
 
 def check_method_options(method: Method, **options: tuple[object, Any]) -> None:
