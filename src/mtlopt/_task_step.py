@@ -25,6 +25,7 @@ from ._checks import all_finite
 from .distributed import all_reduce_mean_, all_reduce_sum_, world_size
 from .errors import NonFiniteError
 from .gradients import Jacobian, JacobianMethod, gramian
+from .lean_gramian import LeanJacobian
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -57,7 +58,11 @@ class StepContext:
 
 
 def checked_gramian(
-    ctx: StepContext, jac: Jacobian, what: str, inputs: Sequence[Tensor], feature_batch: str | None = None
+    ctx: StepContext,
+    jac: Jacobian | LeanJacobian,
+    what: str,
+    inputs: Sequence[Tensor],
+    feature_batch: str | None = None,
 ) -> Tensor | None:
     """The global batch's unscaled float64 CPU Gramian of a Jacobian of the *scaled* losses.
 
@@ -67,6 +72,7 @@ def checked_gramian(
     tasks otherwise (unless ``check_finite`` is off).
     """
     if feature_batch == "sum":
+        assert isinstance(jac, Jacobian)  # gradients w.r.t. a representation are held whole
         per_task = jac.blocks[0].sum(dim=1)
         all_reduce_mean_([per_task], ctx.group)
         G = gramian(per_task)
@@ -96,17 +102,19 @@ def checked_jacobian(
     return jac if usable_step(ctx, all_finite(jac.tensors()), jac, what, inputs) else None
 
 
-def all_reduce_jacobian(jac: Jacobian, group: ProcessGroup | None) -> None:
+def all_reduce_jacobian(jac: Jacobian | LeanJacobian, group: ProcessGroup | None) -> None:
     """Average the Jacobian across ranks; an input reached on any rank counts as reached on every rank
     (a branch one rank's batch takes and another's does not), in the same collective."""
     if group is None:
         return
-    flags = torch.tensor(jac.reached, dtype=torch.float32, device=jac.blocks[0].device)
+    flags = torch.tensor(jac.reached, dtype=torch.float32, device=jac.tensors()[0].device)
     all_reduce_mean_([*jac.tensors(), flags], group)
     jac.reached = (flags > 0).tolist()
 
 
-def usable_step(ctx: StepContext, finite: bool, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> bool:
+def usable_step(
+    ctx: StepContext, finite: bool, jac: Jacobian | LeanJacobian, what: str, inputs: Sequence[Tensor]
+) -> bool:
     """Finite: usable. Otherwise an overflow under a scaler (not usable: the step is skipped), or an error
     naming the tasks (unless ``check_finite`` is off: used as it is)."""
     if finite:
@@ -124,7 +132,9 @@ def fill_nan(params: Iterable[Tensor]) -> None:
         p.grad = torch.full_like(p, float("nan"))
 
 
-def _raise_non_finite(ctx: StepContext, jac: Jacobian, what: str, inputs: Sequence[Tensor]) -> None:
+def _raise_non_finite(
+    ctx: StepContext, jac: Jacobian | LeanJacobian, what: str, inputs: Sequence[Tensor]
+) -> None:
     if jac.exact_rows:
         bad = [name for name, ok in zip(ctx.names, jac.finite_rows()) if not ok]
     else:  # recompute task by task: a batched backward can spread one task's NaN to every row

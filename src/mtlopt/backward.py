@@ -47,7 +47,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,18 +55,22 @@ from torch import Tensor, nn
 from ._checks import LossesLike, all_finite, as_loss_vector, as_tensors, check_finite_losses
 from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
+from ._options import choices
 from ._task_step import StepContext, all_reduce_jacobian, checked_gramian, fill_nan, usable_step
 from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
-from .gradients import Jacobian, JacobianMethod, choose_method, gramian, in_own_dtype
+from .gradients import Jacobian, choose_method, in_own_dtype
+from .lean_gramian import LeanJacobian, jacobian_fits
 from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["BackwardResult", "backward"]
+__all__ = ["BackwardMethod", "BackwardResult", "backward"]
+
+BackwardMethod = Literal["auto", "batched", "loop", "lean"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def backward(
     shared_params: Iterable[Tensor] | nn.Module | None = None,
     features: Tensor | None = None,
     head_params: Iterable[Tensor] | None = None,
-    method: JacobianMethod = "auto",
+    method: BackwardMethod = "auto",
     check_finite: bool = True,
     retain_graph: bool = False,
     sync: Sync = "auto",
@@ -126,7 +130,13 @@ def backward(
         head_params: the task-specific parameters, used with ``shared_params``; by default every
             other tensor requiring grad that the losses reach (found by walking the autograd graph).
             A method's own parameters (IMTL's scales) get their gradient with them in either case.
-        method: how per-task gradients are computed: ``"auto"``, ``"batched"`` or ``"loop"``.
+        method: how per-task gradients are computed: ``"auto"``, ``"batched"``, ``"loop"`` (see
+            :mod:`mtlopt.gradients`) or ``"lean"``: a Gramian weighting's Gramian w.r.t. the shared
+            parameters without the K×P Jacobian, layer by layer (:mod:`mtlopt.lean_gramian`; one
+            process; ``"auto"`` takes it when the Jacobian would take more than half the memory left
+            on its device). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are
+            held); a method that needs the Jacobian itself (ExcessMTL, MoCo, DB-MTL, GradDrop, MoDo,
+            SDMGrad) refuses it.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
             or a gradient is NaN or infinite (costs one host synchronization). With a ``scaler``,
             non-finite gradients are left to the scaler, which skips the step.
@@ -151,6 +161,9 @@ def backward(
         The weights, losses, Gramian and diagnostics of this step.
     """
     weighting = as_method(weighting)
+    if method not in choices(BackwardMethod):
+        expected = ", ".join(map(repr, choices(BackwardMethod)))
+        raise ValueError(f"unknown method {method!r}; expected one of {expected}")
     names, items, loss_vector = as_loss_vector(losses)
     _check_distinct_names(names, losses)
     weighting.check_num_tasks(len(names), names)
@@ -176,12 +189,13 @@ def backward(
     if extra:  # the losses the method is given: the mean over the step's batches
         detached = torch.stack([detached, *extra_detached]).mean(dim=0)
     ctx = _Context(
-        StepContext(names, items, scale, group, check_grads, method),
+        StepContext(names, items, scale, group, check_grads, "auto" if method == "lean" else method),
         loss_vector,
         weighting,
         retain_graph,
         detached,
         weight_total,
+        method,
     )
     if isinstance(weighting, LossWeighting):
         output = weighting(loss_vector, detached)
@@ -189,6 +203,11 @@ def backward(
         leaves_ = leaves([output.loss]) if group is not None or not shared else shared
         _loss_backward(ctx, output.loss * factor, leaves_, shared_names if leaves_ is shared else None)
         return ctx.result(output.weights * factor, None, output.diagnostics)
+    if method == "lean" and (isinstance(weighting, DirectionMethod) or extra):
+        raise ValueError(
+            f"method='lean' gives a Gramian weighting its Gramian without the Jacobian, but "
+            f"{type(weighting).__name__} reads the per-task gradients themselves; use 'auto', 'loop' or 'batched'"
+        )
     if isinstance(weighting, DirectionMethod):
         return direction_backward(ctx, shared, shared_names, head_params, features)
     if not isinstance(weighting, GramianWeighting):
@@ -235,6 +254,7 @@ class _Context:
     retain_graph: bool
     global_losses: Tensor
     weight_total: float | None
+    method: BackwardMethod = "auto"
 
     @property
     def items(self) -> list[Tensor]:
@@ -317,9 +337,8 @@ def _parameter_backward(
         raise ValueError("shared_params is empty: no parameter requires grad")
     shared_ids = {id(p) for p in shared}
     leaves_ = leaves(ctx.items)
-    method = choose_method(ctx.items, shared) if ctx.step.method == "auto" else ctx.step.method
     items, loss_vector = ctx.scaled()
-    jac = Jacobian.compute(items, shared, method=method, retain_graph=True)
+    jac = _shared_jacobian(ctx, items, shared)
     G = checked_gramian(ctx.step, jac, "the shared parameters", shared)
     # Reached: autograd gave some task (on some rank) a gradient; the others keep their .grad.
     reached = [p for p, r in zip(shared, jac.reached) if r]
@@ -343,22 +362,21 @@ def _parameter_backward(
         directions = jac.combine(w)
     else:  # one Gramian and one set of weights per group of shared parameters
         output, per_group = ctx.weigh_groups(
-            [
-                gramian([jac.blocks[i] for i in group]).detach().to("cpu", torch.float64) / ctx.scale**2
-                for group in groups
-            ]
+            [jac.gramian_of(group).detach().to("cpu", torch.float64) / ctx.scale**2 for group in groups]
         )
         w = per_group.mean(dim=0)
         group_of = {i: g for g, group in enumerate(groups) for i in group}
-        directions = [
-            torch.tensordot(per_group[group_of[i]].to(block), block, dims=1)
-            for i, block in enumerate(jac.blocks)
-        ]
+        directions = jac.combine_each([per_group[group_of[i]] for i in range(len(shared))])
     diagnostics = dict(output.diagnostics)
     if groups is not None:
         diagnostics["group_weights"] = per_group.tolist()
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
+    if isinstance(jac, LeanJacobian):
+        diagnostics["lean_gramian"] = {
+            "factored_params": [shared_names[i] for i in sorted(jac.factored_inputs)],
+            "chunks": jac.chunks,
+        }
     if ctx.weighting.update == "loss":  # GradNorm: one backward pass of the reweighted loss
         _loss_backward(ctx, _reweighted(w, ctx.loss_vector), leaves_, None)
         return ctx.result(w, G, diagnostics)
@@ -376,6 +394,20 @@ def _parameter_backward(
         if ctx.step.check_finite:
             _check_finite_grads(heads, None, what="task-specific parameter")
     return ctx.result(w, G, diagnostics)
+
+
+def _shared_jacobian(ctx: _Context, items: list[Tensor], shared: list[Tensor]) -> Jacobian | LeanJacobian:
+    """Per-task gradients w.r.t. the shared parameters: held whole, or lean (without the K×P Jacobian:
+    :mod:`mtlopt.lean_gramian`) when asked, or under ``"auto"`` when the whole one would not fit."""
+    method = ctx.method
+    if method == "lean" or (method == "auto" and ctx.group is None and not jacobian_fits(len(items), shared)):
+        if ctx.group is not None:
+            raise ValueError(
+                "method='lean' runs in one process: its Gramian is factored per layer over this rank's "
+                "samples, which the ranks would have to gather; use method='auto' under torchrun"
+            )
+        return LeanJacobian.compute(items, shared, retain_graph=True)
+    return Jacobian.compute(items, shared, method=method, retain_graph=True)
 
 
 def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:

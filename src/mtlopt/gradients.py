@@ -207,6 +207,10 @@ class Jacobian:
         """:math:`J J^\\top`, K×K, in the Jacobian's dtype and device."""
         return gramian(self.tensors())
 
+    def gramian_of(self, indices: Sequence[int]) -> Tensor:
+        """The Gramian of the inputs at ``indices`` alone (e.g. one group of GradVac's)."""
+        return gramian([self.blocks[i] for i in indices])
+
     def div_(self, value: float) -> None:
         """Divide every gradient by ``value`` in place (e.g. a loss scale)."""
         for tensor in self.tensors():
@@ -226,6 +230,15 @@ class Jacobian:
             directions.append(combined[offset : offset + size].view(block.shape[1:]))
             offset += size
         return directions
+
+    def combine_each(self, weights: Sequence[Tensor]) -> list[Tensor]:
+        r"""Per input i, :math:`\sum_t w^{(i)}_t J_t` with that input's own weights ``weights[i]``."""
+        out = []
+        for w, block in zip(weights, self.blocks):
+            w = w.to(block.device, block.dtype)
+            with in_own_dtype(w):
+                out.append(torch.tensordot(w, block, dims=1))
+        return out
 
     def finite_rows(self) -> list[bool]:
         """Per task, whether its row is finite (meaningful as a culprit only with ``exact_rows``)."""

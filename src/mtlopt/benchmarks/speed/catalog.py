@@ -102,6 +102,11 @@ def libmtl_gramian(
 
 _SHARED = {"gradients": "shared"}
 
+
+def _lean_shared(runner: Any, z: Any) -> dict[str, Any]:
+    return {"shared_params": runner.model.encoder, "method": "lean"}
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -124,6 +129,11 @@ METHODS: dict[str, Method] = {
             "mgda",
             "exact MGDA: per-task gradients of the shared parameters",
             steps.runner_step("mgda"),
+        ),
+        Method(
+            "mgda-lean",
+            "exact MGDA with method='lean': the Gramian layer by layer, without the K×P Jacobian",
+            steps.runner_step("mgda", backward_kwargs=_lean_shared),
         ),
         Method(
             "mgda-ub",

@@ -1,0 +1,427 @@
+r"""The Gramian of K task gradients without the K×P Jacobian (``backward(..., method="lean")``).
+
+For a weight used once, by a convolution (2-D, ``groups=1``) or a linear map, every task's gradient
+factors through the layer's input and the gradient reaching its output,
+:math:`\nabla_W L_t = \Delta_t^\top \tilde X`, with :math:`\tilde X \in \mathbb{R}^{N \times D}` the
+input (unfolded into patches for a convolution: N = batch × output positions, D = input channels ×
+kernel size) and :math:`\Delta_t \in \mathbb{R}^{N \times C}` the gradient of :math:`L_t` w.r.t. the
+output. So
+
+.. math::  \langle \nabla_W L_t, \nabla_W L_s \rangle = \operatorname{tr}(\Delta_t^\top M \Delta_s),
+   \qquad M = \tilde X \tilde X^\top \in \mathbb{R}^{N \times N},
+
+and the layer's K×K block of the Gramian needs the K output gradients (K·N·C numbers) and M, not the
+K weight gradients (K·C·D numbers). :class:`LeanJacobian` takes that route for every such weight with
+N < D (deep layers: few positions, many input channels) and holds the rows of the other parameters as
+today's loop does; autograd is asked for the output gradients (``GradientEdge`` inputs), so it never
+computes those weights' per-task gradients at all. The update of such a weight is
+:math:`(\sum_t w_t \Delta_t)^\top \tilde X`, one product per layer.
+
+The output gradients of the factored layers are held for one chunk of tasks at a time
+(:class:`LeanJacobian`'s ``chunks``; by default as many chunks as make one chunk's output gradients no
+larger than the rows, at most 4): each extra chunk costs backward passes through the factored layers
+only, and the update one more pass of :math:`\sum_t w_t L_t` through them.
+
+The result is the Gramian of the full Jacobian (the same numbers up to rounding). It is one process's
+Gramian: under several processes the ranks' factors would have to be gathered, so
+``method="lean"`` runs in one process (``"auto"`` picks it only there), when the full Jacobian would
+take more than half of the memory left on its device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.graph import GradientEdge
+
+from ._graph import walk_graph
+from .gradients import gramian, in_own_dtype
+
+__all__ = ["LeanJacobian", "jacobian_fits"]
+
+
+@dataclass
+class _Factored:
+    """A weight whose per-task gradients are held as the output gradients of the one node using it."""
+
+    index: int  # position among the inputs
+    node: Any  # the autograd node whose output gradient is asked for
+    kind: _Kind
+    dc: bool  # the weight is the product's (D, C) operand, not a transposed (C, D) one
+    rows: int  # N
+    output: Tensor | None = None  # Δ of every task, (K, N, C), when held whole (one chunk)
+    gramian: Tensor | None = None  # its K×K block of the Gramian
+    _M: Tensor | None = None
+
+    def patch_gramian(self) -> Tensor:
+        """M = X̃ X̃ᵀ (N, N), computed once."""
+        if self._M is None:
+            patches = self.kind.patches(self.node)
+            with in_own_dtype(patches):
+                self._M = patches @ patches.T
+        return self._M
+
+
+class LeanJacobian:
+    """Per-task gradients w.r.t. ``inputs`` held as rows for some inputs and as output gradients of
+    their layers for the others (see the module docstring); the interface of
+    :class:`mtlopt.gradients.Jacobian` that a Gramian weighting's step uses.
+
+    The output gradients are held for one chunk of tasks at a time: with ``chunks`` c > 1, the tasks of
+    chunk j are held while those of the later chunks are crossed with them one by one, which takes
+    K(c − 1)/2 extra backward passes through the factored layers only (autograd stops at the lowest
+    one), and one more of :math:`\\sum_t w_t L_t` for the update.
+
+    Attributes:
+        reached: per input, whether some task's loss reaches it.
+        exact_rows: always True (one backward pass per task).
+        chunks: the number of chunks of tasks the output gradients were held in.
+    """
+
+    exact_rows = True
+
+    def __init__(
+        self,
+        losses: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        rows: Tensor,
+        row_inputs: list[int],
+        factored: list[_Factored],
+        chunks: int,
+    ) -> None:
+        self._losses = list(losses)
+        self._inputs = list(inputs)
+        self._rows = rows  # (K, P of the row inputs)
+        self._row_inputs = row_inputs
+        self._factored = factored
+        self._finite = torch.ones(len(losses), dtype=torch.bool, device=rows.device)
+        self.chunks = chunks
+        self.reached = [False] * len(self._inputs)
+
+    @classmethod
+    def compute(
+        cls,
+        losses: Sequence[Tensor],
+        inputs: Sequence[Tensor],
+        *,
+        retain_graph: bool = True,
+        chunks: int | None = None,
+    ) -> LeanJacobian:
+        """The rows of the small inputs and the Gramian blocks of the factored ones.
+
+        Args:
+            losses: K scalar losses.
+            inputs: tensors requiring grad (the shared parameters).
+            retain_graph: keep the graph after the last pass (it is kept in any case when the output
+                gradients are held in several chunks: the update takes one more pass).
+            chunks: chunks of tasks the output gradients are held in; None: as many as make each
+                chunk's output gradients no larger than the rows, at most 4.
+        """
+        K = len(losses)
+        factored = _factorable(losses, inputs)
+        chosen = {f.index for f in factored}
+        row_inputs = [i for i in range(len(inputs)) if i not in chosen]
+        sizes = [inputs[i].numel() for i in row_inputs]
+        if chunks is None:
+            held = sum(f.rows * inputs[f.index].shape[0] for f in factored)
+            chunks = min(4, -(-held // max(sum(sizes), 1)))
+        if not (isinstance(chunks, int) and chunks >= 1):
+            raise ValueError(f"chunks must be an int >= 1 or None, got {chunks!r}")
+        chunks = min(chunks, K) if factored else 1
+        ref = inputs[0]
+        rows = torch.zeros(K, sum(sizes), dtype=ref.dtype, device=ref.device)
+        jac = cls(losses, inputs, rows, row_inputs, factored, chunks)
+        jac._run(sizes, retain_graph or chunks > 1)
+        return jac
+
+    def _run(self, sizes: list[int], retain_graph: bool) -> None:
+        """The passes: chunk 0's tasks with every input, then each chunk's with the factored layers'."""
+        K, factored = self.num_tasks, self._factored
+        row_targets = [self._inputs[i] for i in self._row_inputs]
+        # The gradient reaching a factored layer's output: autograd skips that weight's own gradient.
+        edges = [GradientEdge(f.node, 0) for f in factored]
+        for f in factored:
+            f.gramian = self._rows.new_zeros(K, K)
+        bounds = [round(j * K / self.chunks) for j in range(self.chunks + 1)]
+        for j in range(self.chunks):
+            start, stop = bounds[j], bounds[j + 1]
+            held: list[Tensor | None] = [None] * len(factored)
+            for t in range(start, K):
+                targets: Any = row_targets + edges if j == 0 else edges
+                last = j == self.chunks - 1 and t == K - 1
+                grads = torch.autograd.grad(
+                    self._losses[t], targets, retain_graph=retain_graph or not last, allow_unused=True
+                )
+                if j == 0:
+                    self._write_rows(t, sizes, grads[: len(row_targets)])
+                for n, (f, g) in enumerate(zip(factored, grads[len(targets) - len(edges) :])):
+                    if g is None:
+                        continue
+                    self.reached[f.index] = True
+                    delta = _as_rows(g)
+                    self._finite[t] &= torch.isfinite(delta).all()
+                    if t < stop:  # a task of this chunk: held
+                        if held[n] is None:
+                            held[n] = delta.new_zeros((stop - start, *delta.shape))
+                        held[n][t - start] = delta  # type: ignore[index]
+                    elif held[n] is not None:  # a later task: crossed with this chunk's
+                        _cross_into(f, held[n], start, delta, t)  # type: ignore[arg-type]
+                if t == stop - 1:
+                    for f, block in zip(factored, held):
+                        if block is not None:
+                            _within_into(f, block, start)
+            if self.chunks == 1:
+                for f, block in zip(factored, held):
+                    f.output = block
+        for f in factored:
+            f._M = None
+            assert f.gramian is not None
+            f.gramian = (f.gramian + f.gramian.T) / 2
+
+    def _write_rows(self, t: int, sizes: list[int], grads: Sequence[Tensor | None]) -> None:
+        offset = 0
+        for i, size, g in zip(self._row_inputs, sizes, grads):
+            if g is not None:
+                self._rows[t, offset : offset + size] = g.reshape(-1)
+                self.reached[i] = True
+            offset += size
+
+    @property
+    def num_tasks(self) -> int:
+        return self._rows.shape[0]
+
+    @property
+    def factored_inputs(self) -> list[int]:
+        """Positions of the inputs whose per-task gradients are held as output gradients."""
+        return [f.index for f in self._factored]
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors holding the per-task gradients (to check or rescale in place)."""
+        return [self._rows] + [f.output for f in self._factored if f.output is not None]
+
+    def gramian(self) -> Tensor:
+        """:math:`J J^\\top`, K×K, in the gradients' dtype and device."""
+        return self.gramian_of(range(len(self._inputs)))
+
+    def gramian_of(self, indices: Sequence[int] | range) -> Tensor:
+        """The Gramian of the inputs at ``indices`` alone (e.g. one group of GradVac's)."""
+        wanted = set(indices)
+        blocks = [block for i, block in zip(self._row_inputs, self._row_blocks()) if i in wanted]
+        total = gramian(blocks) if blocks else self._rows.new_zeros(self.num_tasks, self.num_tasks)
+        for f in self._factored:
+            if f.index in wanted and f.gramian is not None:
+                total = total + f.gramian
+        return total
+
+    def combine(self, weights: Tensor) -> list[Tensor]:
+        r""":math:`\sum_t w_t \nabla L_t` per input."""
+        return self.combine_each([weights] * len(self._inputs))
+
+    def combine_each(self, weights: Sequence[Tensor]) -> list[Tensor]:
+        """Per input i, :math:`\\sum_t w^{(i)}_t \\nabla L_t` with that input's own weights: the rows'
+        products, and per factored layer :math:`(\\sum_t w_t \\Delta_t)^\\top \\tilde X` — from the held
+        output gradients, or (several chunks) from one pass of :math:`\\sum_t w_t L_t` per distinct
+        weight vector through the factored layers."""
+        directions: list[Tensor | None] = [None] * len(self._inputs)
+        for i, block in zip(self._row_inputs, self._row_blocks()):
+            w = weights[i].to(block.device, block.dtype)
+            with in_own_dtype(w):
+                directions[i] = torch.tensordot(w, block, dims=1)
+        for f, delta in self._combined_outputs(weights):
+            x = self._inputs[f.index]
+            if delta is None:
+                directions[f.index] = torch.zeros_like(x)
+                continue
+            patches = f.kind.patches(f.node)
+            with in_own_dtype(delta):
+                grad = patches.T @ delta if f.dc else delta.T @ patches
+            directions[f.index] = grad.reshape(x.shape)
+        return [d for d in directions if d is not None]
+
+    def _combined_outputs(self, weights: Sequence[Tensor]) -> list[tuple[_Factored, Tensor | None]]:
+        """Per factored layer, :math:`\\sum_t w_t \\Delta_t` (N, C) with its input's weights."""
+        if self.chunks == 1:
+            out: list[tuple[_Factored, Tensor | None]] = []
+            for f in self._factored:
+                if f.output is None:
+                    out.append((f, None))
+                    continue
+                w = weights[f.index].to(f.output.device, f.output.dtype)
+                with in_own_dtype(w):
+                    out.append((f, torch.tensordot(w, f.output, dims=1)))
+            return out
+        by_weights: list[tuple[Tensor, list[_Factored]]] = []
+        for f in self._factored:
+            w = weights[f.index]
+            for seen, members in by_weights:
+                if torch.equal(seen, w):
+                    members.append(f)
+                    break
+            else:
+                by_weights.append((w, [f]))
+        out = []
+        for w, members in by_weights:
+            losses = torch.stack([loss.to(self._rows.dtype) for loss in self._losses])
+            total = (w.to(losses.device, losses.dtype) * losses).sum()
+            grads = torch.autograd.grad(
+                total, [GradientEdge(f.node, 0) for f in members], retain_graph=True, allow_unused=True
+            )
+            out += [(f, None if g is None else _as_rows(g)) for f, g in zip(members, grads)]
+        return out
+
+    def finite_rows(self) -> list[bool]:
+        """Per task, whether its row and its output gradients are finite."""
+        K = self.num_tasks
+        flags = self._finite & torch.isfinite(self._rows).all(dim=1)
+        for f in self._factored:
+            if f.output is not None:
+                flags &= torch.isfinite(f.output.reshape(K, -1)).all(dim=1)
+        return flags.tolist()
+
+    def _row_blocks(self) -> list[Tensor]:
+        K, blocks, offset = self.num_tasks, [], 0
+        for i in self._row_inputs:
+            size = self._inputs[i].numel()
+            blocks.append(self._rows[:, offset : offset + size].view(K, *self._inputs[i].shape))
+            offset += size
+        return blocks
+
+
+_SLICE = 8  # tasks per product with M, which bounds the transient (slice, N, C) tensor
+
+
+def _within_into(f: _Factored, held: Tensor, start: int) -> None:
+    """The block of f's Gramian among the held tasks start, start + 1, ..."""
+    assert f.gramian is not None
+    m, M = held.shape[0], f.patch_gramian()
+    flat = held.reshape(m, -1)
+    with in_own_dtype(held):
+        for a in range(0, m, _SLICE):
+            weighted = torch.matmul(M, held[a : a + _SLICE])  # (slice, N, C)
+            f.gramian[start : start + m, start + a : start + a + weighted.shape[0]] = (
+                flat @ weighted.reshape(weighted.shape[0], -1).T
+            )
+
+
+def _cross_into(f: _Factored, held: Tensor, start: int, delta: Tensor, t: int) -> None:
+    """The entries of f's Gramian between the held tasks and task t (not held)."""
+    assert f.gramian is not None
+    with in_own_dtype(delta):
+        column = held.reshape(held.shape[0], -1) @ (f.patch_gramian() @ delta).reshape(-1)
+    f.gramian[start : start + held.shape[0], t] = column
+    f.gramian[t, start : start + held.shape[0]] = column
+
+
+def jacobian_fits(num_tasks: int, inputs: Sequence[Tensor], share: float = 0.5) -> bool:
+    """Whether a K×P Jacobian of ``inputs`` takes at most ``share`` of the memory left on their device
+    (CUDA: ``torch.cuda.mem_get_info``; CPU: the system's available memory; other devices: assumed)."""
+    need = num_tasks * sum(t.numel() * t.element_size() for t in inputs)
+    free = _free_bytes(inputs[0].device)
+    return free is None or need <= share * free
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as info:
+                for line in info:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _factorable(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[_Factored]:
+    """The inputs worth factoring: weights used once, by a 2-D convolution (``groups=1``) or a matrix
+    product, whose layer has fewer rows N than the weight has input features D."""
+    position = {id(t): i for i, t in enumerate(inputs)}
+    nodes = list(walk_graph([loss.grad_fn for loss in losses]))
+    uses: dict[object, int] = {}
+    for node in nodes:
+        for child, _ in node.next_functions:  # type: ignore[attr-defined]
+            if child is not None:
+                uses[child] = uses.get(child, 0) + 1
+    found: list[_Factored] = []
+    for node in nodes:
+        kind = _KINDS.get(type(node).__name__)
+        if kind is None:
+            continue
+        child = node.next_functions[kind.weight_edge][0]  # type: ignore[attr-defined]
+        dc = True  # the weight is the (D, C) operand of the product
+        if child is not None and type(child).__name__ == "TBackward0" and uses.get(child) == 1:
+            dc, child = False, child.next_functions[0][0]
+        variable = getattr(child, "variable", None)
+        index = position.get(id(variable)) if isinstance(variable, Tensor) else None
+        if index is None or uses.get(child) != 1:
+            continue
+        shape = kind.rows_and_features(node)
+        if shape is not None and shape[0] < shape[1]:
+            found.append(_Factored(index, node, kind, dc and kind.name != "conv", shape[0]))
+    return found
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How to read one kind of node: which edge holds the weight, N and D, and X̃."""
+
+    name: str
+    weight_edge: int
+
+    def rows_and_features(self, node: Any) -> tuple[int, int] | None:
+        """(N, D) of the layer, from shapes alone; None where the node is not of the handled form."""
+        if self.name == "conv":
+            weight, x = node._saved_weight, node._saved_input
+            if node._saved_transposed or node._saved_groups != 1 or weight.ndim != 4 or x.ndim != 4:
+                return None
+            positions = 1
+            for size, k, s, p, d in zip(
+                x.shape[2:], weight.shape[2:], node._saved_stride, node._saved_padding, node._saved_dilation
+            ):
+                positions *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+            return x.shape[0] * positions, weight.shape[1] * weight.shape[2] * weight.shape[3]
+        if self.name == "addmm" and node._saved_alpha != 1:
+            return None
+        x = self.patches(node)
+        return None if x is None or x.ndim != 2 else (x.shape[0], x.shape[1])
+
+    def patches(self, node: Any) -> Tensor:
+        """X̃ (N, D): the unfolded input of a convolution, the input matrix of a product."""
+        if self.name == "conv":  # detached: the saved input is part of the graph
+            x, weight = node._saved_input.detach(), node._saved_weight
+            cols = F.unfold(
+                x,
+                weight.shape[2:],
+                dilation=node._saved_dilation,
+                padding=node._saved_padding,
+                stride=node._saved_stride,
+            )  # (B, D, L)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return (node._saved_mat1 if self.name == "addmm" else node._saved_self).detach()
+
+
+_KINDS = {
+    "ConvolutionBackward0": _Kind("conv", 1),
+    "AddmmBackward0": _Kind("addmm", 2),
+    "MmBackward0": _Kind("mm", 1),
+}
+
+
+def _as_rows(grad: Tensor) -> Tensor:
+    """A layer's output gradient, (B, C, *positions) or (N, C), as (N, C) with N in the patches' order."""
+    if grad.ndim == 2:
+        return grad
+    B, C = grad.shape[:2]
+    return grad.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)

@@ -1,0 +1,215 @@
+"""method="lean": the Gramian of the shared parameters layer by layer, without the K×P Jacobian — the same
+Gramian, weights and .grad as the held Jacobian (float64, to 1e-10), on convolutions (stride, padding,
+dilation), linear maps with and without bias, a bare matrix product, a tied weight, a grouped convolution
+and layers some task does not reach."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import mtlopt
+from mtlopt import lean_gramian
+from mtlopt.benchmarks.models.vision import CifarResNet18
+from mtlopt.gradients import Jacobian
+from mtlopt.lean_gramian import LeanJacobian
+
+pytestmark = pytest.mark.filterwarnings("ignore:the gradient of task")
+
+
+class Mixed(nn.Module):
+    """Layers of every handled form, and forms left to rows (a tied weight, a grouped convolution)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)  # N > D: rows
+        self.c2 = nn.Conv2d(4, 16, 3, stride=2, padding=1)  # factored
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)  # rows (groups != 1)
+        self.c3 = nn.Conv2d(16, 32, 3, stride=2, padding=2, dilation=2)  # factored
+        self.fc1 = nn.Linear(32 * 2 * 2, 200)  # addmm with bias: factored
+        self.fc2 = nn.Linear(200, 300, bias=False)  # mm with the transposed weight: factored
+        self.W = nn.Parameter(torch.randn(300, 50) / 20)  # x @ W: factored
+        self.tied = nn.Linear(50, 50)  # used twice: rows
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        h = F.relu(self.c2(h))
+        h = F.relu(self.grouped(h))
+        h = F.relu(self.c3(h)).flatten(1)
+        h = F.relu(self.fc2(F.relu(self.fc1(h)))) @ self.W
+        return self.tied(F.relu(self.tied(h)))
+
+
+def _losses(z, heads):
+    return [head(z).pow(2).mean() for head in heads]
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 5])
+def test_the_lean_gramian_and_combination_equal_the_held_jacobians(float64, chunks):
+    torch.manual_seed(0)
+    enc, heads = Mixed(), nn.ModuleList(nn.Linear(50, 1) for _ in range(5))
+    losses = _losses(enc(torch.randn(2, 3, 8, 8)), heads)
+    shared = list(enc.parameters())
+    lean = LeanJacobian.compute(losses, shared, chunks=chunks)
+    assert lean.chunks == chunks
+    names = [name for name, _ in enc.named_parameters()]
+    factored = {names[i] for i in lean.factored_inputs}
+    assert factored == {"c2.weight", "c3.weight", "fc1.weight", "fc2.weight", "W"}
+    full = Jacobian.compute(losses, shared, method="loop")
+    G = full.gramian()
+    torch.testing.assert_close(lean.gramian(), G, rtol=1e-12, atol=1e-14 * float(G.abs().max()))
+    for group in ([1], [5, 7], [0, 2, 9]):
+        torch.testing.assert_close(lean.gramian_of(group), full.gramian_of(group), rtol=1e-12, atol=1e-14)
+    w = torch.rand(5)
+    for a, b in zip(lean.combine(w), full.combine(w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    each = [torch.rand(5) for _ in shared]
+    for a, b in zip(lean.combine_each(each), full.combine_each(each), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_a_task_that_does_not_reach_a_factored_layer_has_zero_rows_there(float64, chunks):
+    torch.manual_seed(1)
+    a, b = nn.Linear(40, 8), nn.Linear(40, 8)
+    x = torch.randn(3, 40)
+    ha, hb = a(x), b(x)
+    losses = [ha.pow(2).sum(), (ha * hb).sum(), a.bias.pow(2).sum()]  # task 2 reaches no weight
+    unused = nn.Linear(2, 2)
+    shared = [a.weight, b.weight, a.bias, unused.weight]
+    lean = LeanJacobian.compute(losses, shared, chunks=chunks)
+    assert sorted(lean.factored_inputs) == [0, 1]
+    full = Jacobian.compute(losses, shared, method="loop")
+    torch.testing.assert_close(lean.gramian(), full.gramian(), rtol=1e-12, atol=1e-12)
+    assert lean.reached == full.reached == [True, True, True, False]
+    w = torch.tensor([0.2, 0.3, 0.5])
+    for a, b in zip(lean.combine(w), full.combine(w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("batch", "chunks"), [(1, 1), (2, 2), (3, 3), (4, 4), (9, 4)])
+def test_chunks_default_to_output_gradients_no_larger_than_the_rows(batch, chunks):
+    """Two Linear(100, 100): the rows are the biases (200 numbers a task), the output gradients are
+    2 · batch · 100: ceil(batch) chunks, at most 4."""
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100))
+    losses = _losses(enc(torch.randn(batch, 100)), [nn.Linear(100, 1) for _ in range(6)])
+    lean = LeanJacobian.compute(losses, list(enc.parameters()))
+    assert sorted(lean.factored_inputs) == ([0, 2] if batch < 100 else [])
+    assert lean.chunks == chunks
+    with pytest.raises(ValueError, match="chunks must be an int >= 1 or None, got 0"):
+        LeanJacobian.compute(losses, list(enc.parameters()), chunks=0)
+
+
+def _resnet_step(method: str, weighting_factory, seed: int = 0):
+    torch.manual_seed(seed)
+    enc = CifarResNet18()
+    heads = nn.ModuleList(nn.Linear(512, 2) for _ in range(4))
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 4))
+    z = enc(x)
+    losses = [F.cross_entropy(head(z), y[:, t]) for t, head in enumerate(heads)]
+    result = mtlopt.backward(losses, weighting_factory(), shared_params=enc, method=method)
+    grads = [p.grad.clone() for p in [*enc.parameters(), *heads.parameters()]]
+    return result, grads
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [mtlopt.MGDA, mtlopt.UPGrad, lambda: mtlopt.GradVac(seed=3, groups="layer")],
+    ids=["mgda", "upgrad", "gradvac-layer"],
+)
+def test_backward_lean_equals_the_held_jacobian_on_resnet18(float64, factory):
+    held, held_grads = _resnet_step("loop", factory)
+    lean, lean_grads = _resnet_step("lean", factory)
+    assert lean.diagnostics["lean_gramian"]["factored_params"]  # the deep convolutions
+    assert "lean_gramian" not in held.diagnostics
+    torch.testing.assert_close(lean.gramian, held.gramian, rtol=1e-10, atol=0)
+    torch.testing.assert_close(lean.weights, held.weights, rtol=1e-10, atol=1e-12)
+    for a, b in zip(lean_grads, held_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert a.grad_fn is None  # nothing of the graph (a layer's saved input) reaches .grad
+
+
+def test_auto_takes_the_lean_path_when_the_jacobian_would_not_fit(float64, monkeypatch):
+    monkeypatch.setattr(lean_gramian, "_free_bytes", lambda device: 1000)
+    auto, auto_grads = _resnet_step("auto", mtlopt.MGDA)
+    assert "lean_gramian" in auto.diagnostics
+    monkeypatch.setattr(lean_gramian, "_free_bytes", lambda device: None)
+    held, held_grads = _resnet_step("auto", mtlopt.MGDA)
+    assert "lean_gramian" not in held.diagnostics
+    torch.testing.assert_close(auto.weights, held.weights, rtol=1e-10, atol=1e-12)
+    for a, b in zip(auto_grads, held_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lean_with_features_is_auto_and_methods_needing_the_jacobian_refuse_it():
+    torch.manual_seed(0)
+    enc, heads = nn.Linear(6, 5), nn.ModuleList(nn.Linear(5, 1) for _ in range(3))
+    x = torch.randn(4, 6)
+
+    def losses():
+        z = enc(x)
+        return z, _losses(z, heads)
+
+    z, ls = losses()
+    lean = mtlopt.backward(ls, mtlopt.MGDA(), features=z, method="lean")
+    z, ls = losses()
+    auto = mtlopt.backward(ls, mtlopt.MGDA(), features=z)
+    torch.testing.assert_close(lean.weights, auto.weights)
+    z, ls = losses()
+    with pytest.raises(ValueError, match="ExcessMTL reads the per-task gradients themselves"):
+        mtlopt.backward(ls, mtlopt.ExcessMTL(), shared_params=enc, method="lean")
+    with pytest.raises(
+        ValueError, match="unknown method 'thin'; expected one of 'auto', 'batched', 'loop', 'lean'"
+    ):
+        mtlopt.backward(ls, mtlopt.MGDA(), shared_params=enc, method="thin")  # type: ignore[arg-type]
+
+
+def test_jacobian_fits_compares_the_jacobian_with_the_free_memory(monkeypatch):
+    params = [torch.zeros(250, dtype=torch.float32)]  # 1000 bytes per task
+    monkeypatch.setattr(lean_gramian, "_free_bytes", lambda device: 10_000)
+    assert lean_gramian.jacobian_fits(5, params)
+    assert not lean_gramian.jacobian_fits(6, params)
+    assert (
+        lean_gramian._free_bytes(torch.device("cpu")) is None
+        or lean_gramian._free_bytes(torch.device("cpu")) > 0
+    )
+
+
+@pytest.mark.cpu_only(reason="a one-process gloo group on the CPU")
+def test_lean_refuses_a_process_group_and_auto_keeps_the_held_jacobian_there(tmp_path):
+    code = f"""
+import torch, mtlopt
+from mtlopt import lean_gramian
+torch.distributed.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+lean_gramian._free_bytes = lambda device: 1000  # the Jacobian would not fit
+enc, heads = torch.nn.Linear(40, 30), [torch.nn.Linear(30, 1) for _ in range(3)]
+z = enc(torch.randn(4, 40))
+losses = [h(z).pow(2).mean() for h in heads]
+try:
+    mtlopt.backward(losses, mtlopt.MGDA(), shared_params=enc, method="lean", sync=True)
+except ValueError as error:
+    print("refused:", error)
+result = mtlopt.backward(losses, mtlopt.MGDA(), shared_params=enc, sync=True)
+print("auto lean:", "lean_gramian" in result.diagnostics)
+torch.distributed.destroy_process_group()
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "refused: method='lean' runs in one process" in run.stdout
+    assert "auto lean: False" in run.stdout
