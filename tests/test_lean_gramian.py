@@ -213,3 +213,35 @@ torch.distributed.destroy_process_group()
     assert run.returncode == 0, run.stderr
     assert "refused: method='lean' runs in one process" in run.stdout
     assert "auto lean: False" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("factory", "batches"),
+    [
+        (lambda: mtlopt.MoDo(0.5, 0.1), 2),
+        (lambda: mtlopt.MoDo(0.5, 0.1, batches=3, head_batches="all", head_weighting="weighted"), 3),
+        (lambda: mtlopt.SDMGrad(head_batches="all", reduction="sum"), 3),
+    ],
+    ids=["modo", "modo-3", "sdmgrad"],
+)
+def test_the_cross_gramian_of_two_batches_is_lean_too(float64, factory, batches):
+    """MoDo and SDMGrad read J_i J_jᵀ of two batches: the lean path factors the weights both batches
+    can factor and gives the held path's weights and .grad."""
+
+    def step(method):
+        torch.manual_seed(0)
+        enc, heads = Mixed(), nn.ModuleList(nn.Linear(50, 1) for _ in range(4))
+        sizes = [2, 3, 2][:batches]  # batches of other sizes: other N per layer
+        all_losses = [_losses(enc(torch.randn(n, 3, 8, 8)), heads) for n in sizes]
+        result = mtlopt.backward(
+            all_losses[0], factory(), shared_params=enc, extra_losses=all_losses[1:], method=method
+        )
+        return result, [p.grad.clone() for p in [*enc.parameters(), *heads.parameters()]]
+
+    held, held_grads = step("loop")
+    lean, lean_grads = step("lean")
+    assert lean.diagnostics["lean_gramian"]["factored_params"]
+    torch.testing.assert_close(lean.gramian, held.gramian, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(lean.weights, held.weights, rtol=1e-10, atol=1e-12)
+    for a, b in zip(lean_grads, held_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

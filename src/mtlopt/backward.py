@@ -61,7 +61,7 @@ from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import Jacobian, choose_method, in_own_dtype
-from .lean_gramian import LeanJacobian, jacobian_fits
+from .lean_gramian import LeanJacobian, cross_gramian, factorable_inputs, jacobian_fits
 from .weighting._base import DirectionMethod, GramianWeighting, LossWeighting, Method, WeightingOutput
 from .weighting._legacy import as_method
 
@@ -135,8 +135,8 @@ def backward(
             parameters without the K×P Jacobian, layer by layer (:mod:`mtlopt.lean_gramian`; one
             process; ``"auto"`` takes it when the Jacobian would take more than half the memory left
             on its device). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are
-            held); a method that needs the Jacobian itself (ExcessMTL, MoCo, DB-MTL, GradDrop, MoDo,
-            SDMGrad) refuses it.
+            held); a direction method, which reads the Jacobian itself (ExcessMTL, MoCo, DB-MTL,
+            GradDrop), refuses it. MoDo and SDMGrad get their cross-Gramian the same way.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
             or a gradient is NaN or infinite (costs one host synchronization). With a ``scaler``,
             non-finite gradients are left to the scaler, which skips the step.
@@ -203,7 +203,7 @@ def backward(
         leaves_ = leaves([output.loss]) if group is not None or not shared else shared
         _loss_backward(ctx, output.loss * factor, leaves_, shared_names if leaves_ is shared else None)
         return ctx.result(output.weights * factor, None, output.diagnostics)
-    if method == "lean" and (isinstance(weighting, DirectionMethod) or extra):
+    if method == "lean" and isinstance(weighting, DirectionMethod):
         raise ValueError(
             f"method='lean' gives a Gramian weighting its Gramian without the Jacobian, but "
             f"{type(weighting).__name__} reads the per-task gradients themselves; use 'auto', 'loop' or 'batched'"
@@ -373,10 +373,7 @@ def _parameter_backward(
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
     if isinstance(jac, LeanJacobian):
-        diagnostics["lean_gramian"] = {
-            "factored_params": [shared_names[i] for i in sorted(jac.factored_inputs)],
-            "chunks": jac.chunks,
-        }
+        diagnostics["lean_gramian"] = _lean_report(jac, shared_names)
     if ctx.weighting.update == "loss":  # GradNorm: one backward pass of the reweighted loss
         _loss_backward(ctx, _reweighted(w, ctx.loss_vector), leaves_, None)
         return ctx.result(w, G, diagnostics)
@@ -401,11 +398,7 @@ def _shared_jacobian(ctx: _Context, items: list[Tensor], shared: list[Tensor]) -
     :mod:`mtlopt.lean_gramian`) when asked, or under ``"auto"`` when the whole one would not fit."""
     method = ctx.method
     if method == "lean" or (method == "auto" and ctx.group is None and not jacobian_fits(len(items), shared)):
-        if ctx.group is not None:
-            raise ValueError(
-                "method='lean' runs in one process: its Gramian is factored per layer over this rank's "
-                "samples, which the ranks would have to gather; use method='auto' under torchrun"
-            )
+        _refuse_lean_under(ctx)
         return LeanJacobian.compute(items, shared, retain_graph=True)
     return Jacobian.compute(items, shared, method=method, retain_graph=True)
 
@@ -524,12 +517,7 @@ def _multi_batch_backward(
     heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
     scale = ctx.scale
     scaled = [(items if scale == 1.0 else [loss * scale for loss in items]) for items, _ in batches]
-    jacobians: dict[int, Jacobian] = {}
-    for b in sorted(set(roles.gramian)):
-        how = choose_method(scaled[b], shared) if ctx.step.method == "auto" else ctx.step.method
-        jac = Jacobian.compute(scaled[b], shared, method=how, retain_graph=True)
-        all_reduce_jacobian(jac, ctx.group)  # the global batch's J on every rank
-        jacobians[b] = jac
+    jacobians = _batch_jacobians(ctx, scaled, sorted(set(roles.gramian)), shared)
     reached = [any(jac.reached[i] for jac in jacobians.values()) for i in range(len(shared))]
     if not any(reached):
         raise ValueError(
@@ -545,9 +533,15 @@ def _multi_batch_backward(
         ):
             return ctx.skip(reached_params + heads)
     i, j = roles.gramian
-    Ji, Jj = jacobians[i].matrix(), jacobians[j].matrix()
-    with in_own_dtype(Ji):
-        A = (Ji @ Jj.T).detach().to("cpu", torch.float64) / scale**2
+    ji, jj = jacobians[i], jacobians[j]
+    if isinstance(ji, LeanJacobian) and isinstance(jj, LeanJacobian):
+        A = cross_gramian(ji, jj)
+    else:
+        assert isinstance(ji, Jacobian) and isinstance(jj, Jacobian)
+        Ji, Jj = ji.matrix(), jj.matrix()
+        with in_own_dtype(Ji):
+            A = Ji @ Jj.T
+    A = A.detach().to("cpu", torch.float64) / scale**2
     if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
         return ctx.skip(reached_params + heads)
 
@@ -591,10 +585,46 @@ def _multi_batch_backward(
             _check_finite_grads(heads, None, what="task-specific parameter")
     diagnostics = dict(output.diagnostics)
     diagnostics["batches"] = len(batches)
+    if isinstance(ji, LeanJacobian):
+        diagnostics["lean_gramian"] = _lean_report(ji, shared_names)
     unreached = [name for name, ok in zip(shared_names, reached) if not ok]
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
     return ctx.result(w * per_mean, A, diagnostics)
+
+
+def _batch_jacobians(
+    ctx: _Context, scaled: list[list[Tensor]], batches: list[int], shared: list[Tensor]
+) -> dict[int, Jacobian | LeanJacobian]:
+    """The Jacobians of the batches a cross-Gramian reads (the global batch's on every rank): held, or
+    lean with the weights both batches can factor (one chunk each, for their cross-Gramian)."""
+    K = len(scaled[batches[0]])
+    lean = ctx.method == "lean" or (
+        ctx.method == "auto" and ctx.group is None and not jacobian_fits(K * len(batches), shared)
+    )
+    if lean:
+        _refuse_lean_under(ctx)
+        common = set.intersection(*(factorable_inputs(scaled[b], shared) for b in batches))
+        return {b: LeanJacobian.compute(scaled[b], shared, chunks=1, factor=common) for b in batches}
+    jacobians: dict[int, Jacobian | LeanJacobian] = {}
+    for b in batches:
+        how = choose_method(scaled[b], shared) if ctx.step.method == "auto" else ctx.step.method
+        jac = Jacobian.compute(scaled[b], shared, method=how, retain_graph=True)
+        all_reduce_jacobian(jac, ctx.group)
+        jacobians[b] = jac
+    return jacobians
+
+
+def _lean_report(jac: LeanJacobian, names: Sequence[str]) -> dict[str, Any]:
+    return {"factored_params": [names[i] for i in jac.factored_inputs], "chunks": jac.chunks}
+
+
+def _refuse_lean_under(ctx: _Context) -> None:
+    if ctx.group is not None:
+        raise ValueError(
+            "method='lean' runs in one process: its Gramian is factored per layer over this rank's "
+            "samples, which the ranks would have to gather; use method='auto' under torchrun"
+        )
 
 
 def parameter_groups(groups: str, names: Sequence[str]) -> list[list[int]] | None:

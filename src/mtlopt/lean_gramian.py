@@ -31,7 +31,7 @@ take more than half of the memory left on its device.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ from torch.autograd.graph import GradientEdge
 from ._graph import walk_graph
 from .gradients import gramian, in_own_dtype
 
-__all__ = ["LeanJacobian", "jacobian_fits"]
+__all__ = ["LeanJacobian", "cross_gramian", "factorable_inputs", "jacobian_fits"]
 
 
 @dataclass
@@ -112,6 +112,7 @@ class LeanJacobian:
         *,
         retain_graph: bool = True,
         chunks: int | None = None,
+        factor: Collection[int] | None = None,
     ) -> LeanJacobian:
         """The rows of the small inputs and the Gramian blocks of the factored ones.
 
@@ -122,9 +123,14 @@ class LeanJacobian:
                 gradients are held in several chunks: the update takes one more pass).
             chunks: chunks of tasks the output gradients are held in; None: as many as make each
                 chunk's output gradients no larger than the rows, at most 4.
+            factor: factor only the inputs at these positions (the others keep rows); None: every
+                input worth factoring (:func:`factorable_inputs`).
         """
         K = len(losses)
         factored = _factorable(losses, inputs)
+        if factor is not None:
+            factored = [f for f in factored if f.index in factor]
+        factored.sort(key=lambda f: f.index)
         chosen = {f.index for f in factored}
         row_inputs = [i for i in range(len(inputs)) if i not in chosen]
         sizes = [inputs[i].numel() for i in row_inputs]
@@ -316,6 +322,30 @@ def _cross_into(f: _Factored, held: Tensor, start: int, delta: Tensor, t: int) -
         column = held.reshape(held.shape[0], -1) @ (f.patch_gramian() @ delta).reshape(-1)
     f.gramian[start : start + held.shape[0], t] = column
     f.gramian[t, start : start + held.shape[0]] = column
+
+
+def factorable_inputs(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> set[int]:
+    """Positions of the inputs :class:`LeanJacobian` would factor for these losses."""
+    return {f.index for f in _factorable(losses, inputs)}
+
+
+def cross_gramian(a: LeanJacobian, b: LeanJacobian) -> Tensor:
+    """:math:`J_a J_b^\\top` (K×K, not symmetric) of two batches' per-task gradients w.r.t. the same
+    inputs (MoDo's and SDMGrad's cross-Gramian), each held in one chunk with the same inputs factored:
+    a factored layer's block is :math:`\\operatorname{tr}(\\Delta^a_t{}^\\top \\tilde X_a \\tilde X_b^\\top
+    \\Delta^b_s)`."""
+    if a.chunks != 1 or b.chunks != 1 or a.factored_inputs != b.factored_inputs:
+        raise ValueError("cross_gramian needs two LeanJacobians of one chunk with the same factored inputs")
+    with in_own_dtype(a._rows):
+        total = a._rows @ b._rows.T
+    K = a.num_tasks
+    for fa, fb in zip(a._factored, b._factored):
+        if fa.output is None or fb.output is None:
+            continue
+        with in_own_dtype(fa.output):
+            M = fa.kind.patches(fa.node) @ fb.kind.patches(fb.node).T  # (N_a, N_b)
+            total = total + fa.output.reshape(K, -1) @ torch.matmul(M, fb.output).reshape(K, -1).T
+    return total
 
 
 def jacobian_fits(num_tasks: int, inputs: Sequence[Tensor], share: float = 0.5) -> bool:
