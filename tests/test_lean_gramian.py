@@ -245,3 +245,28 @@ def test_the_cross_gramian_of_two_batches_is_lean_too(float64, factory, batches)
     torch.testing.assert_close(lean.weights, held.weights, rtol=1e-10, atol=1e-12)
     for a, b in zip(lean_grads, held_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16-scaler"])
+def test_under_autocast_the_lean_products_are_in_the_weights_dtype(dtype):
+    """Autocast gives half-precision output gradients and layer inputs; the lean path multiplies them
+    in the weights' float32 (as the held Jacobian's rows are), so a GradScaler's 2^16 does not
+    overflow and the Gramian is the held path's up to the half-precision inputs."""
+
+    def step(method, scale=2.0**8):
+        torch.manual_seed(0)
+        enc, heads = Mixed(), nn.ModuleList(nn.Linear(50, 1) for _ in range(3))
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale) if dtype == torch.float16 else None
+        with torch.autocast("cpu", dtype=dtype):
+            losses = [loss.float() for loss in _losses(enc(torch.randn(2, 3, 8, 8)), heads)]
+        return mtlopt.backward(losses, mtlopt.MGDA(), shared_params=enc, method=method, scaler=scaler)
+
+    lean, held = step("lean"), step("loop")
+    factored = set(lean.diagnostics["lean_gramian"]["factored_params"])
+    assert factored == {"c2.weight", "c3.weight", "fc1.weight", "fc2.weight", "W"}  # through autocast's casts
+    if dtype == torch.float16:  # a scale at which float16 output gradients overflow: both skip the step
+        assert step("lean", 2.0**40).diagnostics["skipped"] == step("loop", 2.0**40).diagnostics["skipped"]
+    assert "skipped" not in lean.diagnostics and bool(torch.isfinite(lean.gramian).all())
+    torch.testing.assert_close(
+        lean.gramian, held.gramian, rtol=5e-2, atol=5e-2 * float(held.gramian.abs().max())
+    )

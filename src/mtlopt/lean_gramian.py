@@ -55,6 +55,7 @@ class _Factored:
     kind: _Kind
     dc: bool  # the weight is the product's (D, C) operand, not a transposed (C, D) one
     rows: int  # N
+    dtype: torch.dtype  # the weight's: products in it, as the held Jacobian's (not autocast's half)
     output: Tensor | None = None  # Δ of every task, (K, N, C), when held whole (one chunk)
     gramian: Tensor | None = None  # its K×K block of the Gramian
     _M: Tensor | None = None
@@ -62,10 +63,14 @@ class _Factored:
     def patch_gramian(self) -> Tensor:
         """M = X̃ X̃ᵀ (N, N), computed once."""
         if self._M is None:
-            patches = self.kind.patches(self.node)
+            patches = self.patches()
             with in_own_dtype(patches):
                 self._M = patches @ patches.T
         return self._M
+
+    def patches(self) -> Tensor:
+        """X̃ (N, D) in the weight's dtype."""
+        return self.kind.patches(self.node).to(self.dtype)
 
 
 class LeanJacobian:
@@ -136,7 +141,7 @@ class LeanJacobian:
         sizes = [inputs[i].numel() for i in row_inputs]
         if chunks is None:
             held = sum(f.rows * inputs[f.index].shape[0] for f in factored)
-            chunks = min(4, -(-held // max(sum(sizes), 1)))
+            chunks = max(1, min(4, -(-held // max(sum(sizes), 1))))
         if not (isinstance(chunks, int) and chunks >= 1):
             raise ValueError(f"chunks must be an int >= 1 or None, got {chunks!r}")
         chunks = min(chunks, K) if factored else 1
@@ -170,7 +175,7 @@ class LeanJacobian:
                     if g is None:
                         continue
                     self.reached[f.index] = True
-                    delta = _as_rows(g)
+                    delta = _as_rows(g).to(f.dtype)
                     self._finite[t] &= torch.isfinite(delta).all()
                     if t < stop:  # a task of this chunk: held
                         if held[n] is None:
@@ -244,7 +249,7 @@ class LeanJacobian:
             if delta is None:
                 directions[f.index] = torch.zeros_like(x)
                 continue
-            patches = f.kind.patches(f.node)
+            patches = f.patches()
             with in_own_dtype(delta):
                 grad = patches.T @ delta if f.dc else delta.T @ patches
             directions[f.index] = grad.reshape(x.shape)
@@ -278,7 +283,7 @@ class LeanJacobian:
             grads = torch.autograd.grad(
                 total, [GradientEdge(f.node, 0) for f in members], retain_graph=True, allow_unused=True
             )
-            out += [(f, None if g is None else _as_rows(g)) for f, g in zip(members, grads)]
+            out += [(f, None if g is None else _as_rows(g).to(f.dtype)) for f, g in zip(members, grads)]
         return out
 
     def finite_rows(self) -> list[bool]:
@@ -343,7 +348,7 @@ def cross_gramian(a: LeanJacobian, b: LeanJacobian) -> Tensor:
         if fa.output is None or fb.output is None:
             continue
         with in_own_dtype(fa.output):
-            M = fa.kind.patches(fa.node) @ fb.kind.patches(fb.node).T  # (N_a, N_b)
+            M = fa.patches() @ fb.patches().T  # (N_a, N_b)
             total = total + fa.output.reshape(K, -1) @ torch.matmul(M, fb.output).reshape(K, -1).T
     return total
 
@@ -391,15 +396,19 @@ def _factorable(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[_Fac
             continue
         child = node.next_functions[kind.weight_edge][0]  # type: ignore[attr-defined]
         dc = True  # the weight is the (D, C) operand of the product
-        if child is not None and type(child).__name__ == "TBackward0" and uses.get(child) == 1:
-            dc, child = False, child.next_functions[0][0]
+        for hop in ("ToCopyBackward0", "TBackward0", "ToCopyBackward0"):  # autocast's cast, a transpose
+            if child is not None and type(child).__name__ == hop and uses.get(child) == 1:
+                dc ^= hop == "TBackward0"
+                child = child.next_functions[0][0]
         variable = getattr(child, "variable", None)
         index = position.get(id(variable)) if isinstance(variable, Tensor) else None
         if index is None or uses.get(child) != 1:
             continue
         shape = kind.rows_and_features(node)
         if shape is not None and shape[0] < shape[1]:
-            found.append(_Factored(index, node, kind, dc and kind.name != "conv", shape[0]))
+            found.append(
+                _Factored(index, node, kind, dc and kind.name != "conv", shape[0], inputs[index].dtype)
+            )
     return found
 
 
