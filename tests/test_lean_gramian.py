@@ -270,3 +270,34 @@ def test_under_autocast_the_lean_products_are_in_the_weights_dtype(dtype):
     torch.testing.assert_close(
         lean.gramian, held.gramian, rtol=5e-2, atol=5e-2 * float(held.gramian.abs().max())
     )
+
+
+class OtherForms(nn.Module):
+    """A reflect-padded convolution, a Linear on a (B, T, D) sequence, one on a transposed (strided)
+    one, a channels-last input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+        self.seq = nn.Linear(24, 40)
+        self.strided = nn.Linear(40, 30, bias=False)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x.contiguous(memory_format=torch.channels_last)))  # (B, 8, 3, 3)
+        h = h.flatten(2).transpose(1, 2).reshape(x.shape[0], 3, 24)  # (B, T=3, 24)
+        h = F.relu(self.seq(h))  # (B, 3, 40)
+        return self.strided(h.transpose(1, 2).transpose(1, 2)).mean(dim=1)  # (B, 30)
+
+
+def test_other_layer_forms_are_factored_or_left_to_rows_and_stay_exact(float64):
+    torch.manual_seed(2)
+    enc, heads = OtherForms(), nn.ModuleList(nn.Linear(30, 1) for _ in range(4))
+    losses = _losses(enc(torch.randn(2, 3, 3, 3)), heads)
+    shared = list(enc.parameters())
+    lean = LeanJacobian.compute(losses, shared, chunks=2)
+    assert lean.factored_inputs == [0, 2, 4]  # conv (N = 18 < D = 27), seq (N = 6 < 24), strided (6 < 40)
+    full = Jacobian.compute(losses, shared, method="loop")
+    torch.testing.assert_close(lean.gramian(), full.gramian(), rtol=1e-12, atol=1e-14)
+    w = torch.rand(4)
+    for a, b in zip(lean.combine(w), full.combine(w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -404,7 +404,10 @@ def _factorable(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[_Fac
         index = position.get(id(variable)) if isinstance(variable, Tensor) else None
         if index is None or uses.get(child) != 1:
             continue
-        shape = kind.rows_and_features(node)
+        try:
+            shape = kind.rows_and_features(node)
+        except RuntimeError:  # a saved tensor that cannot be read (freed, or recomputed by a checkpoint)
+            continue
         if shape is not None and shape[0] < shape[1]:
             found.append(
                 _Factored(index, node, kind, dc and kind.name != "conv", shape[0], inputs[index].dtype)
