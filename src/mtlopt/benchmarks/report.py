@@ -73,8 +73,11 @@ SELECTIONS = {
 # FAMO's table as benchmarks.md quotes it, and one third-party rerun (NTKMTL, slower lr decay).
 _QM9_PUBLISHED = (
     "Δm% vs STL, lower is better, Nash-MTL paper Table 1: LS 177.6, SI 77.8, RLW 203.8, DWA 175.3, "
-    "MGDA 120.5, IMTL-G 77.2, Nash-MTL 62.0; FAMO 58.5 (FAMO paper); a third-party rerun (NTKMTL paper): "
-    "SI 39.7, RLW 222.6, DWA 173.0, FAMO 38.9. None published for GLS, IMTL-L, IMTL or STCH on QM9."
+    "MGDA 120.5, CAGrad 112.8, IMTL-G 77.2, Nash-MTL 62.0; FAMO 58.5 (FAMO paper); a third-party rerun "
+    "(NTKMTL paper): LS 179.8, SI 39.7, RLW 222.6, DWA 173.0, UW 58.4, MGDA 101.4, PCGrad 118.6, "
+    "CAGrad 102.4, Nash-MTL 72.9, FAMO 38.9, FairGrad 57.0. None published for GLS, IMTL-L, IMTL, STCH, "
+    "UPGrad, DualProj, ConFIG, GradVac, GradDrop or Aligned-MTL on QM9 (as Δm%; the gradients there are "
+    "taken w.r.t. the shared parameters)."
 )
 
 # Published numbers to print beside ours, by (benchmark, protocol).
