@@ -396,11 +396,9 @@ def _parameter_backward(
 def _shared_jacobian(ctx: _Context, items: list[Tensor], shared: list[Tensor]) -> Jacobian | LeanJacobian:
     """Per-task gradients w.r.t. the shared parameters: held whole, or lean (without the K×P Jacobian:
     :mod:`mtlopt.lean_gramian`) when asked, or under ``"auto"`` when the whole one would not fit."""
-    method = ctx.method
-    if method == "lean" or (method == "auto" and ctx.group is None and not jacobian_fits(len(items), shared)):
-        _refuse_lean_under(ctx)
+    if _takes_lean(ctx, len(items), shared):
         return LeanJacobian.compute(items, shared, retain_graph=True)
-    return Jacobian.compute(items, shared, method=method, retain_graph=True)
+    return Jacobian.compute(items, shared, method=ctx.step.method, retain_graph=True)
 
 
 def _features_backward(ctx: _Context, features: Tensor) -> BackwardResult:
@@ -598,12 +596,7 @@ def _batch_jacobians(
 ) -> dict[int, Jacobian | LeanJacobian]:
     """The Jacobians of the batches a cross-Gramian reads (the global batch's on every rank): held, or
     lean with the weights both batches can factor (one chunk each, for their cross-Gramian)."""
-    K = len(scaled[batches[0]])
-    lean = ctx.method == "lean" or (
-        ctx.method == "auto" and ctx.group is None and not jacobian_fits(K * len(batches), shared)
-    )
-    if lean:
-        _refuse_lean_under(ctx)
+    if _takes_lean(ctx, len(scaled[batches[0]]) * len(batches), shared):
         common = set.intersection(*(factorable_inputs(scaled[b], shared) for b in batches))
         return {b: LeanJacobian.compute(scaled[b], shared, chunks=1, factor=common) for b in batches}
     jacobians: dict[int, Jacobian | LeanJacobian] = {}
@@ -619,12 +612,17 @@ def _lean_report(jac: LeanJacobian, names: Sequence[str]) -> dict[str, Any]:
     return {"factored_params": [names[i] for i in jac.factored_inputs], "chunks": jac.chunks}
 
 
-def _refuse_lean_under(ctx: _Context) -> None:
-    if ctx.group is not None:
+def _takes_lean(ctx: _Context, rows: int, shared: list[Tensor]) -> bool:
+    """Whether the per-task gradients are held lean: asked for, or under ``"auto"`` in one process
+    when ``rows`` rows of the Jacobian would not fit; asked for under several processes is an error."""
+    if ctx.method == "lean" and ctx.group is not None:
         raise ValueError(
             "method='lean' runs in one process: its Gramian is factored per layer over this rank's "
             "samples, which the ranks would have to gather; use method='auto' under torchrun"
         )
+    return ctx.method == "lean" or (
+        ctx.method == "auto" and ctx.group is None and not jacobian_fits(rows, shared)
+    )
 
 
 def parameter_groups(groups: str, names: Sequence[str]) -> list[list[int]] | None:

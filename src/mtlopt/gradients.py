@@ -218,10 +218,9 @@ class Jacobian:
 
     def combine(self, weights: Tensor) -> list[Tensor]:
         r""":math:`\sum_t w_t J_t` per input (views of one matrix-vector product when there is a matrix)."""
-        w = weights.to(self.blocks[0].device, self.blocks[0].dtype)
         if self._matrix is None:
-            with in_own_dtype(w):
-                return [torch.tensordot(w, block, dims=1) for block in self.blocks]
+            return self.combine_each([weights] * len(self.blocks))
+        w = weights.to(self._matrix.device, self._matrix.dtype)
         with in_own_dtype(w):
             combined = w @ self._matrix
         directions, offset = [], 0

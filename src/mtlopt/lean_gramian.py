@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge
 
 from ._graph import walk_graph
-from .gradients import gramian, in_own_dtype
+from .gradients import Jacobian, in_own_dtype
 
 __all__ = ["LeanJacobian", "cross_gramian", "factorable_inputs", "jacobian_fits"]
 
@@ -104,6 +104,12 @@ class LeanJacobian:
         self._inputs = list(inputs)
         self._rows = rows  # (K, P of the row inputs)
         self._row_inputs = row_inputs
+        blocks, offset = [], 0
+        for i in row_inputs:
+            size = inputs[i].numel()
+            blocks.append(rows[:, offset : offset + size].view(len(losses), *inputs[i].shape))
+            offset += size
+        self._held = Jacobian(blocks, rows)  # the rows, with the held Jacobian's products
         self._factored = factored
         self._finite = torch.ones(len(losses), dtype=torch.bool, device=rows.device)
         self.chunks = chunks
@@ -140,7 +146,7 @@ class LeanJacobian:
         row_inputs = [i for i in range(len(inputs)) if i not in chosen]
         sizes = [inputs[i].numel() for i in row_inputs]
         if chunks is None:
-            held = sum(f.rows * inputs[f.index].shape[0] for f in factored)
+            held = sum(f.rows * inputs[f.index].shape[1 if f.dc else 0] for f in factored)  # N · C
             chunks = max(1, min(4, -(-held // max(sum(sizes), 1))))
         if not (isinstance(chunks, int) and chunks >= 1):
             raise ValueError(f"chunks must be an int >= 1 or None, got {chunks!r}")
@@ -223,8 +229,8 @@ class LeanJacobian:
     def gramian_of(self, indices: Sequence[int] | range) -> Tensor:
         """The Gramian of the inputs at ``indices`` alone (e.g. one group of GradVac's)."""
         wanted = set(indices)
-        blocks = [block for i, block in zip(self._row_inputs, self._row_blocks()) if i in wanted]
-        total = gramian(blocks) if blocks else self._rows.new_zeros(self.num_tasks, self.num_tasks)
+        rows = [n for n, i in enumerate(self._row_inputs) if i in wanted]
+        total = self._held.gramian_of(rows) if rows else self._rows.new_zeros(self.num_tasks, self.num_tasks)
         for f in self._factored:
             if f.index in wanted and f.gramian is not None:
                 total = total + f.gramian
@@ -240,10 +246,9 @@ class LeanJacobian:
         output gradients, or (several chunks) from one pass of :math:`\\sum_t w_t L_t` per distinct
         weight vector through the factored layers."""
         directions: list[Tensor | None] = [None] * len(self._inputs)
-        for i, block in zip(self._row_inputs, self._row_blocks()):
-            w = weights[i].to(block.device, block.dtype)
-            with in_own_dtype(w):
-                directions[i] = torch.tensordot(w, block, dims=1)
+        row_weights = [weights[i] for i in self._row_inputs]
+        for i, direction in zip(self._row_inputs, self._held.combine_each(row_weights)):
+            directions[i] = direction
         for f, delta in self._combined_outputs(weights):
             x = self._inputs[f.index]
             if delta is None:
@@ -277,8 +282,8 @@ class LeanJacobian:
             else:
                 by_weights.append((w, [f]))
         out = []
+        losses = torch.stack([loss.to(self._rows.dtype) for loss in self._losses])
         for w, members in by_weights:
-            losses = torch.stack([loss.to(self._rows.dtype) for loss in self._losses])
             total = (w.to(losses.device, losses.dtype) * losses).sum()
             grads = torch.autograd.grad(
                 total, [GradientEdge(f.node, 0) for f in members], retain_graph=True, allow_unused=True
@@ -287,21 +292,8 @@ class LeanJacobian:
         return out
 
     def finite_rows(self) -> list[bool]:
-        """Per task, whether its row and its output gradients are finite."""
-        K = self.num_tasks
-        flags = self._finite & torch.isfinite(self._rows).all(dim=1)
-        for f in self._factored:
-            if f.output is not None:
-                flags &= torch.isfinite(f.output.reshape(K, -1)).all(dim=1)
-        return flags.tolist()
-
-    def _row_blocks(self) -> list[Tensor]:
-        K, blocks, offset = self.num_tasks, [], 0
-        for i in self._row_inputs:
-            size = self._inputs[i].numel()
-            blocks.append(self._rows[:, offset : offset + size].view(K, *self._inputs[i].shape))
-            offset += size
-        return blocks
+        """Per task, whether its row and its output gradients (checked as they came) are finite."""
+        return (self._finite & torch.isfinite(self._rows).all(dim=1)).tolist()
 
 
 _SLICE = 8  # tasks per product with M, which bounds the transient (slice, N, C) tensor

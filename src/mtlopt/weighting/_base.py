@@ -257,18 +257,7 @@ class DirectionMethod(Method, ABC):
     def compute(self, jacobian: Tensor, losses: Tensor) -> DirectionOutput:
         """The checked direction, weights and diagnostics of one step (see :meth:`direct`)."""
         who = type(self).__name__
-        if not isinstance(jacobian, Tensor):
-            raise TypeError(f"{who} needs the K×P Jacobian as a torch.Tensor, got {type(jacobian).__name__}")
-        if jacobian.ndim != 2:
-            raise ValueError(f"{who} needs a K×P Jacobian, got shape {tuple(jacobian.shape)}")
-        losses = _check_vector(self, losses, "losses")
-        K = jacobian.shape[0]
-        if self.num_tasks is not None and K != self.num_tasks:
-            source = self.num_tasks_source.format(n=self.num_tasks)
-            raise ValueError(f"{who} {source} but the Jacobian has {K} rows")
-        if losses.shape != (K,):
-            raise ValueError(f"{who} got a Jacobian of {K} rows but losses of shape {tuple(losses.shape)}")
-        self.check_num_tasks(K)
+        losses, K = _check_matrix_and_losses(self, jacobian, losses, square=False)
         J = jacobian.detach()
         if not J.is_floating_point() or J.dtype in (torch.float16, torch.bfloat16):
             J = J.to(torch.float32)
@@ -417,19 +406,7 @@ class GramianWeighting(Method, ABC):
 
     def _checked(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """The Gramian (square, K×K, finite) and the losses ((K,), finite) as float64 CPU copies."""
-        who = type(self).__name__
-        if not isinstance(gramian, Tensor):
-            raise TypeError(f"{who} needs the K×K Gramian as a torch.Tensor, got {type(gramian).__name__}")
-        if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
-            raise ValueError(f"{who} needs a square K×K Gramian, got shape {tuple(gramian.shape)}")
-        losses = _check_vector(self, losses, "losses")
-        K = gramian.shape[0]
-        if self.num_tasks is not None and K != self.num_tasks:
-            source = self.num_tasks_source.format(n=self.num_tasks)
-            raise ValueError(f"{who} {source} but the Gramian is {K}×{K}")
-        if losses.shape != (K,):
-            raise ValueError(f"{who} got a {K}×{K} Gramian but losses of shape {tuple(losses.shape)}")
-        self.check_num_tasks(K)
+        losses, _ = _check_matrix_and_losses(self, gramian, losses, square=True)
         return _finite64(self, gramian, "Gramian"), _finite64(self, losses, "loss")
 
 
@@ -445,6 +422,30 @@ def _deprecated(method: Method, old: str, new: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
+
+
+def _check_matrix_and_losses(method: Method, matrix: Any, losses: Any, *, square: bool) -> tuple[Tensor, int]:
+    """The checks a K×K Gramian (``square``) or a K×P Jacobian and the K losses beside it share:
+    types, shapes, the method's number of tasks. Returns the losses and K."""
+    who = type(method).__name__
+    what = "K×K Gramian" if square else "K×P Jacobian"
+    if not isinstance(matrix, Tensor):
+        raise TypeError(f"{who} needs the {what} as a torch.Tensor, got {type(matrix).__name__}")
+    if matrix.ndim != 2 or (square and matrix.shape[0] != matrix.shape[1]):
+        raise ValueError(
+            f"{who} needs a {'square ' if square else ''}{what}, got shape {tuple(matrix.shape)}"
+        )
+    losses = _check_vector(method, losses, "losses")
+    K = matrix.shape[0]
+    sized = f"{K}×{K} Gramian" if square else f"Jacobian of {K} rows"
+    if method.num_tasks is not None and K != method.num_tasks:
+        source = method.num_tasks_source.format(n=method.num_tasks)
+        got = f"the Gramian is {K}×{K}" if square else f"the Jacobian has {K} rows"
+        raise ValueError(f"{who} {source} but {got}")
+    if losses.shape != (K,):
+        raise ValueError(f"{who} got a {sized} but losses of shape {tuple(losses.shape)}")
+    method.check_num_tasks(K)
+    return losses, K
 
 
 def _check_vector(method: Method, values: Any, what: str) -> Tensor:
