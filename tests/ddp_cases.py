@@ -359,6 +359,7 @@ CASES = {
     "modo": multi_batch_case(lambda model: mtlopt.MoDo(0.5, 0.1)),
     "modo-3": multi_batch_case(lambda model: mtlopt.MoDo(0.5, 0.1, batches=3, head_batches="all", head_weighting="weighted")),
     "sdmgrad": multi_batch_case(lambda model: mtlopt.SDMGrad(head_batches="all", reduction="sum")),
+    "sdmgrad-os": multi_batch_case(lambda model: mtlopt.SDMGrad(objectives=1, seed=3)),  # equal draws on ranks
     "phn-ls": phn_case("ls"),
     "phn-epo": phn_case("epo"),
     "cosmos": cosmos_case,

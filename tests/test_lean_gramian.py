@@ -221,8 +221,9 @@ torch.distributed.destroy_process_group()
         (lambda: mtlopt.MoDo(0.5, 0.1), 2),
         (lambda: mtlopt.MoDo(0.5, 0.1, batches=3, head_batches="all", head_weighting="weighted"), 3),
         (lambda: mtlopt.SDMGrad(head_batches="all", reduction="sum"), 3),
+        (lambda: mtlopt.SDMGrad(objectives=2, seed=1), 3),
     ],
-    ids=["modo", "modo-3", "sdmgrad"],
+    ids=["modo", "modo-3", "sdmgrad", "sdmgrad-os"],
 )
 def test_the_cross_gramian_of_two_batches_is_lean_too(float64, factory, batches):
     """MoDo and SDMGrad read J_i J_jᵀ of two batches: the lean path factors the weights both batches

@@ -51,7 +51,8 @@ def train(runner, data, start: int, stop: int):
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "count"), [("modo", {}, 2), ("modo", {"batches": 3}, 3), ("sdmgrad", {}, 3)]
+    ("name", "options", "count"),
+    [("modo", {}, 2), ("modo", {"batches": 3}, 3), ("sdmgrad", {}, 3), ("sdmgrad", {"objectives": 1}, 3)],
 )
 def test_the_runners_declare_their_batches_and_resume_exactly(name, options, count):
     assert name in METHODS
@@ -154,7 +155,7 @@ def test_both_train_one_epoch_without_nan_under_autocast(tmp_path, amp):
     from test_amp import SMALL
 
     out = tmp_path / amp
-    methods = "modo,modo[batches=3],sdmgrad"
+    methods = "modo,modo[batches=3],sdmgrad,sdmgrad[objectives=1]"
     args = [
         "compare",
         *SMALL,
@@ -171,7 +172,7 @@ def test_both_train_one_epoch_without_nan_under_autocast(tmp_path, amp):
     ]
     assert main(args) == 0
     paths = list((out / "runs").glob("*/seed0/result.json"))
-    assert len(paths) == 3
+    assert len(paths) == 4
     for path in paths:
         result = json.loads(path.read_text())
         assert result["environment"]["amp"] == amp

@@ -39,7 +39,9 @@ a :class:`~mtlopt.GramianWeighting` that reads several batches per step (``batch
     parameters of the two batches its cross-Gramian :math:`A = J_i J_j^\top` reads (averaged across
     ranks), the weights from A, then :math:`\sum_t w_t \nabla L_t` of each update batch (from its
     Jacobian when it has one, else one backward pass of :math:`\sum_t w_t L_t` through the shared
-    parameters) and one backward through the heads per head batch, reduced as the roles say.
+    parameters) and one backward through the heads per head batch, reduced as the roles say. A method
+    that samples tasks (``sampled_tasks``: SDMGrad-OS) gets the Jacobians of the drawn tasks only and
+    a Gramian with zero rows for the others.
 """
 
 from __future__ import annotations
@@ -515,7 +517,12 @@ def _multi_batch_backward(
     heads = [p for p in leaves_ if id(p) not in shared_ids] if head_params is None else list(head_params)
     scale = ctx.scale
     scaled = [(items if scale == 1.0 else [loss * scale for loss in items]) for items, _ in batches]
-    jacobians = _batch_jacobians(ctx, scaled, sorted(set(roles.gramian)), shared)
+    K = len(scaled[0])
+    sampled = method.sampled_tasks(K)
+    rows = list(range(K)) if sampled is None else _checked_sample(method, sampled, K)
+    # The Jacobians (and the cross-Gramian) hold the sampled tasks' rows only.
+    sampled_items = [[items[t] for t in rows] for items in scaled]
+    jacobians = _batch_jacobians(ctx, sampled_items, sorted(set(roles.gramian)), shared)
     reached = [any(jac.reached[i] for jac in jacobians.values()) for i in range(len(shared))]
     if not any(reached):
         raise ValueError(
@@ -542,6 +549,10 @@ def _multi_batch_backward(
     A = A.detach().to("cpu", torch.float64) / scale**2
     if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
         return ctx.skip(reached_params + heads)
+    if sampled is not None:  # zero rows and columns for the tasks not drawn
+        full = torch.zeros(K, K, dtype=torch.float64)
+        full[torch.tensor(rows)[:, None], torch.tensor(rows)[None, :]] = A
+        A = full
 
     def share(count: int) -> float:
         return 1.0 / count if roles.reduction == "mean" else 1.0
@@ -552,9 +563,13 @@ def _multi_batch_backward(
     per_mean = r * len(roles.update)
     output = method.compute(A, ctx.global_losses)
     w = output.weights * ctx.factor(output.weights * per_mean)
+    if sampled is not None and bool(w[[t for t in range(K) if t not in set(rows)]].ne(0).any()):
+        raise RuntimeError(
+            f"{type(method).__name__} sampled the tasks {rows} but weighted the others: {w.tolist()}"
+        )
     for b in roles.update:
         if b in jacobians:
-            directions = [d for d, ok in zip(jacobians[b].combine(w * r), reached) if ok]
+            directions = [d for d, ok in zip(jacobians[b].combine(w[rows] * r), reached) if ok]
         else:  # one backward pass of Σ_t w_t L_t through the shared parameters (no Jacobian)
             vector = torch.stack(scaled[b])
             total = (w.to(vector.device, vector.dtype) * r * vector).sum()
@@ -589,6 +604,16 @@ def _multi_batch_backward(
     if unreached:
         diagnostics["unreached_shared_params"] = unreached
     return ctx.result(w * per_mean, A, diagnostics)
+
+
+def _checked_sample(method: GramianWeighting, sampled: list[int], num_tasks: int) -> list[int]:
+    """The sorted, distinct task indices a method's :meth:`~GramianWeighting.sampled_tasks` drew."""
+    if not sampled or sorted(set(sampled)) != list(sampled) or not all(0 <= t < num_tasks for t in sampled):
+        raise RuntimeError(
+            f"{type(method).__name__}.sampled_tasks gave {sampled!r}: expected sorted distinct task indices "
+            f"in [0, {num_tasks})"
+        )
+    return list(sampled)
 
 
 def _batch_jacobians(

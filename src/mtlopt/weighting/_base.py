@@ -358,6 +358,18 @@ class GramianWeighting(Method, ABC):
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         """Weights for one step from the checked K×K float64 Gramian and the K loss values."""
 
+    def sampled_tasks(self, num_tasks: int) -> list[int] | None:
+        """The tasks whose gradients this step's weights read (sorted indices); None: every task.
+
+        A method that samples tasks (SDMGrad-OS) draws them here, once per step, before :meth:`weigh`.
+        :func:`mtlopt.backward` then computes the per-task gradients of those tasks only (on the
+        several-batches path, where the method's batch gradients are its cost), hands :meth:`weigh` a
+        Gramian whose other rows and columns are zero and requires weight 0 for the other tasks in the
+        shared update. :meth:`weigh` must give the same weights from a full Gramian (masking it itself),
+        so that a path which computes every task's gradient gives the same step.
+        """
+        return None
+
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         """The K differentiable losses whose gradients the method combines, from the user's K losses.
 

@@ -49,10 +49,28 @@ choice              here (default)                             peers
 **Official bug** (not reproduced): its three gradient buffers are one tensor repeated, so A is the last
 batch's own Gramian and the update uses that batch, not ζ: the double sampling is lost. The official
 code also clips the shared gradient to norm 1 (its ``max_norm``, in the base class of the FAMO
-codebase for every method): a recipe setting, not offered here. SDMGrad-OS (objective sampling) is
-not offered. Only ``shared_params=`` (as MoDo). State: w (float64) and the step; :meth:`reset`
-restores w = 1/K. Diagnostics: ``step``, ``scale`` (s), ``objective``
-(:math:`\tfrac12 (w+\lambda\tilde w)^\top A (w+\lambda\tilde w)` after the inner loop, normalized A).
+codebase for every method): a recipe setting, not offered here. Only ``shared_params=`` (as MoDo).
+State: w (float64) and the step; :meth:`reset` restores w = 1/K. Diagnostics: ``step``, ``scale`` (s),
+``objective`` (:math:`\tfrac12 (w+\lambda\tilde w)^\top A (w+\lambda\tilde w)` after the inner loop,
+normalized A).
+
+**SDMGrad-OS** (objective sampling, ``objectives=n``; the paper's variant for many tasks): each step
+reads the gradients of a random subset S of the tasks only. As in the official code
+(``mtrl_files/sdmgrad.py::sdmgrad_os``, MT10 with n = 4), every task enters S independently with
+probability n/K, the draw repeated until S is non-empty; the rows and columns of A outside S are
+zero (s still averages over all K, zeros included), and the update is
+
+.. math::
+
+    c_t = \frac{K}{n}\,\frac{w_t + \lambda/K}{1 + \lambda} \ (t \in S), \qquad c_t = 0 \ (t \notin S),
+
+for a fixed w an unbiased estimate of the full update (but for the redraw of an empty S). :func:`mtlopt.backward` computes the
+per-task gradients of the cross-Gramian's batches for S only (:meth:`sampled_tasks`), so a step costs
+about |S| instead of K backward passes there. The draws come from the method's own generator (seeded by
+``seed``, saved in the state), so every rank of a ``torchrun`` job draws the same S. The sampling rule
+is the official code's: the paper's text was not available to check it against. With ``objectives=K``
+every task is drawn and the rule is the full one. The weights then sum to a random total
+(``weight_sum = "data-dependent"``); the heads follow ``head_weighting`` (the official model has none).
 """
 
 from __future__ import annotations
@@ -78,6 +96,7 @@ __all__ = ["SDMGrad"]
 Scale = Literal["clamp", "official"]
 WeightScale = Literal["one", "num-tasks"]
 _KEYS = {"w", "step"}
+_SAMPLING_KEYS = {"seed", "generator"}
 
 
 class SDMGrad(GramianWeighting):
@@ -93,9 +112,9 @@ class SDMGrad(GramianWeighting):
         reduction: how the update batches' gradients are combined (``"mean"`` or ``"sum"``).
         head_batches: the batches the heads' gradients are taken on.
         head_weighting: heads get :math:`\\nabla L_t` (``"unweighted"``) or :math:`c_t \\nabla L_t`.
+        objectives: SDMGrad-OS: the expected number n of tasks sampled per step (None: every task).
+        seed: the seed of the task sampling's generator (with ``objectives``); :meth:`reset` restarts it.
     """
-
-    weight_sum: WeightSum = "1"
 
     def __init__(
         self,
@@ -109,6 +128,8 @@ class SDMGrad(GramianWeighting):
         reduction: BatchReduction = "mean",
         head_batches: HeadBatches = "update",
         head_weighting: HeadWeighting = "unweighted",
+        objectives: int | None = None,
+        seed: int = 0,
     ) -> None:
         check_method_options(
             self,
@@ -132,23 +153,72 @@ class SDMGrad(GramianWeighting):
         self.head_batches = head_batches
         self.head_weighting = head_weighting
         self.batch_roles = roles_of((1, 2), (0,), head_batches, 3, reduction)
+        if objectives is not None and (
+            isinstance(objectives, bool) or not isinstance(objectives, int) or objectives < 1
+        ):
+            raise ValueError(f"SDMGrad objectives must be None or an integer >= 1, got {objectives!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"SDMGrad seed must be an int >= 0, got {seed!r}")
+        self.objectives = objectives
+        self.seed = seed
         self.reset()
 
+    @property
+    def weight_sum(self) -> WeightSum:  # type: ignore[override]
+        """1 (every task read); with ``objectives``, the random total of the sampled tasks' weights."""
+        return "1" if self.objectives is None else "data-dependent"
+
     def reset(self) -> None:
+        """w = 1/K again, the step count and (with ``objectives``) the generator restarted."""
         self.w: Tensor | None = None
         self.step = 0
+        self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        self._drawn: list[int] | None = None
+
+    def sampled_tasks(self, num_tasks: int) -> list[int] | None:
+        """With ``objectives``: draw this step's tasks S (held for :meth:`weigh`); None: every task."""
+        if self.objectives is None:
+            return None
+        self._drawn = self._draw(num_tasks)
+        return self._drawn
+
+    def _draw(self, num_tasks: int) -> list[int]:
+        if self.objectives is None or self.objectives > num_tasks:
+            raise ValueError(
+                f"SDMGrad objectives must be at most the number of tasks {num_tasks}, got {self.objectives!r}"
+            )
+        p = self.objectives / num_tasks
+        while True:  # the official rule: independent draws, repeated until one task is drawn
+            drawn = torch.rand(num_tasks, generator=self.generator, dtype=torch.float64) < p
+            if bool(drawn.any()):
+                return drawn.nonzero().flatten().tolist()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w": copied(self.w), "step": self.step}
+        state: dict[str, Any] = {"w": copied(self.w), "step": self.step}
+        if self.objectives is not None:
+            state.update(seed=self.seed, generator=self.generator.get_state())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state_keys(self, state, _KEYS)
+        check_state_keys(self, state, _KEYS if self.objectives is None else _KEYS | _SAMPLING_KEYS)
         self.w = copied(state["w"])
         self.step = int(state["step"])
+        self._drawn = None
+        if self.objectives is not None:
+            generator = torch.Generator(device="cpu")
+            generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
+            self.seed = int(state["seed"])
+            self.generator = generator
 
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
         self.w = simplex_start(self, self.w, K, "w")
+        drawn: Tensor | None = None
+        if self.objectives is not None:  # the tasks sampled_tasks drew, or a draw now
+            drawn = torch.zeros(K, dtype=torch.float64)
+            drawn[self._drawn if self._drawn is not None else self._draw(K)] = 1.0
+            self._drawn = None
+            gramian = gramian * drawn[:, None] * drawn[None, :]
         diag = gramian.diagonal()
         if self.scale == "clamp":
             s = float(diag.clamp(min=0).sqrt().mean())
@@ -169,5 +239,9 @@ class SDMGrad(GramianWeighting):
         if self.weight_scale == "num-tasks":
             c = c * K
         u = w + target
-        diagnostics = {"step": self.step, "scale": s, "objective": float(0.5 * u @ A @ u)}
+        diagnostics: dict[str, Any] = {"step": self.step, "scale": s, "objective": float(0.5 * u @ A @ u)}
+        if drawn is not None:
+            assert self.objectives is not None
+            c = c * drawn * (K / self.objectives)
+            diagnostics["sampled_tasks"] = drawn.nonzero().flatten().tolist()
         return WeightingOutput(c, diagnostics)

@@ -437,6 +437,10 @@ def _batches(text: str) -> int:
     return value
 
 
+def _objectives(text: str) -> int | str:
+    return "all" if text == "all" else _positive_int(text)
+
+
 _MULTI_BATCH_OPTIONS = (
     Option("reduction", "mean", "mean or sum of the update batches' gradients", choices(modo.BatchReduction)),
     Option(
@@ -489,6 +493,12 @@ class SDMGradRunner(DirectionRunner):
         Option(
             "weight-scale", "one", "weights sum to 1 or to K (official x K)", choices(sdmgrad.WeightScale)
         ),
+        Option(
+            "objectives",
+            "all",
+            "SDMGrad-OS: expected number of tasks sampled per step (all: every task)",
+            parse=_objectives,
+        ),
         *_MULTI_BATCH_OPTIONS,
     )
 
@@ -504,4 +514,6 @@ class SDMGradRunner(DirectionRunner):
             reduction=c["reduction"],
             head_batches=c["head-batches"],
             head_weighting=c["head-weighting"],
+            objectives=None if c["objectives"] == "all" else c["objectives"],
+            seed=self.seed,
         )
