@@ -57,7 +57,7 @@ def state(model: nn.Module, extra=None) -> dict[str, torch.Tensor]:
     return out
 
 
-def weighting_case(make_weighting, mode):
+def weighting_case(make_weighting, mode, **backward_options):
     def run(rank, world):
         model = Net()
         weighting = make_weighting(model)
@@ -76,7 +76,7 @@ def weighting_case(make_weighting, mode):
                 if mode == "features"
                 else {}
             )
-            mtlopt.backward(losses, weighting, **kwargs)
+            mtlopt.backward(losses, weighting, **kwargs, **backward_options)
             optimizer.step()
         extra = {
             f"weighting.{k}": v for k, v in weighting.state_dict().items() if isinstance(v, torch.Tensor)
@@ -86,7 +86,7 @@ def weighting_case(make_weighting, mode):
     return run
 
 
-def multi_batch_case(make_weighting):
+def multi_batch_case(make_weighting, **backward_options):
     """A method that reads several batches per step: step s takes batches s, s + 1, ... (cyclically)."""
 
     def run(rank, world):
@@ -98,7 +98,9 @@ def multi_batch_case(make_weighting):
             optimizer.zero_grad()
             drawn = [data[(s + b) % STEPS] for b in range(weighting.batches_per_step)]
             losses = [model.losses(shard(x, rank, world), shard(y, rank, world))[0] for x, y in drawn]
-            mtlopt.backward(losses[0], weighting, shared_params=model.encoder, extra_losses=losses[1:])
+            mtlopt.backward(
+                losses[0], weighting, shared_params=model.encoder, extra_losses=losses[1:], **backward_options
+            )
             optimizer.step()
         extra = {
             f"weighting.{k}": v for k, v in weighting.state_dict().items() if isinstance(v, torch.Tensor)
@@ -106,6 +108,27 @@ def multi_batch_case(make_weighting):
         return state(model, extra)
 
     return run
+
+
+def lean_chunks_case(rank, world):
+    """The lean Gramian held in two chunks (the update from one more pass): its Gramian, combination
+    and factored inputs (the encoder's second layer: Σ_r N_r = 8 < D = 10; the first, D = 6, keeps
+    rows)."""
+    from mtlopt.distributed import resolve_group
+    from mtlopt.lean_gramian import LeanJacobian
+
+    model = Net()
+    x, y = batches()[0]
+    losses, _ = model.losses(shard(x, rank, world), shard(y, rank, world))
+    params = list(model.encoder.parameters())
+    jac = LeanJacobian.compute(losses, params, chunks=2, group=resolve_group())
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    return {
+        "gramian": jac.gramian(),
+        "combined": torch.cat([d.reshape(-1) for d in jac.combine(w)]),
+        "factored": torch.tensor(jac.factored_inputs),
+        "reached": torch.tensor(jac.reached),
+    }
 
 
 def mao_case(rank, world):
@@ -360,6 +383,10 @@ CASES = {
     "modo-3": multi_batch_case(lambda model: mtlopt.MoDo(0.5, 0.1, batches=3, head_batches="all", head_weighting="weighted")),
     "sdmgrad": multi_batch_case(lambda model: mtlopt.SDMGrad(head_batches="all", reduction="sum")),
     "sdmgrad-os": multi_batch_case(lambda model: mtlopt.SDMGrad(objectives=1, seed=3)),  # equal draws on ranks
+    "lean-mgda": weighting_case(lambda model: mtlopt.MGDA(), "shared", method="lean"),
+    "lean-upgrad": weighting_case(lambda model: mtlopt.UPGrad(), "shared", method="lean"),
+    "lean-sdmgrad-os": multi_batch_case(lambda model: mtlopt.SDMGrad(objectives=2, seed=3), method="lean"),
+    "lean-chunks": lean_chunks_case,
     "phn-ls": phn_case("ls"),
     "phn-epo": phn_case("epo"),
     "cosmos": cosmos_case,
@@ -421,6 +448,31 @@ def worker(rank: int, world: int, port: int, names, out_dir: str) -> None:
     """Entry point of each spawned process."""
     with process_group(rank, world, port):
         torch.save(run_cases(rank, world, names), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def lean_unequal_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Ranks with 3 and 5 rows of a batch (the gather pads to the largest): the lean path's Gramian and
+    .grad against the held Jacobian's on the same ranks, and "auto" taking the lean path on every rank
+    when only rank 0 lacks the memory."""
+    from mtlopt import lean_gramian
+
+    with process_group(rank, world, port):
+        x, y = batches()[0]
+        rows = slice(0, 3) if rank == 0 else slice(3, 8)
+        out = {}
+        for how in ("loop", "lean", "auto"):
+            if how == "auto" and rank == 0:
+                lean_gramian._free_bytes = lambda device: 1000  # the Jacobian would not fit here only
+            model = Net()
+            losses, _ = model.losses(x[rows], y[rows])
+            result = mtlopt.backward(losses, mtlopt.MGDA(), shared_params=model.encoder, method=how)
+            out[how] = {
+                "gramian": result.gramian,
+                "weights": result.weights,
+                "grads": torch.cat([p.grad.reshape(-1) for p in model.parameters()]),
+                "lean": torch.tensor("lean_gramian" in result.diagnostics),
+            }
+        torch.save(out, os.path.join(out_dir, f"unequal{rank}.pt"))
 
 
 def nan_on_rank_one(rank: int) -> dict[str, str]:

@@ -5,9 +5,7 @@ and layers some task does not reach."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import socket
 
 import pytest
 import torch
@@ -190,29 +188,27 @@ def test_jacobian_fits_compares_the_jacobian_with_the_free_memory(monkeypatch):
     )
 
 
-@pytest.mark.cpu_only(reason="a one-process gloo group on the CPU")
-def test_lean_refuses_a_process_group_and_auto_keeps_the_held_jacobian_there(tmp_path):
-    code = f"""
-import torch, mtlopt
-from mtlopt import lean_gramian
-torch.distributed.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
-lean_gramian._free_bytes = lambda device: 1000  # the Jacobian would not fit
-enc, heads = torch.nn.Linear(40, 30), [torch.nn.Linear(30, 1) for _ in range(3)]
-z = enc(torch.randn(4, 40))
-losses = [h(z).pow(2).mean() for h in heads]
-try:
-    mtlopt.backward(losses, mtlopt.MGDA(), shared_params=enc, method="lean", sync=True)
-except ValueError as error:
-    print("refused:", error)
-result = mtlopt.backward(losses, mtlopt.MGDA(), shared_params=enc, sync=True)
-print("auto lean:", "lean_gramian" in result.diagnostics)
-torch.distributed.destroy_process_group()
-"""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "refused: method='lean' runs in one process" in run.stdout
-    assert "auto lean: False" in run.stdout
+@pytest.mark.cpu_only(reason="gloo DDP: processes on the CPU over loopback")
+def test_under_two_ranks_of_unequal_batches_lean_is_the_held_jacobians_step(tmp_path):
+    """Ranks of 3 and 5 rows: the lean Gramian, weights and .grad equal the held Jacobian's (both
+    averaged over the ranks); "auto" takes the lean path on both ranks when one lacks the memory.
+    (The equivalence with one process on the global batch: tests/test_distributed.py, lean-*.)"""
+    import torch.multiprocessing as mp
+
+    import ddp_cases
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(ddp_cases.lean_unequal_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"unequal{r}.pt", weights_only=True) for r in range(2)]
+    for out in ranks:
+        assert not out["loop"]["lean"] and out["lean"]["lean"] and out["auto"]["lean"]
+        for how in ("lean", "auto"):
+            for key in ("gramian", "weights", "grads"):
+                torch.testing.assert_close(out[how][key], out["loop"][key], rtol=1e-10, atol=1e-13)
+    for key in ("gramian", "weights", "grads"):
+        assert torch.equal(ranks[0]["lean"][key], ranks[1]["lean"][key])
 
 
 @pytest.mark.parametrize(

@@ -104,8 +104,9 @@ def checked_jacobian(
 
 def all_reduce_jacobian(jac: Jacobian | LeanJacobian, group: ProcessGroup | None) -> None:
     """Average the Jacobian across ranks; an input reached on any rank counts as reached on every rank
-    (a branch one rank's batch takes and another's does not), in the same collective."""
-    if group is None:
+    (a branch one rank's batch takes and another's does not), in the same collective. A Jacobian
+    computed over the group (``synchronized``: the lean one) is the global batch's already."""
+    if group is None or (isinstance(jac, LeanJacobian) and jac.synchronized):
         return
     flags = torch.tensor(jac.reached, dtype=torch.float32, device=jac.tensors()[0].device)
     all_reduce_mean_([*jac.tensors(), flags], group)

@@ -59,7 +59,7 @@ from ._direction import direction_backward
 from ._graph import HeadPlan, leaves, plan_head_pass
 from ._options import choices
 from ._task_step import StepContext, all_reduce_jacobian, checked_gramian, fill_nan, usable_step
-from .distributed import Sync, all_reduce_mean_, grads_of, resolve_group
+from .distributed import Sync, all_reduce_mean_, any_rank, grads_of, resolve_group
 from .distributed import scale_of as _scale_of
 from .errors import NonFiniteError
 from .gradients import Jacobian, choose_method, in_own_dtype
@@ -134,9 +134,9 @@ def backward(
             A method's own parameters (IMTL's scales) get their gradient with them in either case.
         method: how per-task gradients are computed: ``"auto"``, ``"batched"``, ``"loop"`` (see
             :mod:`mtlopt.gradients`) or ``"lean"``: a Gramian weighting's Gramian w.r.t. the shared
-            parameters without the K×P Jacobian, layer by layer (:mod:`mtlopt.lean_gramian`; one
-            process; ``"auto"`` takes it when the Jacobian would take more than half the memory left
-            on its device). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are
+            parameters without the K×P Jacobian, layer by layer (:mod:`mtlopt.lean_gramian`;
+            under several processes the ranks gather each other's layer factors; ``"auto"`` takes it
+            when the Jacobian would take more than half the memory left on its device, on any rank). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are
             held); a direction method, which reads the Jacobian itself (ExcessMTL, MoCo, DB-MTL,
             GradDrop), refuses it. MoDo and SDMGrad get their cross-Gramian the same way.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
@@ -399,7 +399,7 @@ def _shared_jacobian(ctx: _Context, items: list[Tensor], shared: list[Tensor]) -
     """Per-task gradients w.r.t. the shared parameters: held whole, or lean (without the K×P Jacobian:
     :mod:`mtlopt.lean_gramian`) when asked, or under ``"auto"`` when the whole one would not fit."""
     if _takes_lean(ctx, len(items), shared):
-        return LeanJacobian.compute(items, shared, retain_graph=True)
+        return LeanJacobian.compute(items, shared, retain_graph=True, group=ctx.group)
     return Jacobian.compute(items, shared, method=ctx.step.method, retain_graph=True)
 
 
@@ -622,8 +622,11 @@ def _batch_jacobians(
     """The Jacobians of the batches a cross-Gramian reads (the global batch's on every rank): held, or
     lean with the weights both batches can factor (one chunk each, for their cross-Gramian)."""
     if _takes_lean(ctx, len(scaled[batches[0]]) * len(batches), shared):
-        common = set.intersection(*(factorable_inputs(scaled[b], shared) for b in batches))
-        return {b: LeanJacobian.compute(scaled[b], shared, chunks=1, factor=common) for b in batches}
+        common = set.intersection(*(factorable_inputs(scaled[b], shared, ctx.group) for b in batches))
+        return {
+            b: LeanJacobian.compute(scaled[b], shared, chunks=1, factor=common, group=ctx.group)
+            for b in batches
+        }
     jacobians: dict[int, Jacobian | LeanJacobian] = {}
     for b in batches:
         how = choose_method(scaled[b], shared) if ctx.step.method == "auto" else ctx.step.method
@@ -638,16 +641,11 @@ def _lean_report(jac: LeanJacobian, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _takes_lean(ctx: _Context, rows: int, shared: list[Tensor]) -> bool:
-    """Whether the per-task gradients are held lean: asked for, or under ``"auto"`` in one process
-    when ``rows`` rows of the Jacobian would not fit; asked for under several processes is an error."""
-    if ctx.method == "lean" and ctx.group is not None:
-        raise ValueError(
-            "method='lean' runs in one process: its Gramian is factored per layer over this rank's "
-            "samples, which the ranks would have to gather; use method='auto' under torchrun"
-        )
-    return ctx.method == "lean" or (
-        ctx.method == "auto" and ctx.group is None and not jacobian_fits(rows, shared)
-    )
+    """Whether the per-task gradients are held lean: asked for, or under ``"auto"`` when ``rows`` rows
+    of the Jacobian would not fit (on any rank: the ranks take the same path)."""
+    if ctx.method != "auto":
+        return ctx.method == "lean"
+    return any_rank(not jacobian_fits(rows, shared), ctx.group, shared[0].device)
 
 
 def parameter_groups(groups: str, names: Sequence[str]) -> list[list[int]] | None:

@@ -22,10 +22,16 @@ The output gradients of the factored layers are held for one chunk of tasks at a
 larger than the rows, at most 4): each extra chunk costs backward passes through the factored layers
 only, and the update one more pass of :math:`\sum_t w_t L_t` through them.
 
-The result is the Gramian of the full Jacobian (the same numbers up to rounding). It is one process's
-Gramian: under several processes the ranks' factors would have to be gathered, so
-``method="lean"`` runs in one process (``"auto"`` picks it only there), when the full Jacobian would
-take more than half of the memory left on its device.
+The result is the Gramian of the full Jacobian (the same numbers up to rounding). ``"auto"`` picks
+it when the full Jacobian would take more than half of the memory left on its device (on any rank).
+
+Under several processes (``group``) the global batch's per-task gradient of a factored weight is the
+mean over the R ranks, :math:`\frac1R\sum_r \Delta_{t,r}^\top \tilde X_r = \bar\Delta_t^\top \bar X`
+with :math:`\bar X` the ranks' inputs stacked (rank order) and :math:`\bar\Delta_t` their output
+gradients stacked and divided by R: every rank gathers both (one collective per task, padded to the
+largest rank's rows) and computes the global Gramian and update as one process would on
+:math:`\sum_r N_r` rows; the held rows are averaged across ranks as the held Jacobian's are. The
+ranks agree on which weights are factored (those every rank can factor with :math:`\sum_r N_r < D`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +47,11 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge
 
 from ._graph import walk_graph
+from .distributed import all_gather_stack, all_reduce_mean_, world_size
 from .gradients import Jacobian, in_own_dtype
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["LeanJacobian", "cross_gramian", "factorable_inputs", "jacobian_fits"]
 
@@ -54,10 +64,13 @@ class _Factored:
     node: Any  # the autograd node whose output gradient is asked for
     kind: _Kind
     dc: bool  # the weight is the product's (D, C) operand, not a transposed (C, D) one
-    rows: int  # N
+    rows: int  # N (under a group: Σ_r N_r, the stacked rows)
     dtype: torch.dtype  # the weight's: products in it, as the held Jacobian's (not autocast's half)
+    channels: int  # C
     output: Tensor | None = None  # Δ of every task, (K, N, C), when held whole (one chunk)
     gramian: Tensor | None = None  # its K×K block of the Gramian
+    rank_rows: list[int] | None = None  # N_r per rank (under a group)
+    group: ProcessGroup | None = None
     _M: Tensor | None = None
 
     def patch_gramian(self) -> Tensor:
@@ -69,8 +82,9 @@ class _Factored:
         return self._M
 
     def patches(self) -> Tensor:
-        """X̃ (N, D) in the weight's dtype."""
-        return self.kind.patches(self.node).to(self.dtype)
+        r"""X̃ (N, D) in the weight's dtype; under a group, every rank's stacked (:math:`\bar X`)."""
+        local = self.kind.patches(self.node).to(self.dtype)
+        return local if self.group is None else _gather_rows([local], [self], self.group, 1.0)[0]
 
 
 class LeanJacobian:
@@ -87,6 +101,7 @@ class LeanJacobian:
         reached: per input, whether some task's loss reaches it.
         exact_rows: always True (one backward pass per task).
         chunks: the number of chunks of tasks the output gradients were held in.
+        synchronized: computed over a process group (its products are the global batch's already).
     """
 
     exact_rows = True
@@ -99,6 +114,7 @@ class LeanJacobian:
         row_inputs: list[int],
         factored: list[_Factored],
         chunks: int,
+        group: ProcessGroup | None = None,
     ) -> None:
         self._losses = list(losses)
         self._inputs = list(inputs)
@@ -114,6 +130,8 @@ class LeanJacobian:
         self._finite = torch.ones(len(losses), dtype=torch.bool, device=rows.device)
         self.chunks = chunks
         self.reached = [False] * len(self._inputs)
+        self.group = group
+        self.synchronized = group is not None
 
     @classmethod
     def compute(
@@ -124,6 +142,7 @@ class LeanJacobian:
         retain_graph: bool = True,
         chunks: int | None = None,
         factor: Collection[int] | None = None,
+        group: ProcessGroup | None = None,
     ) -> LeanJacobian:
         """The rows of the small inputs and the Gramian blocks of the factored ones.
 
@@ -136,9 +155,11 @@ class LeanJacobian:
                 chunk's output gradients no larger than the rows, at most 4.
             factor: factor only the inputs at these positions (the others keep rows); None: every
                 input worth factoring (:func:`factorable_inputs`).
+            group: the process group whose ranks each hold a part of the global batch (None: one
+                process); every rank calls this with the same K and inputs.
         """
         K = len(losses)
-        factored = _factorable(losses, inputs)
+        factored = _factorable(losses, inputs, group)
         if factor is not None:
             factored = [f for f in factored if f.index in factor]
         factored.sort(key=lambda f: f.index)
@@ -146,15 +167,19 @@ class LeanJacobian:
         row_inputs = [i for i in range(len(inputs)) if i not in chosen]
         sizes = [inputs[i].numel() for i in row_inputs]
         if chunks is None:
-            held = sum(f.rows * inputs[f.index].shape[1 if f.dc else 0] for f in factored)  # N · C
+            held = sum(f.rows * f.channels for f in factored)  # N · C
             chunks = max(1, min(4, -(-held // max(sum(sizes), 1))))
         if not (isinstance(chunks, int) and chunks >= 1):
             raise ValueError(f"chunks must be an int >= 1 or None, got {chunks!r}")
         chunks = min(chunks, K) if factored else 1
         ref = inputs[0]
         rows = torch.zeros(K, sum(sizes), dtype=ref.dtype, device=ref.device)
-        jac = cls(losses, inputs, rows, row_inputs, factored, chunks)
+        jac = cls(losses, inputs, rows, row_inputs, factored, chunks, group)
         jac._run(sizes, retain_graph or chunks > 1)
+        if group is not None:  # the rows as the held Jacobian's: averaged; reached on any rank
+            flags = torch.tensor(jac.reached, dtype=torch.float32, device=rows.device)
+            all_reduce_mean_([rows, flags], group)
+            jac.reached = (flags > 0).tolist()
         return jac
 
     def _run(self, sizes: list[int], retain_graph: bool) -> None:
@@ -177,11 +202,11 @@ class LeanJacobian:
                 )
                 if j == 0:
                     self._write_rows(t, sizes, grads[: len(row_targets)])
-                for n, (f, g) in enumerate(zip(factored, grads[len(targets) - len(edges) :])):
-                    if g is None:
+                for n, (f, delta) in enumerate(
+                    zip(factored, self._outputs(grads[len(targets) - len(edges) :]))
+                ):
+                    if delta is None:
                         continue
-                    self.reached[f.index] = True
-                    delta = _as_rows(g).to(f.dtype)
                     self._finite[t] &= torch.isfinite(delta).all()
                     if t < stop:  # a task of this chunk: held
                         if held[n] is None:
@@ -200,6 +225,30 @@ class LeanJacobian:
             f._M = None
             assert f.gramian is not None
             f.gramian = (f.gramian + f.gramian.T) / 2
+
+    def _outputs(
+        self, grads: Sequence[Tensor | None], factored: list[_Factored] | None = None
+    ) -> list[Tensor | None]:
+        """The factored layers' output gradients as (N, C) rows (marking them reached); under a group,
+        every rank's stacked and divided by R (a layer one rank's batch does not reach: zeros there)."""
+        factored = self._factored if factored is None else factored
+        for f, g in zip(factored, grads):
+            if g is not None:
+                self.reached[f.index] = True
+        if self.group is None:
+            return [None if g is None else _as_rows(g).to(f.dtype) for f, g in zip(factored, grads)]
+        local = [
+            _as_rows(g).to(f.dtype)
+            if g is not None
+            else torch.zeros(
+                f.rank_rows[torch.distributed.get_rank(self.group)] if f.rank_rows else 0,
+                f.channels,
+                dtype=f.dtype,
+                device=self._rows.device,
+            )
+            for f, g in zip(factored, grads)
+        ]
+        return list(_gather_rows(local, factored, self.group, 1.0 / world_size(self.group)))
 
     def _write_rows(self, t: int, sizes: list[int], grads: Sequence[Tensor | None]) -> None:
         offset = 0
@@ -288,7 +337,7 @@ class LeanJacobian:
             grads = torch.autograd.grad(
                 total, [GradientEdge(f.node, 0) for f in members], retain_graph=True, allow_unused=True
             )
-            out += [(f, None if g is None else _as_rows(g).to(f.dtype)) for f, g in zip(members, grads)]
+            out += list(zip(members, self._outputs(grads, members)))
         return out
 
     def finite_rows(self) -> list[bool]:
@@ -321,9 +370,35 @@ def _cross_into(f: _Factored, held: Tensor, start: int, delta: Tensor, t: int) -
     f.gramian[t, start : start + held.shape[0]] = column
 
 
-def factorable_inputs(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> set[int]:
-    """Positions of the inputs :class:`LeanJacobian` would factor for these losses."""
-    return {f.index for f in _factorable(losses, inputs)}
+def factorable_inputs(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], group: ProcessGroup | None = None
+) -> set[int]:
+    """Positions of the inputs :class:`LeanJacobian` would factor for these losses (on every rank)."""
+    return {f.index for f in _factorable(losses, inputs, group)}
+
+
+def _gather_rows(
+    parts: Sequence[Tensor], factored: Sequence[_Factored], group: ProcessGroup, factor: float
+) -> list[Tensor]:
+    """Per layer, every rank's (N_r, C) part stacked in rank order, times ``factor``: one collective,
+    each part padded to the largest rank's rows."""
+    if not parts:
+        return []
+    tops = [max(f.rank_rows or [0]) for f in factored]
+    dtype = parts[0].dtype
+    flat = torch.cat(
+        [F.pad(p.to(dtype), (0, 0, 0, top - p.shape[0])).reshape(-1) for p, top in zip(parts, tops)]
+    )
+    table = all_gather_stack(flat[None], group)  # (R, Σ_l top_l · C_l)
+    out, offset = [], 0
+    for p, f, top in zip(parts, factored, tops):
+        width = p.shape[1]
+        block = table[:, offset : offset + top * width].reshape(-1, top, width)
+        assert f.rank_rows is not None
+        stacked = torch.cat([block[r, :n] for r, n in enumerate(f.rank_rows)])
+        out.append((stacked * factor if factor != 1.0 else stacked).to(p.dtype))
+        offset += top * width
+    return out
 
 
 def cross_gramian(a: LeanJacobian, b: LeanJacobian) -> Tensor:
@@ -371,9 +446,12 @@ def _free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def _factorable(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[_Factored]:
-    """The inputs worth factoring: weights used once, by a 2-D convolution (``groups=1``) or a matrix
-    product, whose layer has fewer rows N than the weight has input features D."""
+def _factorable(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], group: ProcessGroup | None = None
+) -> list[_Factored]:
+    r"""The inputs worth factoring: weights used once, by a 2-D convolution (``groups=1``) or a matrix
+    product, whose layer has fewer rows N than the weight has input features D; under a group, those
+    every rank can factor with :math:`\sum_r N_r < D`."""
     position = {id(t): i for i, t in enumerate(inputs)}
     nodes = list(walk_graph([loss.grad_fn for loss in losses]))
     uses: dict[object, int] = {}
@@ -401,10 +479,29 @@ def _factorable(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[_Fac
         except RuntimeError:  # a saved tensor that cannot be read (freed, or recomputed by a checkpoint)
             continue
         if shape is not None and shape[0] < shape[1]:
-            found.append(
-                _Factored(index, node, kind, dc and kind.name != "conv", shape[0], inputs[index].dtype)
-            )
-    return found
+            dc = dc and kind.name != "conv"
+            weight = inputs[index]
+            channels = weight.shape[1] if dc else weight.shape[0]
+            found.append(_Factored(index, node, kind, dc, shape[0], weight.dtype, channels))
+    return found if group is None else _agreed(found, inputs, group)
+
+
+def _agreed(found: list[_Factored], inputs: Sequence[Tensor], group: ProcessGroup) -> list[_Factored]:
+    r"""The factored weights every rank found, with :math:`\sum_r N_r < D`; their ranks' rows."""
+    local = torch.full((1, len(inputs)), -1.0, dtype=torch.float64, device=inputs[0].device)
+    for f in found:
+        local[0, f.index] = f.rows
+    table = all_gather_stack(local, group).cpu()  # (R, inputs): N_r, or -1 where rank r cannot factor
+    agreed = []
+    for f in found:
+        column = table[:, f.index]
+        features = inputs[f.index].numel() // f.channels
+        if bool((column >= 0).all()) and float(column.sum()) < features:
+            f.rank_rows = [int(n) for n in column]
+            f.rows = sum(f.rank_rows)
+            f.group = group
+            agreed.append(f)
+    return agreed
 
 
 @dataclass(frozen=True)
