@@ -69,8 +69,7 @@ def _two_tasks(G: np.ndarray, U: np.ndarray) -> DualConeResult:
             row[0] = -b * u1 / a
         elif l1 < 0.0 and c > 0.0:
             row[1] = -b * u0 / c
-    objective = np.einsum("bi,ij,bj->b", V, G, V)
-    return DualConeResult(V, 0, True, _residual(G, U, V), objective)
+    return DualConeResult(V, 0, True, _residual(G, U, V), _objective(G, V))
 
 
 def project_dual_cone(gramian: np.ndarray, U: np.ndarray, *, max_iter: int | None = None) -> DualConeResult:
@@ -97,8 +96,13 @@ def project_dual_cone(gramian: np.ndarray, U: np.ndarray, *, max_iter: int | Non
         done[b] = steps < limit
     converged = bool(done.all())
     V[:, live] += x / norms  # v = u + D s: exactly u where s = 0
-    objective = np.einsum("bi,ij,bj->b", V, G, V)
-    return DualConeResult(V, iterations, converged, _residual(G, U, V), objective)
+    residual = _unit_residual(Ut + x, N, x > 0.0)  # N is the unit basis's Gramian (up to a scale)
+    return DualConeResult(V, iterations, converged, residual, _objective(G, V))
+
+
+def _objective(G: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """vᵀGv per row of V."""
+    return ((V @ G) * V).sum(axis=1)
 
 
 def _pivoting(N: np.ndarray, Ut: np.ndarray, max_iter: int) -> tuple[np.ndarray, int, np.ndarray]:
@@ -196,11 +200,14 @@ def _residual(G: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
     if not live.any():
         return 0.0
     n = norms[live]
-    x = V[:, live] * n
-    Nl = G[np.ix_(live, live)] / np.outer(n, n)
-    lam = x @ Nl
-    size = np.sqrt(np.clip(np.einsum("bi,bi->b", x, lam), 0.0, None))
-    raised = (V - U)[:, live] > 0.0
+    return _unit_residual(V[:, live] * n, G[np.ix_(live, live)] / np.outer(n, n), (V - U)[:, live] > 0.0)
+
+
+def _unit_residual(x: np.ndarray, N: np.ndarray, raised: np.ndarray) -> float:
+    """:func:`_residual` from the weights x in the unit-norm basis, its Gramian N (any positive
+    multiple: the ratio does not change) and where v > u."""
+    lam = x @ N
+    size = np.sqrt(np.clip((x * lam).sum(axis=1), 0.0, None))
     violation = np.maximum(np.clip(-lam, 0.0, None), np.where(raised, np.abs(lam), 0.0)).max(axis=1)
     # Relative to ‖d‖, or to √ε Σ|x| when the direction cancels to round-off (its cosines are noise).
     floor = np.sqrt(_EPS) * np.abs(x).sum(axis=1)
