@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from mtlopt.benchmarks.records import hv_reference, hypervolume_curve, load_runs, members_of
+from mtlopt.benchmarks.records import hv_objective, hv_reference, hypervolume_curve, load_runs, members_of
 from mtlopt.benchmarks.report import HV_TARGET, summarize
+from mtlopt.hypervolume import hypervolume
 
 
 def first_reaching(epochs: list[int], curve: list[float], target: float) -> int | None:
@@ -57,7 +59,40 @@ def study(directory: Path, order: list[str]) -> tuple[dict[str, Any], dict[str, 
         row["seed_median"] = statistics.median(reached) if reached else None
         # speed apart from level: the first epoch within 5% of the method's own best mean HV
         row["to_own"] = first_reaching(row["epochs"], row["curve"], HV_TARGET * max(row["curve"]))
-    return {"target": target, "rows": rows, "reference": next(iter(rows.values()))["reference"]}, curves
+    reference = next(iter(rows.values()))["reference"]
+    result = {"target": target, "rows": rows, "reference": reference}
+    result["equal_points"] = equal_points(runs, rows, reference)
+    return result, curves
+
+
+def equal_points(runs: list[dict[str, Any]], rows: dict[str, Any], reference: list[float]) -> dict[str, Any]:
+    """Two tasks: the last-epoch test HV of each set method with more points than the smallest set, on
+    the P of its rays nearest the interior grid ((i + ½)/P, 1 − (i + ½)/P) (P: the smallest set's
+    points), so that sets of different sizes are compared at one count; mean ± std over seeds."""
+    sizes = [row["points"] for row in rows.values() if row["set"]]
+    if not sizes or any(len(run["tasks"]) != 2 for run in runs):
+        return {}
+    count = min(sizes)
+    grid = [((i + 0.5) / count, 1.0 - (i + 0.5) / count) for i in range(count)]
+    out: dict[str, Any] = {"points": count, "rows": {}}
+    for label, row in rows.items():
+        if not row["set"] or row["points"] <= count:
+            continue
+        values = []
+        for run in (r for r in runs if r["label"] == label):
+            rays = run.get("rays")
+            if not rays:
+                break
+            nearest = sorted({min(range(len(rays)), key=lambda j: math.dist(rays[j], g)) for g in grid})
+            members = members_of(run["history"][-1], "test")
+            objective = hv_objective(run)
+            points = [[members[j][t][objective] for t in run["tasks"]] for j in nearest]
+            values.append(hypervolume(points, reference))
+        else:
+            if values:
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                out["rows"][label] = (statistics.mean(values), spread, len(values))
+    return out
 
 
 def _cell(mean_std: tuple[float, float]) -> str:
@@ -131,6 +166,21 @@ def markdown(result: dict[str, Any], title: str, command: str) -> str:
             )
             + ".",
         ]
+    equal = result.get("equal_points") or {}
+    if equal.get("rows"):
+        P = equal["points"]
+        lines += [
+            "",
+            f"At equal points (the sets above hold 1 to {max(r['points'] for r in rows.values())} "
+            f"points, and more points cover more volume): last-epoch test HV of each larger set on its "
+            f"{P} rays nearest the interior grid (i + ½)/{P} (the preferences of "
+            f"`ls-sweep[preferences=interior]`), mean ± std over seeds:",
+            "",
+            f"| method | HV, {P} of its rays, last epoch ↑ | seeds |",
+            "|---|---|---|",
+        ]
+        for label, (mean, std, n) in sorted(equal["rows"].items(), key=lambda kv: -kv[1][0]):
+            lines.append(f"| `{label}` | {mean:.4f} ± {std:.4f} | {n} |")
     lines += ["", "![hypervolume per epoch](hypervolume.png)", ""]
     return "\n".join(lines)
 

@@ -111,3 +111,31 @@ def test_the_convergence_study_tool(tmp_path):
     text = hv_study.markdown(result, "t", "cmd")
     assert "ratio **> 1.33**" in text  # 4 epochs / ls-sweep's 3
     assert "`mtgd` 4 (1.33×)" in text  # its own plateau, against ls-sweep's 3
+
+
+def test_the_study_compares_larger_sets_at_equal_points(tmp_path):
+    """A 4-ray set beside 2-point sets: its HV on the 2 rays nearest (¼, ¾) and (¾, ¼), by hand."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import hv_study  # tools/hv_study.py
+
+    _write(tmp_path)
+    points = [(0.2, 1.8), (0.5, 1.0), (1.0, 0.5), (1.8, 0.2)]  # rays (0.9, 0.1), (0.7, 0.3), ...
+    members = [{"left": {"cross_entropy": a}, "right": {"cross_entropy": b}} for a, b in points]
+    for seed in (0, 1):
+        source = tmp_path / "runs" / "fast" / f"seed{seed}" / "result.json"
+        result = json.loads(source.read_text())
+        result.update(label="wide", method="wide", rays=[[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.1, 0.9]])
+        for record in result["history"]:
+            record["val_members"] = record["test_members"] = members
+        path = tmp_path / "runs" / "wide" / f"seed{seed}" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(result))
+    result, _ = hv_study.study(tmp_path, [])
+    equal = result["equal_points"]
+    # the rays nearest (0.75, 0.25) and (0.25, 0.75): (0.7, 0.3) and (0.3, 0.7), points (0.5, 1) and (1, 0.5)
+    by_hand = 1.5 * 1.0 + 1.0 * 0.5  # the box of (0.5, 1) plus the strip (1, 0.5) adds below it
+    assert equal["points"] == 2 and set(equal["rows"]) == {"wide"}
+    assert equal["rows"]["wide"][0] == pytest.approx(by_hand) and equal["rows"]["wide"][2] == 2
+    assert "| `wide` | 2.0000 ± 0.0000 | 2 |" in hv_study.markdown(result, "t", "cmd")
