@@ -136,9 +136,10 @@ def backward(
             :mod:`mtlopt.gradients`) or ``"lean"``: a Gramian weighting's Gramian w.r.t. the shared
             parameters without the K×P Jacobian, layer by layer (:mod:`mtlopt.lean_gramian`;
             under several processes the ranks gather each other's layer factors; ``"auto"`` takes it
-            when the Jacobian would take more than half the memory left on its device, on any rank). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are
-            held); a direction method, which reads the Jacobian itself (ExcessMTL, MoCo, DB-MTL,
-            GradDrop), refuses it. MoDo and SDMGrad get their cross-Gramian the same way.
+            when the Jacobian would take more than half the memory left on its device, on any
+            rank). With ``features=`` ``"lean"`` is ``"auto"`` (the gradients w.r.t. Z are held);
+            a direction method, which reads the Jacobian itself (ExcessMTL, MoCo, DB-MTL, GradDrop),
+            refuses it. MoDo and SDMGrad get their cross-Gramian the same way.
         check_finite: raise :class:`mtlopt.NonFiniteError`, naming the task or parameter, when a loss
             or a gradient is NaN or infinite (costs one host synchronization). With a ``scaler``,
             non-finite gradients are left to the scaler, which skips the step.
@@ -549,9 +550,12 @@ def _multi_batch_backward(
     A = A.detach().to("cpu", torch.float64) / scale**2
     if scale != 1.0 and not bool(torch.isfinite(A).all()):  # an overflow under a GradScaler: skip the step
         return ctx.skip(reached_params + heads)
+    drawn = torch.zeros(K, dtype=torch.bool)
+    drawn[rows] = True
     if sampled is not None:  # zero rows and columns for the tasks not drawn
+        index = torch.tensor(rows)
         full = torch.zeros(K, K, dtype=torch.float64)
-        full[torch.tensor(rows)[:, None], torch.tensor(rows)[None, :]] = A
+        full[index[:, None], index[None, :]] = A
         A = full
 
     def share(count: int) -> float:
@@ -563,7 +567,7 @@ def _multi_batch_backward(
     per_mean = r * len(roles.update)
     output = method.compute(A, ctx.global_losses)
     w = output.weights * ctx.factor(output.weights * per_mean)
-    if sampled is not None and bool(w[[t for t in range(K) if t not in set(rows)]].ne(0).any()):
+    if bool(w[~drawn].ne(0).any()):
         raise RuntimeError(
             f"{type(method).__name__} sampled the tasks {rows} but weighted the others: {w.tolist()}"
         )

@@ -205,10 +205,8 @@ class SDMGrad(GramianWeighting):
         self.step = int(state["step"])
         self._drawn = None
         if self.objectives is not None:
-            generator = torch.Generator(device="cpu")
-            generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
             self.seed = int(state["seed"])
-            self.generator = generator
+            self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
 
     def weigh(self, gramian: Tensor, losses: Tensor) -> WeightingOutput:
         K = gramian.shape[0]
